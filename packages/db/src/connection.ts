@@ -1,0 +1,216 @@
+// The connection: one node-postgres pool per process, wrapped by Drizzle, plus a transaction helper that does
+// not leak pool clients. `db` is usable anywhere after `initializeDB()`; services take `options.tx ?? db`.
+import { drizzle, type NodePgDatabase, type NodePgTransaction } from "drizzle-orm/node-postgres";
+import type { PgTransactionConfig } from "drizzle-orm/pg-core";
+import type { ExtractTablesWithRelations } from "drizzle-orm/relations";
+import pg from "pg";
+import { type DatabaseConfig, loadDatabaseConfig, redactUrl, sslOption } from "./config.ts";
+import { DbError, isConnectionLevelError, toDbError } from "./errors.ts";
+import { type Logger, noopLogger } from "./logger.ts";
+import { setPoolStatsSource, setQueryLogger } from "./metrics.ts";
+import * as schema from "./schema/index.ts";
+
+export type Schema = typeof schema;
+export type Database = NodePgDatabase<Schema>;
+export type Transaction = NodePgTransaction<Schema, ExtractTablesWithRelations<Schema>>;
+/** Services accept either: a transaction is a database whose queries run inside it. */
+export type DatabaseOrTransaction = Database | Transaction;
+
+interface State {
+  pool: pg.Pool;
+  db: Database;
+  config: DatabaseConfig;
+  logger: Logger;
+}
+
+let state: State | undefined;
+
+function current(): State {
+  if (!state) {
+    throw new DbError("NOT_INITIALIZED", "The database is not initialized: call initializeDB() first");
+  }
+  return state;
+}
+
+/** node-postgres client options for a config; shared by the pool and by dedicated connections. */
+export function clientOptions(config: DatabaseConfig, url: string = config.url): pg.ClientConfig {
+  const options: pg.ClientConfig = {
+    connectionString: url,
+    application_name: config.applicationName,
+    connectionTimeoutMillis: config.connectionTimeoutMs,
+    keepAlive: true,
+  };
+  // A transaction-mode pooler rejects startup parameters: set these with ALTER ROLE ... SET there.
+  if (!config.transactionPooler) {
+    options.statement_timeout = config.statementTimeoutMs;
+    options.idle_in_transaction_session_timeout = config.idleInTransactionTimeoutMs;
+  }
+  const ssl = sslOption(config.sslMode);
+  if (ssl !== undefined) options.ssl = ssl;
+  return options;
+}
+
+/**
+ * Creates the pool and the Drizzle handle. Call once at start-up; calling again replaces the previous pool
+ * (after `disconnectDB()`).
+ * @throws DbError CONFIG_INVALID when the environment holds a bad setting.
+ * @example initializeDB(); // reads DATABASE_URL and friends
+ */
+export function initializeDB(config: DatabaseConfig = loadDatabaseConfig(), options: { logger?: Logger } = {}): Database {
+  if (state) {
+    throw new DbError("CONFIG_INVALID", "initializeDB() was already called: call disconnectDB() first");
+  }
+  const logger = options.logger ?? noopLogger;
+  const pool = new pg.Pool({
+    ...clientOptions(config),
+    max: config.poolMax,
+    min: config.poolMin,
+    idleTimeoutMillis: config.idleTimeoutMs,
+  });
+  // Without this listener, an idle client whose backend dies (restart, pg_terminate_backend) crashes the
+  // process with an unhandled 'error' event. The pool drops that client by itself.
+  pool.on("error", (error) => {
+    logger.warn({ code: toDbError(error).code }, "an idle database connection failed and was discarded");
+  });
+  const db = drizzle({ client: pool, schema });
+  state = { pool, db, config, logger };
+  setPoolStatsSource(() => state?.pool);
+  setQueryLogger(config.logQueries ? logger : undefined);
+  logger.info({ url: redactUrl(config.url), poolMax: config.poolMax }, "database initialized");
+  return db;
+}
+
+/**
+ * Checks that the database answers, opening one pooled connection.
+ * @throws DbError DATABASE_UNAVAILABLE (or POOL_EXHAUSTED) when it does not.
+ */
+export async function connectDB(): Promise<void> {
+  const { pool } = current();
+  try {
+    await pool.query("SELECT 1");
+  } catch (error) {
+    throw toDbError(error);
+  }
+}
+
+/** Closes the pool (waiting for checked-out clients to come back) and forgets it. Safe to call twice. */
+export async function disconnectDB(): Promise<void> {
+  const closing = state;
+  if (!closing) return;
+  state = undefined;
+  setPoolStatsSource(undefined);
+  setQueryLogger(undefined);
+  await closing.pool.end();
+}
+
+/** True between `initializeDB()` and `disconnectDB()`. */
+export function isInitialized(): boolean {
+  return state !== undefined;
+}
+
+/** The process-wide pool (for health checks, metrics and tests). */
+export function getPool(): pg.Pool {
+  return current().pool;
+}
+
+/** The configuration the pool was created with. */
+export function getDatabaseConfig(): DatabaseConfig {
+  return current().config;
+}
+
+/** The Drizzle handle; prefer `db` or a service's `{ tx }` option. */
+export function getDB(): Database {
+  return current().db;
+}
+
+/**
+ * The Drizzle handle of the initialized pool. It forwards to the current pool, so modules can import it
+ * before `initializeDB()` runs; using it before then throws NOT_INITIALIZED.
+ */
+export const db: Database = new Proxy({} as Database, {
+  get(_target, property) {
+    const target = current().db;
+    const value = Reflect.get(target, property, target);
+    return typeof value === "function" ? value.bind(target) : value;
+  },
+  has(_target, property) {
+    return Reflect.has(current().db, property);
+  },
+  getPrototypeOf() {
+    return Reflect.getPrototypeOf(current().db);
+  },
+});
+
+export interface TransactionOptions extends PgTransactionConfig {
+  /** Run inside this transaction instead of opening one (nested work joins the caller's transaction). */
+  tx?: DatabaseOrTransaction | undefined;
+}
+
+function isTransaction(handle: DatabaseOrTransaction): handle is Transaction {
+  return "rollback" in handle && typeof handle.rollback === "function";
+}
+
+/**
+ * Runs `fn` in a transaction on a client of its own, committing when it resolves and rolling back when it
+ * throws. Unlike Drizzle 0.45's node-postgres `transaction()`, a failed BEGIN releases the client, and a
+ * client whose connection broke is destroyed rather than returned to the pool. With `{ tx }` it joins that
+ * transaction instead. Errors come out as DbError.
+ * @throws DbError POOL_EXHAUSTED, DATABASE_UNAVAILABLE, SERIALIZATION_FAILURE, ... or whatever `fn` throws.
+ * @example await transaction(async (tx) => { await UsersService.update(..., { tx }); ... });
+ */
+export async function transaction<T>(fn: (tx: Transaction) => Promise<T>, options: TransactionOptions = {}): Promise<T> {
+  const { tx: outer, ...config } = options;
+  if (outer && isTransaction(outer)) return await fn(outer);
+  const { pool } = current();
+  let client: pg.PoolClient;
+  try {
+    client = await pool.connect();
+  } catch (error) {
+    throw toDbError(error);
+  }
+  // While checked out, the pool no longer listens for this client's errors: a backend that dies between
+  // two statements of the transaction would otherwise be an unhandled 'error' event and crash the process.
+  let connectionError: unknown;
+  const onError = (error: unknown) => {
+    connectionError = error;
+  };
+  client.on("error", onError);
+
+  let fnError: unknown;
+  let fnFailed = false;
+  let releaseWith: Error | undefined;
+  try {
+    const session = drizzle({ client, schema });
+    return await session.transaction(async (tx) => {
+      try {
+        return await fn(tx);
+      } catch (error) {
+        fnFailed = true;
+        fnError = error;
+        throw error;
+      }
+    }, Object.keys(config).length > 0 ? config : undefined);
+  } catch (error) {
+    // `error` is fn's own error when ROLLBACK worked; otherwise BEGIN, COMMIT or ROLLBACK failed.
+    const infrastructure = !fnFailed || error !== fnError;
+    if (connectionError !== undefined || (infrastructure && isConnectionLevelError(error))) {
+      releaseWith = error instanceof Error ? error : new Error(String(error));
+    }
+    // Report what went wrong first: fn's error, even when the rollback after it failed too.
+    const reported = fnFailed ? fnError : error;
+    throw reported instanceof DbError || fnFailed ? toDbErrorIfDatabase(reported) : toDbError(reported);
+  } finally {
+    client.removeListener("error", onError);
+    // release(error) destroys the client instead of returning it to the pool.
+    client.release(releaseWith ?? (connectionError instanceof Error ? connectionError : undefined));
+  }
+}
+
+/** Errors thrown by callers' own code pass through untouched; database errors become DbError. */
+function toDbErrorIfDatabase(error: unknown): unknown {
+  if (error instanceof DbError) return error;
+  if (error && typeof error === "object" && ("severity" in error || (error as { name?: string }).name === "DrizzleQueryError")) {
+    return toDbError(error);
+  }
+  return error;
+}

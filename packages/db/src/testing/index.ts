@@ -1,0 +1,116 @@
+// @repo/db/testing: a database of its own for each test file, cloned from the template the global setup
+// migrated. Tests always run against a real PostgreSQL.
+import { randomBytes } from "node:crypto";
+import pg from "pg";
+import { afterAll, beforeAll, inject } from "vitest";
+import { databaseConfigFromUrl, type DatabaseConfig } from "../config.ts";
+import { type Database, disconnectDB, getPool, initializeDB } from "../connection.ts";
+import type { Logger } from "../logger.ts";
+import type { TestDatabaseContext } from "./context.ts";
+
+export type { TestDatabaseContext } from "./context.ts";
+export { checkSchemaConventions, CONVENTION_EXCEPTIONS, describeSchema, type ConventionViolation } from "./conventions.ts";
+
+export function testContext(): TestDatabaseContext {
+  return inject("repoDbTest");
+}
+
+/** A URL for `database` as the given role (defaults to the application role). */
+export function databaseUrl(database: string, role?: { user: string; password: string }): string {
+  const ctx = testContext();
+  const url = new URL(ctx.adminUrl);
+  url.username = role?.user ?? ctx.appRole;
+  url.password = role?.password ?? ctx.appPassword;
+  url.pathname = `/${database}`;
+  return url.toString();
+}
+
+/** Runs one statement as the administrator (superuser on the embedded server). */
+export async function adminQuery<R extends pg.QueryResultRow = pg.QueryResultRow>(
+  text: string,
+  values: unknown[] = [],
+  database?: string,
+): Promise<pg.QueryResult<R>> {
+  const url = new URL(testContext().adminUrl);
+  if (database) url.pathname = `/${database}`;
+  const client = new pg.Client({ connectionString: url.toString() });
+  client.on("error", () => {});
+  await client.connect();
+  try {
+    return await client.query<R>(text, values);
+  } finally {
+    await client.end();
+  }
+}
+
+export interface TestDatabase {
+  name: string;
+  /** URL as the application (non-superuser) role. */
+  url: string;
+  drop(): Promise<void>;
+}
+
+/** Clones the migrated template into a new database. `empty` gives an unmigrated one instead. */
+export async function createTestDatabase(options: { empty?: boolean } = {}): Promise<TestDatabase> {
+  const ctx = testContext();
+  const name = `${ctx.runId}_${randomBytes(5).toString("hex")}`;
+  const template = options.empty ? "template0" : ctx.template;
+  await adminQuery(`CREATE DATABASE "${name}" TEMPLATE "${template}" OWNER "${ctx.appRole}"`);
+  return {
+    name,
+    url: databaseUrl(name),
+    drop: async () => {
+      await adminQuery(`DROP DATABASE IF EXISTS "${name}" WITH (FORCE)`);
+    },
+  };
+}
+
+export interface UseTestDatabase {
+  /** Filled in by beforeAll. */
+  readonly url: string;
+  readonly name: string;
+  readonly config: DatabaseConfig;
+  readonly db: Database;
+  /** Runs one statement as the administrator on this test database. */
+  admin<R extends pg.QueryResultRow = pg.QueryResultRow>(text: string, values?: unknown[]): Promise<pg.QueryResult<R>>;
+}
+
+/**
+ * Gives the calling test file its own migrated database and initializes the `db` handle on it; both are
+ * torn down after the file. Call at the top level of a test file.
+ */
+export function useTestDatabase(options: { config?: Partial<DatabaseConfig>; logger?: Logger } = {}): UseTestDatabase {
+  let database: TestDatabase | undefined;
+  let handle: Database | undefined;
+  let config: DatabaseConfig | undefined;
+  const need = <T>(value: T | undefined): T => {
+    if (value === undefined) throw new Error("useTestDatabase(): the database exists only inside tests and hooks");
+    return value;
+  };
+  beforeAll(async () => {
+    database = await createTestDatabase();
+    config = databaseConfigFromUrl(database.url, { applicationName: "repo-db-test", ...options.config });
+    handle = initializeDB(config, options.logger ? { logger: options.logger } : {});
+    // Fail early (and clearly) if the clone is unreachable.
+    await getPool().query("SELECT 1");
+  });
+  afterAll(async () => {
+    await disconnectDB();
+    await database?.drop();
+  });
+  return {
+    get url() {
+      return need(database).url;
+    },
+    get name() {
+      return need(database).name;
+    },
+    get config() {
+      return need(config);
+    },
+    get db() {
+      return need(handle);
+    },
+    admin: (text, values = []) => adminQuery(text, values, need(database).name),
+  };
+}
