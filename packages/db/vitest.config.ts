@@ -9,5 +9,7 @@ export default defineConfig({
     pool: "forks",
     // Two cores: one worker per core; each test file has its own database anyway.
     maxWorkers: 2,
+    reporters: ["default", "json"],
+    outputFile: { json: ".vitest/report.json" },
   },
 });

@@ -67,11 +67,25 @@ const envSchema = z.object({
   DATABASE_CONNECT_TIMEOUT_MS: integer("DATABASE_CONNECT_TIMEOUT_MS", 100, 600_000, 5_000),
   DATABASE_IDLE_TIMEOUT_MS: integer("DATABASE_IDLE_TIMEOUT_MS", 0, 3_600_000, 30_000),
   DATABASE_STATEMENT_TIMEOUT_MS: integer("DATABASE_STATEMENT_TIMEOUT_MS", 0, 86_400_000, 30_000),
-  DATABASE_IDLE_IN_TRANSACTION_TIMEOUT_MS: integer("DATABASE_IDLE_IN_TRANSACTION_TIMEOUT_MS", 0, 86_400_000, 60_000),
-  DATABASE_SSL_MODE: z.enum(SSL_MODES, { error: `DATABASE_SSL_MODE must be one of ${SSL_MODES.join(", ")}` }).optional(),
-  DATABASE_APPLICATION_NAME: z.string().trim().min(1).max(63, { error: "DATABASE_APPLICATION_NAME is limited to 63 characters" }).default("repo-db"),
+  DATABASE_IDLE_IN_TRANSACTION_TIMEOUT_MS: integer(
+    "DATABASE_IDLE_IN_TRANSACTION_TIMEOUT_MS",
+    0,
+    86_400_000,
+    60_000,
+  ),
+  DATABASE_SSL_MODE: z
+    .enum(SSL_MODES, { error: `DATABASE_SSL_MODE must be one of ${SSL_MODES.join(", ")}` })
+    .optional(),
+  DATABASE_APPLICATION_NAME: z
+    .string()
+    .trim()
+    .min(1)
+    .max(63, { error: "DATABASE_APPLICATION_NAME is limited to 63 characters" })
+    .default("repo-db"),
   DATABASE_LOG_QUERIES: bool("DATABASE_LOG_QUERIES"),
-  DATABASE_POOLER: z.enum(["none", "transaction", ""], { error: "DATABASE_POOLER must be none or transaction" }).default("none"),
+  DATABASE_POOLER: z
+    .enum(["none", "transaction", ""], { error: "DATABASE_POOLER must be none or transaction" })
+    .default("none"),
 });
 
 export type DatabaseEnv = Record<string, string | undefined>;
@@ -91,18 +105,28 @@ function stripPoolerFlag(url: string): { url: string; flagged: boolean } {
  */
 export function loadDatabaseConfig(env: DatabaseEnv = process.env): DatabaseConfig {
   // Treat empty strings as unset, as shells and .env files commonly produce them.
-  const cleaned = Object.fromEntries(Object.entries(env).filter(([key, value]) => key.startsWith("DATABASE_") && value !== ""));
+  const cleaned = Object.fromEntries(
+    Object.entries(env).filter(([key, value]) => key.startsWith("DATABASE_") && value !== ""),
+  );
   const parsed = envSchema.safeParse(cleaned);
   if (!parsed.success) {
     const details: Record<string, string> = {};
     for (const issue of parsed.error.issues) details[String(issue.path[0] ?? "config")] = issue.message;
-    throw new DbError("CONFIG_INVALID", `Invalid database configuration: ${Object.values(details).join("; ")}`, { details });
+    throw new DbError(
+      "CONFIG_INVALID",
+      `Invalid database configuration: ${Object.values(details).join("; ")}`,
+      { details },
+    );
   }
   const e = parsed.data;
   if (e.DATABASE_POOL_MIN > e.DATABASE_POOL_MAX) {
-    throw new DbError("CONFIG_INVALID", "Invalid database configuration: DATABASE_POOL_MIN must not exceed DATABASE_POOL_MAX", {
-      details: { DATABASE_POOL_MIN: "must not exceed DATABASE_POOL_MAX" },
-    });
+    throw new DbError(
+      "CONFIG_INVALID",
+      "Invalid database configuration: DATABASE_POOL_MIN must not exceed DATABASE_POOL_MAX",
+      {
+        details: { DATABASE_POOL_MIN: "must not exceed DATABASE_POOL_MAX" },
+      },
+    );
   }
   const main = stripPoolerFlag(e.DATABASE_URL);
   return {

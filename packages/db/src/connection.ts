@@ -1,5 +1,6 @@
 // The connection: one node-postgres pool per process, wrapped by Drizzle, plus a transaction helper that does
 // not leak pool clients. `db` is usable anywhere after `initializeDB()`; services take `options.tx ?? db`.
+import { DrizzleQueryError } from "drizzle-orm";
 import { drizzle, type NodePgDatabase, type NodePgTransaction } from "drizzle-orm/node-postgres";
 import type { PgTransactionConfig } from "drizzle-orm/pg-core";
 import type { ExtractTablesWithRelations } from "drizzle-orm/relations";
@@ -56,7 +57,10 @@ export function clientOptions(config: DatabaseConfig, url: string = config.url):
  * @throws DbError CONFIG_INVALID when the environment holds a bad setting.
  * @example initializeDB(); // reads DATABASE_URL and friends
  */
-export function initializeDB(config: DatabaseConfig = loadDatabaseConfig(), options: { logger?: Logger } = {}): Database {
+export function initializeDB(
+  config: DatabaseConfig = loadDatabaseConfig(),
+  options: { logger?: Logger } = {},
+): Database {
   if (state) {
     throw new DbError("CONFIG_INVALID", "initializeDB() was already called: call disconnectDB() first");
   }
@@ -158,7 +162,10 @@ function isTransaction(handle: DatabaseOrTransaction): handle is Transaction {
  * @throws DbError POOL_EXHAUSTED, DATABASE_UNAVAILABLE, SERIALIZATION_FAILURE, ... or whatever `fn` throws.
  * @example await transaction(async (tx) => { await UsersService.update(..., { tx }); ... });
  */
-export async function transaction<T>(fn: (tx: Transaction) => Promise<T>, options: TransactionOptions = {}): Promise<T> {
+export async function transaction<T>(
+  fn: (tx: Transaction) => Promise<T>,
+  options: TransactionOptions = {},
+): Promise<T> {
   const { tx: outer, ...config } = options;
   if (outer && isTransaction(outer)) return await fn(outer);
   const { pool } = current();
@@ -181,15 +188,18 @@ export async function transaction<T>(fn: (tx: Transaction) => Promise<T>, option
   let releaseWith: Error | undefined;
   try {
     const session = drizzle({ client, schema });
-    return await session.transaction(async (tx) => {
-      try {
-        return await fn(tx);
-      } catch (error) {
-        fnFailed = true;
-        fnError = error;
-        throw error;
-      }
-    }, Object.keys(config).length > 0 ? config : undefined);
+    return await session.transaction(
+      async (tx) => {
+        try {
+          return await fn(tx);
+        } catch (error) {
+          fnFailed = true;
+          fnError = error;
+          throw error;
+        }
+      },
+      Object.keys(config).length > 0 ? config : undefined,
+    );
   } catch (error) {
     // `error` is fn's own error when ROLLBACK worked; otherwise BEGIN, COMMIT or ROLLBACK failed.
     const infrastructure = !fnFailed || error !== fnError;
@@ -209,8 +219,6 @@ export async function transaction<T>(fn: (tx: Transaction) => Promise<T>, option
 /** Errors thrown by callers' own code pass through untouched; database errors become DbError. */
 function toDbErrorIfDatabase(error: unknown): unknown {
   if (error instanceof DbError) return error;
-  if (error && typeof error === "object" && ("severity" in error || (error as { name?: string }).name === "DrizzleQueryError")) {
-    return toDbError(error);
-  }
+  if (error instanceof DrizzleQueryError || error instanceof pg.DatabaseError) return toDbError(error);
   return error;
 }

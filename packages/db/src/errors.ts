@@ -138,13 +138,25 @@ export function toDbError(error: unknown, table?: string): DbError {
     if (pgTable !== undefined) opts.table = pgTable;
     switch (code) {
       case "23505":
-        return new DbError("UNIQUE_VIOLATION", `Duplicate value violates ${constraint ?? "a unique constraint"}`, opts);
+        return new DbError(
+          "UNIQUE_VIOLATION",
+          `Duplicate value violates ${constraint ?? "a unique constraint"}`,
+          opts,
+        );
       case "23503":
-        return new DbError("FOREIGN_KEY_VIOLATION", `Referenced row does not exist (${constraint ?? "foreign key"})`, opts);
+        return new DbError(
+          "FOREIGN_KEY_VIOLATION",
+          `Referenced row does not exist (${constraint ?? "foreign key"})`,
+          opts,
+        );
       case "23502":
         return new DbError("NOT_NULL_VIOLATION", "A required value is missing", opts);
       case "23514":
-        return new DbError("CHECK_VIOLATION", `Value rejected by ${constraint ?? "a check constraint"}`, opts);
+        return new DbError(
+          "CHECK_VIOLATION",
+          `Value rejected by ${constraint ?? "a check constraint"}`,
+          opts,
+        );
       case "40001":
         return new DbError("SERIALIZATION_FAILURE", "Concurrent update conflict; retry the operation", opts);
       case "40P01":
@@ -161,23 +173,45 @@ export function toDbError(error: unknown, table?: string): DbError {
         // Class 22: data exceptions (bad input syntax, out of range, invalid encoding, ...).
         if (code.startsWith("22")) return new DbError("INVALID_INPUT", "A value has an invalid format", opts);
         // Class 08: connection exceptions.
-        if (code.startsWith("08")) return new DbError("DATABASE_UNAVAILABLE", "The database connection failed", opts);
+        if (code.startsWith("08"))
+          return new DbError("DATABASE_UNAVAILABLE", "The database connection failed", opts);
         return new DbError("DATABASE_ERROR", `Database error (SQLSTATE ${code})`, opts);
     }
   }
   const errno = findErrnoCode(error);
-  if (errno && ["ECONNREFUSED", "ECONNRESET", "ETIMEDOUT", "ENOTFOUND", "EHOSTUNREACH", "EPIPE", "EAI_AGAIN"].includes(errno)) {
-    return new DbError("DATABASE_UNAVAILABLE", `The database cannot be reached (${errno})`, withTable({ cause: error }));
+  if (
+    errno &&
+    ["ECONNREFUSED", "ECONNRESET", "ETIMEDOUT", "ENOTFOUND", "EHOSTUNREACH", "EPIPE", "EAI_AGAIN"].includes(
+      errno,
+    )
+  ) {
+    return new DbError(
+      "DATABASE_UNAVAILABLE",
+      `The database cannot be reached (${errno})`,
+      withTable({ cause: error }),
+    );
   }
   const message = messageOf(error);
   if (message.includes("timeout exceeded when trying to connect")) {
-    return new DbError("POOL_EXHAUSTED", "No database connection became free within the connection timeout", withTable({ cause: error }));
+    return new DbError(
+      "POOL_EXHAUSTED",
+      "No database connection became free within the connection timeout",
+      withTable({ cause: error }),
+    );
   }
   if (message.includes("Query read timeout")) {
-    return new DbError("QUERY_TIMEOUT", "The query did not answer within its time limit", withTable({ cause: error }));
+    return new DbError(
+      "QUERY_TIMEOUT",
+      "The query did not answer within its time limit",
+      withTable({ cause: error }),
+    );
   }
   if (CONNECTION_LOST.some((fragment) => message.includes(fragment))) {
-    return new DbError("DATABASE_UNAVAILABLE", "The database connection was lost", withTable({ cause: error }));
+    return new DbError(
+      "DATABASE_UNAVAILABLE",
+      "The database connection was lost",
+      withTable({ cause: error }),
+    );
   }
   return new DbError("DATABASE_ERROR", "Unexpected database error", withTable({ cause: error }));
 }

@@ -33,7 +33,8 @@ export async function withAdvisoryLock<T>(
   options: AdvisoryLockOptions = {},
 ): Promise<T> {
   const outcome = await locked(name, fn, options);
-  if (!outcome.acquired) throw new DbError("LOCK_NOT_ACQUIRED", `The lock "${name}" is held by another process`);
+  if (!outcome.acquired)
+    throw new DbError("LOCK_NOT_ACQUIRED", `The lock "${name}" is held by another process`);
   return outcome.result;
 }
 
@@ -59,11 +60,15 @@ async function locked<T>(
     async (tx) => {
       if (options.wait === false) {
         const rows = await withMetrics("lock", "advisory", () =>
-          tx.execute<{ acquired: boolean }>(sql`SELECT pg_try_advisory_xact_lock(${key}::bigint) AS acquired`),
+          tx.execute<{ acquired: boolean }>(
+            sql`SELECT pg_try_advisory_xact_lock(${key}::bigint) AS acquired`,
+          ),
         );
         if (!rows.rows[0]?.acquired) return { acquired: false } as const;
       } else {
-        await withMetrics("lock", "advisory", () => tx.execute(sql`SELECT pg_advisory_xact_lock(${key}::bigint)`));
+        await withMetrics("lock", "advisory", () =>
+          tx.execute(sql`SELECT pg_advisory_xact_lock(${key}::bigint)`),
+        );
       }
       return { acquired: true, result: await fn(tx) } as const;
     },

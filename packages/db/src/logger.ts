@@ -40,7 +40,15 @@ export function consoleLogger(minLevel: "debug" | "info" | "warn" | "error" = "i
   const order = { debug: 10, info: 20, audit: 25, warn: 30, error: 40 } as const;
   const write = (level: keyof typeof order) => (fields: LogFields, message: string) => {
     if (order[level] < order[minLevel]) return;
-    process.stderr.write(`${JSON.stringify({ level, time: new Date().toISOString(), msg: message, ...fields })}\n`);
+    process.stderr.write(
+      `${JSON.stringify({ level, time: new Date().toISOString(), msg: message, ...fields })}\n`,
+    );
   };
-  return { audit: write("audit"), error: write("error"), warn: write("warn"), info: write("info"), debug: write("debug") };
+  return {
+    audit: write("audit"),
+    error: write("error"),
+    warn: write("warn"),
+    info: write("info"),
+    debug: write("debug"),
+  };
 }

@@ -72,7 +72,10 @@ function childrenFor(operation: string, table: string): Children {
   const key = `${operation}\u0000${table}`;
   let found = children.get(key);
   if (!found) {
-    found = { count: dbQueriesTotal.labels(operation, table), duration: dbQueryDurationSeconds.labels(operation, table) };
+    found = {
+      count: dbQueriesTotal.labels(operation, table),
+      duration: dbQueryDurationSeconds.labels(operation, table),
+    };
     children.set(key, found);
   }
   return found;

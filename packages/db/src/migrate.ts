@@ -4,14 +4,16 @@
 import { readFileSync } from "node:fs";
 import path from "node:path";
 import { fileURLToPath } from "node:url";
+import { sql } from "drizzle-orm";
 import { drizzle } from "drizzle-orm/node-postgres";
 import { migrate } from "drizzle-orm/node-postgres/migrator";
 import pg from "pg";
 import { type DatabaseConfig, databaseConfigFromUrl } from "./config.ts";
-import { clientOptions } from "./connection.ts";
+import { clientOptions, type DatabaseOrTransaction, db } from "./connection.ts";
 import { DbError, toDbError } from "./errors.ts";
 import { advisoryLockKey } from "./locks.ts";
 import { type Logger, noopLogger } from "./logger.ts";
+import { withMetrics } from "./metrics.ts";
 
 /** The folder holding the SQL migrations and drizzle-kit's journal. */
 export const migrationsFolder = fileURLToPath(new URL("../drizzle", import.meta.url));
@@ -59,13 +61,19 @@ export interface MigrateOptions {
 }
 
 function resolveConfig(options: MigrateOptions): { config: DatabaseConfig; url: string } {
-  const config = options.config ?? databaseConfigFromUrl(options.url ?? process.env.DATABASE_DIRECT_URL ?? process.env.DATABASE_URL ?? "");
+  const config =
+    options.config ??
+    databaseConfigFromUrl(options.url ?? process.env.DATABASE_DIRECT_URL ?? process.env.DATABASE_URL ?? "");
   return { config, url: options.url ?? config.directUrl ?? config.url };
 }
 
 async function dedicatedClient(config: DatabaseConfig, url: string, name: string): Promise<pg.Client> {
   // Migrations may run longer than the application's statement timeout.
-  const client = new pg.Client({ ...clientOptions(config, url), application_name: name, statement_timeout: 0 });
+  const client = new pg.Client({
+    ...clientOptions(config, url),
+    application_name: name,
+    statement_timeout: 0,
+  });
   client.on("error", () => {
     // A broken connection surfaces as the failure of the query in flight.
   });
@@ -79,7 +87,9 @@ async function dedicatedClient(config: DatabaseConfig, url: string, name: string
 }
 
 async function appliedRows(client: pg.Client): Promise<{ createdAt: number; hash: string }[]> {
-  const exists = await client.query<{ found: string | null }>(`SELECT to_regclass('drizzle.__drizzle_migrations')::text AS found`);
+  const exists = await client.query<{ found: string | null }>(
+    `SELECT to_regclass('drizzle.__drizzle_migrations')::text AS found`,
+  );
   if (!exists.rows[0]?.found) return [];
   const rows = await client.query<{ created_at: string; hash: string }>(
     `SELECT created_at, hash FROM ${MIGRATIONS_TABLE} ORDER BY created_at`,
@@ -131,7 +141,9 @@ export async function runMigrations(options: MigrateOptions = {}): Promise<{ app
     } catch (error) {
       const typed = toDbError(error);
       if (typed.code === "QUERY_TIMEOUT") {
-        throw new DbError("MIGRATION_FAILED", "Timed out waiting for another process's migration lock", { cause: error });
+        throw new DbError("MIGRATION_FAILED", "Timed out waiting for another process's migration lock", {
+          cause: error,
+        });
       }
       throw typed;
     }
@@ -146,7 +158,9 @@ export async function runMigrations(options: MigrateOptions = {}): Promise<{ app
     try {
       await migrate(drizzle({ client }), { migrationsFolder: folder });
     } catch (error) {
-      throw new DbError("MIGRATION_FAILED", `Migration failed: ${toDbError(error).message}`, { cause: error });
+      throw new DbError("MIGRATION_FAILED", `Migration failed: ${toDbError(error).message}`, {
+        cause: error,
+      });
     }
     const applied = before.pending.map((m) => m.tag);
     logger.audit({ applied }, "migrations: applied");
@@ -164,6 +178,26 @@ export async function runMigrations(options: MigrateOptions = {}): Promise<{ app
 export async function pendingSql(options: MigrateOptions & { all?: boolean } = {}): Promise<string> {
   const files = options.all ? readMigrations(options.folder) : (await migrationStatus(options)).pending;
   return files
-    .map((file) => `-- migration: ${file.tag}\n${file.sql.replaceAll("--> statement-breakpoint", "").trim()}\n`)
+    .map(
+      (file) => `-- migration: ${file.tag}\n${file.sql.replaceAll("--> statement-breakpoint", "").trim()}\n`,
+    )
     .join("\n");
+}
+
+let latestWhen: number | undefined;
+
+/**
+ * True when the database behind the pool has every migration this build ships (for readiness probes).
+ * One cheap query on the pool; the journal is read once.
+ */
+export async function isSchemaCurrent(handle: DatabaseOrTransaction = db): Promise<boolean> {
+  latestWhen ??= Math.max(...readMigrations().map((file) => file.when));
+  const result = await withMetrics("select", "__drizzle_migrations", () =>
+    handle.execute<{ last: string | null }>(
+      sql`SELECT CASE WHEN to_regclass('drizzle.__drizzle_migrations') IS NULL THEN NULL
+                 ELSE (SELECT max(created_at)::text FROM drizzle.__drizzle_migrations) END AS last`,
+    ),
+  );
+  const last = result.rows[0]?.last;
+  return last !== null && last !== undefined && Number(last) >= latestWhen;
 }

@@ -1,7 +1,12 @@
 import pg from "pg";
 import { afterAll, describe, expect, it } from "vitest";
 import { migrationStatus, pendingSql, readMigrations, runMigrations } from "../src/migrate.ts";
-import { checkSchemaConventions, createTestDatabase, describeSchema, type TestDatabase } from "../src/testing/index.ts";
+import {
+  checkSchemaConventions,
+  createTestDatabase,
+  describeSchema,
+  type TestDatabase,
+} from "../src/testing/index.ts";
 
 const created: TestDatabase[] = [];
 async function emptyDatabase(): Promise<TestDatabase> {
@@ -76,8 +81,12 @@ describe("migrations", () => {
     expect(await checkSchemaConventions(database.url)).toEqual([]);
     const client = new pg.Client({ connectionString: database.url });
     await client.connect();
-    const cache = await client.query<{ relpersistence: string }>("SELECT relpersistence FROM pg_class WHERE relname = 'cache'");
-    const superuser = await client.query<{ rolsuper: boolean }>("SELECT rolsuper FROM pg_roles WHERE rolname = current_user");
+    const cache = await client.query<{ relpersistence: string }>(
+      "SELECT relpersistence FROM pg_class WHERE relname = 'cache'",
+    );
+    const superuser = await client.query<{ rolsuper: boolean }>(
+      "SELECT rolsuper FROM pg_roles WHERE rolname = current_user",
+    );
     await client.end();
     expect(cache.rows[0]?.relpersistence).toBe("u");
     // The suite migrates and runs as a role that is not a superuser, as on managed services.

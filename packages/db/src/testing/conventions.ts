@@ -28,7 +28,8 @@ export const CONVENTION_EXCEPTIONS: { table: string; rule: ConventionRule; reaso
   {
     table: "cache",
     rule: "uuid_id",
-    reason: "keyed by (resource_type, key): lookups are by that pair, and an id would only cost a second index",
+    reason:
+      "keyed by (resource_type, key): lookups are by that pair, and an id would only cost a second index",
   },
   {
     table: "cache",
@@ -81,7 +82,11 @@ export async function checkSchemaConventions(target: string | Queryable): Promis
       WHERE n.nspname = 'public' AND k.contype = 'p' GROUP BY c.relname`);
 
     // A foreign key is covered when some index's leading columns are exactly the key's columns.
-    const unindexedForeignKeys = await client.query<{ table: string; constraint: string; columns: string[] }>(`
+    const unindexedForeignKeys = await client.query<{
+      table: string;
+      constraint: string;
+      columns: string[];
+    }>(`
       SELECT c.relname AS table, k.conname AS constraint,
              (SELECT array_agg(a.attname ORDER BY a.attnum) FROM pg_attribute a
                WHERE a.attrelid = c.oid AND a.attnum = ANY (k.conkey))::text[] AS columns
@@ -136,20 +141,37 @@ export async function checkSchemaConventions(target: string | Queryable): Promis
       } else {
         const idType = columns.rows.find((c) => c.table === table && c.column === "id")?.type;
         if (pk.length !== 1 || pk[0] !== "id" || idType !== "uuid") {
-          add({ rule: "uuid_id", table, message: `${table}'s primary key is (${pk.join(", ")}), not id uuid` });
+          add({
+            rule: "uuid_id",
+            table,
+            message: `${table}'s primary key is (${pk.join(", ")}), not id uuid`,
+          });
         }
       }
       for (const name of ["created_at", "updated_at"]) {
         const column = columns.rows.find((c) => c.table === table && c.column === name);
-        if (!column || column.type !== "timestamp with time zone" || !column.notnull) {
-          add({ rule: "timestamps", table, column: name, message: `${table} lacks ${name} timestamptz not null` });
+        if (column?.type !== "timestamp with time zone" || !column.notnull) {
+          add({
+            rule: "timestamps",
+            table,
+            column: name,
+            message: `${table} lacks ${name} timestamptz not null`,
+          });
         }
       }
       if (!triggered.has(table)) {
-        add({ rule: "updated_at_trigger", table, message: `${table} has no BEFORE UPDATE trigger calling set_updated_at()` });
+        add({
+          rule: "updated_at_trigger",
+          table,
+          message: `${table} has no BEFORE UPDATE trigger calling set_updated_at()`,
+        });
       }
       if ((UNLOGGED_TABLES as readonly string[]).includes(table) && persistence !== "u") {
-        add({ rule: "unlogged_cache", table, message: `${table} must be UNLOGGED (relpersistence is '${persistence}')` });
+        add({
+          rule: "unlogged_cache",
+          table,
+          message: `${table} must be UNLOGGED (relpersistence is '${persistence}')`,
+        });
       }
     }
     for (const missing of UNLOGGED_TABLES) {
@@ -185,17 +207,22 @@ export async function describeSchema(target: string | Queryable): Promise<Record
   return await withClient(target, async (client) => {
     const q = async (text: string) => (await client.query(text)).rows;
     return {
-      tables: await q(`SELECT c.relname, c.relpersistence FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+      tables:
+        await q(`SELECT c.relname, c.relpersistence FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
         WHERE n.nspname = 'public' AND c.relkind IN ('r','p') ORDER BY 1`),
-      columns: await q(`SELECT table_name, column_name, data_type, is_nullable, column_default, generation_expression
+      columns:
+        await q(`SELECT table_name, column_name, data_type, is_nullable, column_default, generation_expression
         FROM information_schema.columns WHERE table_schema = 'public' ORDER BY 1, 2`),
-      constraints: await q(`SELECT c.relname, k.conname, pg_get_constraintdef(k.oid) AS def FROM pg_constraint k
+      constraints:
+        await q(`SELECT c.relname, k.conname, pg_get_constraintdef(k.oid) AS def FROM pg_constraint k
         JOIN pg_class c ON c.oid = k.conrelid JOIN pg_namespace n ON n.oid = c.relnamespace
         WHERE n.nspname = 'public' ORDER BY 1, 2`),
       indexes: await q(`SELECT indexname, indexdef FROM pg_indexes WHERE schemaname = 'public' ORDER BY 1`),
-      triggers: await q(`SELECT t.tgname, pg_get_triggerdef(t.oid) AS def FROM pg_trigger t JOIN pg_class c ON c.oid = t.tgrelid
+      triggers:
+        await q(`SELECT t.tgname, pg_get_triggerdef(t.oid) AS def FROM pg_trigger t JOIN pg_class c ON c.oid = t.tgrelid
         JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = 'public' AND NOT t.tgisinternal ORDER BY 1`),
-      enums: await q(`SELECT t.typname, array_agg(e.enumlabel ORDER BY e.enumsortorder)::text[] AS labels FROM pg_type t
+      enums:
+        await q(`SELECT t.typname, array_agg(e.enumlabel ORDER BY e.enumsortorder)::text[] AS labels FROM pg_type t
         JOIN pg_enum e ON e.enumtypid = t.oid GROUP BY 1 ORDER BY 1`),
       extensions: await q(`SELECT extname FROM pg_extension ORDER BY 1`),
       migrations: await q(`SELECT hash, created_at FROM drizzle.__drizzle_migrations ORDER BY created_at`),

@@ -76,7 +76,9 @@ export default async function setup(project: TestProject): Promise<() => Promise
   const versionClient = new pg.Client({ connectionString: adminUrl });
   versionClient.on("error", () => {});
   await versionClient.connect();
-  context.serverVersion = (await versionClient.query<{ server_version: string }>("SHOW server_version")).rows[0]?.server_version ?? "";
+  context.serverVersion =
+    (await versionClient.query<{ server_version: string }>("SHOW server_version")).rows[0]?.server_version ??
+    "";
   await versionClient.end();
   project.provide("repoDbTest", context);
 
@@ -85,7 +87,10 @@ export default async function setup(project: TestProject): Promise<() => Promise
       const client = new pg.Client({ connectionString: adminUrl });
       client.on("error", () => {});
       await client.connect();
-      const leftovers = await client.query<{ datname: string }>("SELECT datname FROM pg_database WHERE datname LIKE $1", [`${runId}\\_%`]);
+      const leftovers = await client.query<{ datname: string }>(
+        "SELECT datname FROM pg_database WHERE datname LIKE $1",
+        [`${runId}\\_%`],
+      );
       for (const { datname } of leftovers.rows) {
         await client.query(`DROP DATABASE IF EXISTS "${datname}" WITH (FORCE)`).catch(() => {});
       }

@@ -3,13 +3,18 @@
 import { randomBytes } from "node:crypto";
 import pg from "pg";
 import { afterAll, beforeAll, inject } from "vitest";
-import { databaseConfigFromUrl, type DatabaseConfig } from "../config.ts";
+import { type DatabaseConfig, databaseConfigFromUrl } from "../config.ts";
 import { type Database, disconnectDB, getPool, initializeDB } from "../connection.ts";
 import type { Logger } from "../logger.ts";
 import type { TestDatabaseContext } from "./context.ts";
 
 export type { TestDatabaseContext } from "./context.ts";
-export { checkSchemaConventions, CONVENTION_EXCEPTIONS, describeSchema, type ConventionViolation } from "./conventions.ts";
+export {
+  CONVENTION_EXCEPTIONS,
+  type ConventionViolation,
+  checkSchemaConventions,
+  describeSchema,
+} from "./conventions.ts";
 
 export function testContext(): TestDatabaseContext {
   return inject("repoDbTest");
@@ -72,19 +77,25 @@ export interface UseTestDatabase {
   readonly config: DatabaseConfig;
   readonly db: Database;
   /** Runs one statement as the administrator on this test database. */
-  admin<R extends pg.QueryResultRow = pg.QueryResultRow>(text: string, values?: unknown[]): Promise<pg.QueryResult<R>>;
+  admin<R extends pg.QueryResultRow = pg.QueryResultRow>(
+    text: string,
+    values?: unknown[],
+  ): Promise<pg.QueryResult<R>>;
 }
 
 /**
  * Gives the calling test file its own migrated database and initializes the `db` handle on it; both are
  * torn down after the file. Call at the top level of a test file.
  */
-export function useTestDatabase(options: { config?: Partial<DatabaseConfig>; logger?: Logger } = {}): UseTestDatabase {
+export function useTestDatabase(
+  options: { config?: Partial<DatabaseConfig>; logger?: Logger } = {},
+): UseTestDatabase {
   let database: TestDatabase | undefined;
   let handle: Database | undefined;
   let config: DatabaseConfig | undefined;
   const need = <T>(value: T | undefined): T => {
-    if (value === undefined) throw new Error("useTestDatabase(): the database exists only inside tests and hooks");
+    if (value === undefined)
+      throw new Error("useTestDatabase(): the database exists only inside tests and hooks");
     return value;
   };
   beforeAll(async () => {
