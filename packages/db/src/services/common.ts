@@ -1,0 +1,78 @@
+// What every service shares: the options object, input validation, the error/log wrapper and token crypto.
+import { createHash, randomBytes, randomInt, timingSafeEqual } from "node:crypto";
+import type { z } from "zod";
+import type { DatabaseOrTransaction } from "../connection.ts";
+import { DbError, toDbError } from "../errors.ts";
+import type { Logger } from "../logger.ts";
+
+/** The last argument of every service function. */
+export interface ServiceOptions {
+  /** Run on this transaction (or database) instead of the pool; the call then commits or rolls back with it. */
+  tx?: DatabaseOrTransaction | undefined;
+}
+
+/** For reads of soft-deleted rows. */
+export interface ReadOptions extends ServiceOptions {
+  /** Also return soft-deleted rows. Default false. */
+  includeDeleted?: boolean;
+}
+
+/**
+ * Validates input with a zod schema.
+ * @throws DbError VALIDATION_FAILED with one message per bad field; nothing has been written.
+ */
+export function validate<S extends z.ZodType>(schema: S, input: unknown): z.output<S> {
+  const parsed = schema.safeParse(input);
+  if (parsed.success) return parsed.data;
+  const details: Record<string, string> = {};
+  for (const issue of parsed.error.issues) {
+    const key = issue.path.length > 0 ? issue.path.join(".") : "input";
+    details[key] ??= issue.message;
+  }
+  throw new DbError("VALIDATION_FAILED", `Invalid input: ${Object.entries(details).map(([k, v]) => `${k}: ${v}`).join("; ")}`, {
+    details,
+  });
+}
+
+/**
+ * Runs a service call: any failure is logged (code and ids only, never secrets) and rethrown as DbError.
+ * Typed errors raised on purpose (NOT_FOUND, VALIDATION_FAILED, ...) are logged at warn, the rest at error.
+ */
+export async function serviceCall<T>(operation: string, logger: Logger, fields: Record<string, unknown>, fn: () => Promise<T>): Promise<T> {
+  try {
+    return await fn();
+  } catch (error) {
+    const typed = toDbError(error);
+    const expected = ["VALIDATION_FAILED", "NOT_FOUND", "EMAIL_TAKEN", "PHONE_TAKEN", "INVALID_CREDENTIALS", "TOKEN_INVALID", "ACCOUNT_ALREADY_LINKED"];
+    if (expected.includes(typed.code)) logger.warn({ operation, code: typed.code, ...fields }, `${operation} rejected`);
+    else logger.error({ operation, code: typed.code, ...fields }, `${operation} failed`);
+    throw typed;
+  }
+}
+
+/** A new secret with 256 bits from the CSPRNG, base64url-encoded (43 characters). */
+export function generateSecret(): string {
+  return randomBytes(32).toString("base64url");
+}
+
+/** A numeric code of `digits` digits, uniformly drawn from the CSPRNG. */
+export function generateNumericCode(digits: number): string {
+  return randomInt(0, 10 ** digits)
+    .toString()
+    .padStart(digits, "0");
+}
+
+/** SHA-256 of a secret: what the database stores instead of the secret. */
+export function sha256(value: string): Buffer {
+  return createHash("sha256").update(value, "utf8").digest();
+}
+
+/** Constant-time comparison of two digests (false, not an exception, when lengths differ). */
+export function constantTimeEqual(a: Buffer, b: Buffer): boolean {
+  return a.length === b.length && timingSafeEqual(a, b);
+}
+
+/** Secrets we hand out are base64url of 32 bytes; anything else can be rejected before touching the database. */
+export function isWellFormedSecret(token: unknown): token is string {
+  return typeof token === "string" && /^[A-Za-z0-9_-]{43}$/.test(token);
+}
