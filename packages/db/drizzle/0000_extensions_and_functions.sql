@@ -4,11 +4,14 @@
 CREATE EXTENSION IF NOT EXISTS pg_trgm;
 --> statement-breakpoint
 -- Keeps updated_at current on every UPDATE of a mutable table (attached by a later migration).
--- now() is the transaction's start time, so every row changed in one transaction gets the same stamp.
+-- An UPDATE that sets updated_at itself keeps its value (services pass the application clock, which tests
+-- control); otherwise now(), the transaction's start time, so rows changed together share one stamp.
 CREATE OR REPLACE FUNCTION set_updated_at() RETURNS trigger
 LANGUAGE plpgsql AS $$
 BEGIN
-  NEW.updated_at := now();
+  IF NEW.updated_at IS NOT DISTINCT FROM OLD.updated_at THEN
+    NEW.updated_at := now();
+  END IF;
   RETURN NEW;
 END;
 $$;

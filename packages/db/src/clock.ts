@@ -17,7 +17,11 @@ export function resetClock(): void {
 }
 
 /** A clock for tests: starts at `start` and moves only when told. */
-export function manualClock(start: Date = new Date()): { now: () => Date; advance: (ms: number) => void; set: (at: Date) => void } {
+export function manualClock(start: Date = new Date()): {
+  now: () => Date;
+  advance: (ms: number) => void;
+  set: (at: Date) => void;
+} {
   let current = start.getTime();
   return {
     now: () => new Date(current),

@@ -1,6 +1,7 @@
 // @repo/db: the schema, the connection, migrations, metrics, typed errors and the services.
 // Apps import from here (and from the explicit subpaths in package.json), never from deep paths or drizzle-orm.
 export { and, asc, desc, eq, gt, gte, inArray, isNull, lt, lte, ne, or, sql } from "drizzle-orm";
+export { manualClock, now, resetClock, setClock } from "./clock.ts";
 export * from "./config.ts";
 export * from "./connection.ts";
 export * from "./errors.ts";
@@ -9,3 +10,21 @@ export * from "./logger.ts";
 export * from "./metrics.ts";
 export * from "./migrate.ts";
 export * from "./schema/index.ts";
+export type { AccountTokens, LinkedAccount } from "./services/accounts.ts";
+export * as AccountsService from "./services/accounts.ts";
+export * as CacheService from "./services/cache.ts";
+export type { ReadOptions, ServiceOptions } from "./services/common.ts";
+export {
+  type AccountEncryptionConfig,
+  configureAccountEncryption,
+  currentEncryptionKeyId,
+  isAccountEncryptionConfigured,
+  loadAccountEncryptionFromEnv,
+  resetAccountEncryption,
+} from "./services/encryption.ts";
+export type { OneTimeTokenRecord } from "./services/one-time-tokens.ts";
+export * as OneTimeTokensService from "./services/one-time-tokens.ts";
+export type { PublicSession, SessionConfig, SessionUser } from "./services/sessions.ts";
+export * as SessionsService from "./services/sessions.ts";
+export type { PublicUser } from "./services/users.ts";
+export * as UsersService from "./services/users.ts";

@@ -11,7 +11,13 @@ const record =
   (fields: LogFields, message: string): void => {
     lines.push({ level, fields, message });
   };
-const logger: Logger = { audit: record("audit"), error: record("error"), warn: record("warn"), info: record("info"), debug: record("debug") };
+const logger: Logger = {
+  audit: record("audit"),
+  error: record("error"),
+  warn: record("warn"),
+  info: record("info"),
+  debug: record("debug"),
+};
 
 useTestDatabase({ config: { logQueries: true }, logger });
 
@@ -19,7 +25,9 @@ describe("DATABASE_LOG_QUERIES", () => {
   it("logs every query with its operation, table and duration, and failures with their code", async () => {
     lines.length = 0;
     await withMetrics("select", "users", () => db.select().from(users));
-    await withMetrics("insert", "users", () => db.insert(users).values({ email: "Not Normalized@example.com" })).catch(() => {});
+    await withMetrics("insert", "users", () =>
+      db.insert(users).values({ email: "Not Normalized@example.com" }),
+    ).catch(() => {});
     const queries = lines.filter((l) => l.message === "query");
     expect(queries.map((q) => [q.fields.operation, q.fields.table])).toEqual([
       ["select", "users"],

@@ -29,22 +29,42 @@ export function validate<S extends z.ZodType>(schema: S, input: unknown): z.outp
     const key = issue.path.length > 0 ? issue.path.join(".") : "input";
     details[key] ??= issue.message;
   }
-  throw new DbError("VALIDATION_FAILED", `Invalid input: ${Object.entries(details).map(([k, v]) => `${k}: ${v}`).join("; ")}`, {
-    details,
-  });
+  throw new DbError(
+    "VALIDATION_FAILED",
+    `Invalid input: ${Object.entries(details)
+      .map(([k, v]) => `${k}: ${v}`)
+      .join("; ")}`,
+    {
+      details,
+    },
+  );
 }
 
 /**
  * Runs a service call: any failure is logged (code and ids only, never secrets) and rethrown as DbError.
  * Typed errors raised on purpose (NOT_FOUND, VALIDATION_FAILED, ...) are logged at warn, the rest at error.
  */
-export async function serviceCall<T>(operation: string, logger: Logger, fields: Record<string, unknown>, fn: () => Promise<T>): Promise<T> {
+export async function serviceCall<T>(
+  operation: string,
+  logger: Logger,
+  fields: Record<string, unknown>,
+  fn: () => Promise<T>,
+): Promise<T> {
   try {
     return await fn();
   } catch (error) {
     const typed = toDbError(error);
-    const expected = ["VALIDATION_FAILED", "NOT_FOUND", "EMAIL_TAKEN", "PHONE_TAKEN", "INVALID_CREDENTIALS", "TOKEN_INVALID", "ACCOUNT_ALREADY_LINKED"];
-    if (expected.includes(typed.code)) logger.warn({ operation, code: typed.code, ...fields }, `${operation} rejected`);
+    const expected = [
+      "VALIDATION_FAILED",
+      "NOT_FOUND",
+      "EMAIL_TAKEN",
+      "PHONE_TAKEN",
+      "INVALID_CREDENTIALS",
+      "TOKEN_INVALID",
+      "ACCOUNT_ALREADY_LINKED",
+    ];
+    if (expected.includes(typed.code))
+      logger.warn({ operation, code: typed.code, ...fields }, `${operation} rejected`);
     else logger.error({ operation, code: typed.code, ...fields }, `${operation} failed`);
     throw typed;
   }

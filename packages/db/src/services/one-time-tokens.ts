@@ -1,0 +1,495 @@
+// One-time tokens: links (256-bit secrets) and short numeric codes sent to an address, used at most once.
+// Only a SHA-256 digest is stored. "Use once" is always one conditional UPDATE ... RETURNING, never a read
+// followed by a write, so concurrent callers cannot both win (see /work/shared/pitfalls.md, "Auth semantics").
+import { and, desc, eq, getTableColumns, gt, inArray, isNull, lt, lte, or, sql } from "drizzle-orm";
+import { uuidv7 } from "uuidv7";
+import { z } from "zod";
+import { now } from "../clock.ts";
+import { type DatabaseOrTransaction, db, transaction } from "../connection.ts";
+import { advisoryLockKey } from "../locks.ts";
+import { type Logger, noopLogger } from "../logger.ts";
+import { withMetrics } from "../metrics.ts";
+import {
+  type OneTimeToken,
+  type OneTimeTokenPurpose,
+  oneTimeTokenPurpose,
+  oneTimeTokens,
+} from "../schema/index.ts";
+import {
+  constantTimeEqual,
+  generateNumericCode,
+  generateSecret,
+  isWellFormedSecret,
+  type ServiceOptions,
+  serviceCall,
+  sha256,
+  validate,
+} from "./common.ts";
+
+const TABLE = "one_time_tokens";
+
+/** A token row as callers see it: everything but the digest. */
+export type OneTimeTokenRecord = Omit<OneTimeToken, "tokenHash">;
+
+const { tokenHash: _tokenHash, ...recordColumns } = getTableColumns(oneTimeTokens);
+
+const MINUTE = 60_000;
+const HOUR = 60 * MINUTE;
+const DAY = 24 * HOUR;
+
+/** How long a link token lives when the caller does not say. */
+export const DEFAULT_TOKEN_TTL_MS: Readonly<Record<OneTimeTokenPurpose, number>> = {
+  email_verification: DAY,
+  password_reset: HOUR,
+  magic_link: 15 * MINUTE,
+  email_change: HOUR,
+  phone_verification: 10 * MINUTE,
+  invite: 7 * DAY,
+};
+/** The longest lifetime a link token may be given. */
+export const MAX_TOKEN_TTL_MS = 30 * DAY;
+/** How long a numeric code lives when the caller does not say. */
+export const DEFAULT_CODE_TTL_MS = 10 * MINUTE;
+/** The longest lifetime a numeric code may be given: short codes are guessable, so keep the window small. */
+export const MAX_CODE_TTL_MS = HOUR;
+/** Failed guesses after which a code is dead, unless `maxAttempts` says otherwise. */
+export const DEFAULT_MAX_ATTEMPTS = 5;
+
+const purposeSchema = z.enum(oneTimeTokenPurpose.enumValues);
+// Addresses are compared exactly by verifyCode: normalize them the same way on the way in and out.
+const sentToSchema = z.string().trim().toLowerCase().min(1).max(320);
+const userIdSchema = z.uuid();
+
+const createSchema = z.object({
+  userId: userIdSchema.nullish(),
+  purpose: purposeSchema,
+  sentTo: sentToSchema,
+  ttlMs: z.number().int().min(1000).max(MAX_TOKEN_TTL_MS).optional(),
+});
+
+const createCodeSchema = z.object({
+  userId: userIdSchema.nullish(),
+  purpose: purposeSchema,
+  sentTo: sentToSchema,
+  ttlMs: z.number().int().min(1000).max(MAX_CODE_TTL_MS).optional(),
+  digits: z.number().int().min(4).max(10).default(6),
+});
+
+const verifyCodeSchema = z.object({
+  sentTo: sentToSchema,
+  purpose: purposeSchema,
+  code: z.string(),
+});
+
+const maxAttemptsSchema = z.number().int().min(1).max(100);
+const batchSchema = z.object({
+  batchSize: z.number().int().min(1).max(10_000).default(1000),
+  maxBatches: z.number().int().min(1).max(100_000).default(1000),
+});
+
+export interface CreateTokenInput {
+  /** Null or absent for an address with no user yet (invites, sign-up by link). */
+  userId?: string | null | undefined;
+  purpose: OneTimeTokenPurpose;
+  /** The email or phone number the secret is sent to (stored trimmed and lower-cased). */
+  sentTo: string;
+  /** Lifetime; defaults per purpose (DEFAULT_TOKEN_TTL_MS), at most MAX_TOKEN_TTL_MS. */
+  ttlMs?: number | undefined;
+}
+
+export interface CreateCodeInput extends Omit<CreateTokenInput, "ttlMs"> {
+  /** Lifetime; default DEFAULT_CODE_TTL_MS (10 minutes), at most MAX_CODE_TTL_MS. */
+  ttlMs?: number | undefined;
+  /** 4 to 10; default 6. */
+  digits?: number | undefined;
+}
+
+export interface VerifyCodeOptions extends ServiceOptions {
+  /** Failed guesses after which the code is dead. Default 5. */
+  maxAttempts?: number | undefined;
+}
+
+export interface CleanupInput {
+  /** Rows deleted per statement. Default 1000. */
+  batchSize?: number | undefined;
+  /** Upper bound on statements per call, so one call cannot run forever. Default 1000. */
+  maxBatches?: number | undefined;
+}
+
+/** Rows a new secret supersedes: live ones for the same user (or, without a user, the same address) and purpose. */
+function supersededBy(userId: string | null, sentTo: string, purpose: OneTimeTokenPurpose) {
+  return and(
+    userId === null
+      ? and(isNull(oneTimeTokens.userId), eq(oneTimeTokens.sentTo, sentTo))
+      : eq(oneTimeTokens.userId, userId),
+    eq(oneTimeTokens.purpose, purpose),
+    isNull(oneTimeTokens.usedAt),
+    isNull(oneTimeTokens.deletedAt),
+  );
+}
+
+/**
+ * Inserts one token row in a transaction after retiring the older live ones for the same target. A
+ * transaction-scoped advisory lock on (target, purpose) serializes concurrent issuers, so at most one secret
+ * per target and purpose is ever live.
+ */
+async function issue(
+  row: {
+    id: string;
+    userId: string | null;
+    purpose: OneTimeTokenPurpose;
+    sentTo: string;
+    tokenHash: Buffer;
+    expiresAt: Date;
+  },
+  at: Date,
+  options: ServiceOptions,
+): Promise<{ record: OneTimeTokenRecord; invalidated: number }> {
+  const target = row.userId === null ? `to:${row.sentTo}` : `user:${row.userId}`;
+  const lockKey = advisoryLockKey(`one_time_tokens:${target}:${row.purpose}`);
+  return await transaction(
+    async (tx) => {
+      await withMetrics("lock", TABLE, () =>
+        tx.execute(sql`SELECT pg_advisory_xact_lock(${lockKey}::bigint)`),
+      );
+      const retired = await withMetrics("invalidate", TABLE, () =>
+        tx
+          .update(oneTimeTokens)
+          .set({ deletedAt: at })
+          .where(supersededBy(row.userId, row.sentTo, row.purpose))
+          .returning({ id: oneTimeTokens.id }),
+      );
+      const inserted = await withMetrics("insert", TABLE, () =>
+        tx.insert(oneTimeTokens).values(row).returning(recordColumns),
+      );
+      const record = inserted[0];
+      if (!record) throw new Error("INSERT ... RETURNING gave no row");
+      return { record, invalidated: retired.length };
+    },
+    { tx: options.tx },
+  );
+}
+
+/**
+ * Issues a link token (256 bits) for a purpose, retiring older live tokens and codes of the same target.
+ * The raw token is returned once and never stored; only its SHA-256 is.
+ * @throws DbError VALIDATION_FAILED (bad input), FOREIGN_KEY_VIOLATION (unknown userId).
+ * @example const { token, record } = await create({ userId, purpose: "password_reset", sentTo: email });
+ */
+export async function create(
+  input: CreateTokenInput,
+  logger: Logger = noopLogger,
+  options: ServiceOptions = {},
+): Promise<{ token: string; record: OneTimeTokenRecord }> {
+  return await serviceCall("oneTimeTokens.create", logger, { userId: input?.userId }, async () => {
+    const parsed = validate(createSchema, input);
+    const at = now();
+    const token = generateSecret();
+    const { record, invalidated } = await issue(
+      {
+        id: uuidv7(),
+        userId: parsed.userId ?? null,
+        purpose: parsed.purpose,
+        sentTo: parsed.sentTo,
+        tokenHash: sha256(token),
+        expiresAt: new Date(at.getTime() + (parsed.ttlMs ?? DEFAULT_TOKEN_TTL_MS[parsed.purpose])),
+      },
+      at,
+      options,
+    );
+    logger.audit(
+      { tokenId: record.id, userId: record.userId, purpose: record.purpose, invalidated },
+      "one-time token issued",
+    );
+    return { token, record };
+  });
+}
+
+/**
+ * Issues a short numeric code, retiring older live codes and tokens of the same target. Codes collide, and
+ * token_hash is unique, so the digest is sha256(`${rowId}:${code}`) with the row's own id.
+ * @throws DbError VALIDATION_FAILED (bad input), FOREIGN_KEY_VIOLATION (unknown userId).
+ * @example const { code } = await createCode({ purpose: "phone_verification", sentTo: "+14155550123" });
+ */
+export async function createCode(
+  input: CreateCodeInput,
+  logger: Logger = noopLogger,
+  options: ServiceOptions = {},
+): Promise<{ code: string; record: OneTimeTokenRecord }> {
+  return await serviceCall("oneTimeTokens.createCode", logger, { userId: input?.userId }, async () => {
+    const parsed = validate(createCodeSchema, input);
+    const at = now();
+    const id = uuidv7();
+    const code = generateNumericCode(parsed.digits);
+    const { record, invalidated } = await issue(
+      {
+        id,
+        userId: parsed.userId ?? null,
+        purpose: parsed.purpose,
+        sentTo: parsed.sentTo,
+        tokenHash: codeDigest(id, code),
+        expiresAt: new Date(at.getTime() + (parsed.ttlMs ?? DEFAULT_CODE_TTL_MS)),
+      },
+      at,
+      options,
+    );
+    logger.audit(
+      { tokenId: record.id, userId: record.userId, purpose: record.purpose, invalidated },
+      "one-time code issued",
+    );
+    return { code, record };
+  });
+}
+
+function codeDigest(id: string, code: string): Buffer {
+  return sha256(`${id}:${code}`);
+}
+
+/**
+ * Checks a numeric code sent to an address and uses it once. Each guess first reserves one attempt, so
+ * parallel guesses cannot exceed maxAttempts in total; after maxAttempts failures the code is dead, even
+ * for the right code. Returns the used record, or null (wrong, expired, used, dead or no code).
+ * @throws DbError VALIDATION_FAILED (unknown purpose, bad address).
+ * @example const record = await verifyCode({ sentTo: "+14155550123", purpose: "phone_verification", code });
+ */
+export async function verifyCode(
+  input: { sentTo: string; purpose: OneTimeTokenPurpose; code: string },
+  logger: Logger = noopLogger,
+  options: VerifyCodeOptions = {},
+): Promise<OneTimeTokenRecord | null> {
+  return await serviceCall("oneTimeTokens.verifyCode", logger, { purpose: input?.purpose }, async () => {
+    const parsed = validate(verifyCodeSchema, input);
+    const maxAttempts = validate(maxAttemptsSchema, options.maxAttempts ?? DEFAULT_MAX_ATTEMPTS);
+    // Codes are digits only; anything else cannot match and costs no attempt.
+    if (!/^[0-9]{4,10}$/.test(parsed.code)) return null;
+    const handle = options.tx ?? db;
+    const at = now();
+
+    // The newest live row for the address (one_time_tokens_live_sent_to_idx). Its attempts are not
+    // filtered here: a burnt code must not let an older one through (issuing retires older ones anyway).
+    const newest = handle
+      .select({ id: oneTimeTokens.id })
+      .from(oneTimeTokens)
+      .where(
+        and(
+          eq(oneTimeTokens.sentTo, parsed.sentTo),
+          eq(oneTimeTokens.purpose, parsed.purpose),
+          isNull(oneTimeTokens.usedAt),
+          isNull(oneTimeTokens.deletedAt),
+          gt(oneTimeTokens.expiresAt, at),
+        ),
+      )
+      .orderBy(desc(oneTimeTokens.id))
+      .limit(1);
+    // Reserve an attempt before comparing: one atomic increment guarded by `attempts < max`. Under READ
+    // COMMITTED a concurrent guesser waits for the row lock and re-checks the guard, so no more than
+    // maxAttempts guesses (parallel or not) are ever compared.
+    const [reserved] = await withMetrics("reserve_attempt", TABLE, () =>
+      handle
+        .update(oneTimeTokens)
+        .set({ attempts: sql`${oneTimeTokens.attempts} + 1` })
+        .where(
+          and(
+            eq(oneTimeTokens.id, sql`(${newest})`),
+            isNull(oneTimeTokens.usedAt),
+            isNull(oneTimeTokens.deletedAt),
+            gt(oneTimeTokens.expiresAt, at),
+            lt(oneTimeTokens.attempts, maxAttempts),
+          ),
+        )
+        .returning({
+          id: oneTimeTokens.id,
+          tokenHash: oneTimeTokens.tokenHash,
+          attempts: oneTimeTokens.attempts,
+        }),
+    );
+    if (!reserved) return null;
+
+    if (!constantTimeEqual(codeDigest(reserved.id, parsed.code), reserved.tokenHash)) {
+      logger.audit(
+        { tokenId: reserved.id, purpose: parsed.purpose, attempts: reserved.attempts },
+        "one-time code rejected",
+      );
+      return null;
+    }
+    // The right code: use it once. The conditional UPDATE is the use-once guarantee (a second winner of
+    // the comparison finds used_at set and gets no row); the reserved attempt is given back, so `attempts`
+    // ends up counting failed guesses only.
+    const [used] = await withMetrics("use", TABLE, () =>
+      handle
+        .update(oneTimeTokens)
+        .set({ usedAt: at, attempts: sql`${oneTimeTokens.attempts} - 1` })
+        .where(
+          and(
+            eq(oneTimeTokens.id, reserved.id),
+            isNull(oneTimeTokens.usedAt),
+            isNull(oneTimeTokens.deletedAt),
+            gt(oneTimeTokens.expiresAt, at),
+            lte(oneTimeTokens.attempts, maxAttempts),
+          ),
+        )
+        .returning(recordColumns),
+    );
+    if (!used) return null;
+    logger.audit({ tokenId: used.id, userId: used.userId, purpose: used.purpose }, "one-time code used");
+    return used;
+  });
+}
+
+/**
+ * Uses a link token exactly once. Returns its record, or null when it is malformed, unknown, expired, used,
+ * retired or issued for another purpose. With `{ tx }` the use commits or rolls back with the caller's writes.
+ * @throws DbError VALIDATION_FAILED (unknown purpose).
+ * @example const record = await consume(token, "password_reset", logger, { tx });
+ */
+export async function consume(
+  token: string,
+  purpose: OneTimeTokenPurpose,
+  logger: Logger = noopLogger,
+  options: ServiceOptions = {},
+): Promise<OneTimeTokenRecord | null> {
+  return await serviceCall("oneTimeTokens.consume", logger, { purpose }, async () => {
+    const validPurpose = validate(purposeSchema, purpose);
+    if (!isWellFormedSecret(token)) return null;
+    const handle = options.tx ?? db;
+    const at = now();
+    // One conditional UPDATE ... RETURNING: of concurrent callers, the first sets used_at; the others wait
+    // on its row lock, re-check `used_at IS NULL` and get no row. `expires_at > now` means still valid.
+    const [used] = await withMetrics("consume", TABLE, () =>
+      handle
+        .update(oneTimeTokens)
+        .set({ usedAt: at })
+        .where(
+          and(
+            eq(oneTimeTokens.tokenHash, sha256(token)),
+            eq(oneTimeTokens.purpose, validPurpose),
+            isNull(oneTimeTokens.usedAt),
+            isNull(oneTimeTokens.deletedAt),
+            gt(oneTimeTokens.expiresAt, at),
+          ),
+        )
+        .returning(recordColumns),
+    );
+    if (!used) return null;
+    logger.audit({ tokenId: used.id, userId: used.userId, purpose: used.purpose }, "one-time token used");
+    return used;
+  });
+}
+
+/**
+ * Says whether a link token is currently usable, without using it (for showing a form before a POST).
+ * @throws DbError VALIDATION_FAILED (unknown purpose).
+ * @example const record = await peek(token, "invite");
+ */
+export async function peek(
+  token: string,
+  purpose: OneTimeTokenPurpose,
+  logger: Logger = noopLogger,
+  options: ServiceOptions = {},
+): Promise<OneTimeTokenRecord | null> {
+  return await serviceCall("oneTimeTokens.peek", logger, { purpose }, async () => {
+    const validPurpose = validate(purposeSchema, purpose);
+    if (!isWellFormedSecret(token)) return null;
+    const handle = options.tx ?? db;
+    const at = now();
+    const [found] = await withMetrics("select", TABLE, () =>
+      handle
+        .select(recordColumns)
+        .from(oneTimeTokens)
+        .where(
+          and(
+            eq(oneTimeTokens.tokenHash, sha256(token)),
+            eq(oneTimeTokens.purpose, validPurpose),
+            isNull(oneTimeTokens.usedAt),
+            isNull(oneTimeTokens.deletedAt),
+            gt(oneTimeTokens.expiresAt, at),
+          ),
+        )
+        .limit(1),
+    );
+    return found ?? null;
+  });
+}
+
+/**
+ * Retires a user's live tokens and codes (all purposes, or one), e.g. after a password change. Returns how
+ * many were retired.
+ * @throws DbError VALIDATION_FAILED (bad userId or purpose).
+ * @example await invalidateForUser(userId, { purpose: "password_reset" }, logger, { tx });
+ */
+export async function invalidateForUser(
+  userId: string,
+  filter: { purpose?: OneTimeTokenPurpose | undefined } = {},
+  logger: Logger = noopLogger,
+  options: ServiceOptions = {},
+): Promise<number> {
+  return await serviceCall("oneTimeTokens.invalidateForUser", logger, { userId }, async () => {
+    const id = validate(userIdSchema, userId);
+    const purpose = validate(purposeSchema.optional(), filter?.purpose);
+    const handle = options.tx ?? db;
+    const at = now();
+    const retired = await withMetrics("invalidate", TABLE, () =>
+      handle
+        .update(oneTimeTokens)
+        .set({ deletedAt: at })
+        .where(
+          and(
+            eq(oneTimeTokens.userId, id),
+            purpose === undefined ? undefined : eq(oneTimeTokens.purpose, purpose),
+            isNull(oneTimeTokens.usedAt),
+            isNull(oneTimeTokens.deletedAt),
+            gt(oneTimeTokens.expiresAt, at),
+          ),
+        )
+        .returning({ id: oneTimeTokens.id }),
+    );
+    if (retired.length > 0) {
+      logger.audit({ userId: id, purpose, count: retired.length }, "one-time tokens invalidated");
+    }
+    return retired.length;
+  });
+}
+
+/**
+ * Hard-deletes tokens that are expired, used or retired, in batches; safe to run from several processes at
+ * once (each skips the rows another is deleting). Returns how many rows this call deleted.
+ * @throws DbError VALIDATION_FAILED (bad batch sizes).
+ * @example const deleted = await cleanupExpired({ batchSize: 500 });
+ */
+export async function cleanupExpired(
+  input: CleanupInput = {},
+  logger: Logger = noopLogger,
+  options: ServiceOptions = {},
+): Promise<number> {
+  return await serviceCall("oneTimeTokens.cleanupExpired", logger, {}, async () => {
+    const { batchSize, maxBatches } = validate(batchSchema, input);
+    const handle: DatabaseOrTransaction = options.tx ?? db;
+    const at = now();
+    let total = 0;
+    for (let batch = 0; batch < maxBatches; batch++) {
+      // Small batches keep each statement's locks short. FOR UPDATE SKIP LOCKED makes concurrent cleaners
+      // take disjoint rows instead of queueing behind each other (or deleting a row twice). The used/retired
+      // arms have no index: this is a background job, a sequential scan is acceptable.
+      const doomed = handle
+        .select({ id: oneTimeTokens.id })
+        .from(oneTimeTokens)
+        .where(
+          or(
+            lte(oneTimeTokens.expiresAt, at),
+            lte(oneTimeTokens.usedAt, at),
+            lte(oneTimeTokens.deletedAt, at),
+          ),
+        )
+        .limit(batchSize)
+        .for("update", { skipLocked: true });
+      const result = await withMetrics("cleanup", TABLE, () =>
+        handle.delete(oneTimeTokens).where(inArray(oneTimeTokens.id, doomed)),
+      );
+      const deleted = result.rowCount ?? 0;
+      total += deleted;
+      if (deleted < batchSize) break;
+    }
+    if (total > 0) logger.info({ table: TABLE, deleted: total }, "expired one-time tokens deleted");
+    return total;
+  });
+}

@@ -1,0 +1,557 @@
+// Sessions: opaque bearer tokens for signed-in users. The token is 256 random bits handed to the client once;
+// the database keeps only its SHA-256 (token_hash, unique index), so a leaked table holds no usable token.
+// A session expires after an idle timeout (sliding, refreshed at most once per refresh interval) and in any
+// case at an absolute lifetime after creation.
+import { isIP } from "node:net";
+import { and, type Column, desc, eq, getTableColumns, gt, ne, type SQL, sql } from "drizzle-orm";
+import { uuidv7 } from "uuidv7";
+import { z } from "zod";
+import { now } from "../clock.ts";
+import { db } from "../connection.ts";
+import { DbError, isDbError } from "../errors.ts";
+import { type Logger, noopLogger } from "../logger.ts";
+import { withMetrics } from "../metrics.ts";
+import { type Session, sessions } from "../schema/sessions.ts";
+import { type User, users } from "../schema/users.ts";
+import {
+  generateSecret,
+  isWellFormedSecret,
+  type ServiceOptions,
+  serviceCall,
+  sha256,
+  validate as validateInput,
+} from "./common.ts";
+
+// ---------------------------------------------------------------------------------------------------------
+// Configuration
+
+/** Session lifetimes, in milliseconds. */
+export interface SessionConfig {
+  /** A session not used for this long expires (sliding window). Default 7 days. */
+  idleTimeoutMs: number;
+  /** No session outlives its creation by more than this, however active. Default 30 days. */
+  absoluteLifetimeMs: number;
+  /**
+   * `validate()` writes last_accessed_at / expires_at at most once per interval, so a busy session costs one
+   * write an hour, not one per request. Default 1 hour. Must be shorter than the idle timeout.
+   */
+  refreshIntervalMs: number;
+}
+
+const HOUR = 60 * 60 * 1000;
+const DAY = 24 * HOUR;
+
+/** The defaults: idle 7 days, absolute 30 days, refresh 1 hour. */
+export const DEFAULT_SESSION_CONFIG: Readonly<SessionConfig> = Object.freeze({
+  idleTimeoutMs: 7 * DAY,
+  absoluteLifetimeMs: 30 * DAY,
+  refreshIntervalMs: HOUR,
+});
+
+const duration = z
+  .number()
+  .int()
+  .positive()
+  .max(10 * 366 * DAY);
+const configSchema = z
+  .object({ idleTimeoutMs: duration, absoluteLifetimeMs: duration, refreshIntervalMs: duration })
+  .refine((c) => c.refreshIntervalMs < c.idleTimeoutMs, {
+    path: ["refreshIntervalMs"],
+    message: "must be shorter than idleTimeoutMs",
+  })
+  .refine((c) => c.idleTimeoutMs <= c.absoluteLifetimeMs, {
+    path: ["idleTimeoutMs"],
+    message: "must not exceed absoluteLifetimeMs",
+  });
+
+let config: Readonly<SessionConfig> = DEFAULT_SESSION_CONFIG;
+
+function checkedConfig(candidate: SessionConfig): Readonly<SessionConfig> {
+  const parsed = configSchema.safeParse(candidate);
+  if (parsed.success) return Object.freeze({ ...parsed.data });
+  const details: Record<string, string> = {};
+  for (const issue of parsed.error.issues) details[issue.path.join(".") || "config"] ??= issue.message;
+  throw new DbError(
+    "CONFIG_INVALID",
+    `Invalid session configuration: ${Object.entries(details)
+      .map(([k, v]) => `${k}: ${v}`)
+      .join("; ")}`,
+    { details },
+  );
+}
+
+/**
+ * Changes the process-wide session configuration; omitted fields keep their current value.
+ * @throws DbError CONFIG_INVALID for non-positive durations, refresh >= idle, or idle > absolute.
+ * @example configureSessions({ idleTimeoutMs: 24 * 60 * 60 * 1000 });
+ */
+export function configureSessions(partial: Partial<SessionConfig>): Readonly<SessionConfig> {
+  config = checkedConfig({ ...config, ...partial });
+  return config;
+}
+
+/**
+ * The process-wide session configuration in force.
+ * @example const { idleTimeoutMs } = sessionConfig();
+ */
+export function sessionConfig(): Readonly<SessionConfig> {
+  return config;
+}
+
+/** The options of every SessionsService function: a transaction, and optionally a per-call configuration. */
+export interface SessionServiceOptions extends ServiceOptions {
+  /** Overrides the process-wide configuration for this call only (validated the same way). */
+  config?: Partial<SessionConfig> | undefined;
+}
+
+function configFor(options: SessionServiceOptions): Readonly<SessionConfig> {
+  return options.config ? checkedConfig({ ...config, ...options.config }) : config;
+}
+
+/** The instants one call compares against, all derived from one reading of the clock. */
+function timesFor(cfg: SessionConfig) {
+  const at = now();
+  const t = at.getTime();
+  return {
+    at,
+    /** expires_at for a session touched now, before the absolute cap. */
+    idleExpiry: new Date(t + cfg.idleTimeoutMs),
+    /** created_at at or before this means the absolute lifetime is over. */
+    absoluteCutoff: new Date(t - cfg.absoluteLifetimeMs),
+    /** last_accessed_at after this means the row was refreshed recently enough. */
+    refreshCutoff: new Date(t - cfg.refreshIntervalMs),
+    absoluteSeconds: cfg.absoluteLifetimeMs / 1000,
+  };
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// Row shapes
+
+/**
+ * A session as returned to callers. token_hash is left out: it is a digest, not the token, but nothing
+ * outside this module needs it and keeping it out of responses and logs costs nothing.
+ */
+export type PublicSession = Omit<Session, "tokenHash">;
+/** The user behind a session: the password hash and the search vector are left out. */
+export type SessionUser = Omit<User, "passwordHash" | "searchVector">;
+
+const { tokenHash: _tokenHash, ...publicSessionColumns } = getTableColumns(sessions);
+const {
+  passwordHash: _passwordHash,
+  searchVector: _searchVector,
+  ...sessionUserColumns
+} = getTableColumns(users);
+
+type Columns = Record<string, Column>;
+
+/** `alias.column AS "prefixkey", ...` for raw SQL, so rows come back keyed by the schema's property names. */
+function selectList(alias: string, columns: Columns, prefix: string): SQL {
+  return sql.join(
+    Object.entries(columns).map(
+      ([key, column]) =>
+        sql`${sql.identifier(alias)}.${sql.identifier(column.name)} AS ${sql.identifier(prefix + key)}`,
+    ),
+    sql`, `,
+  );
+}
+
+/**
+ * Reads the `prefix`ed properties of a raw row with each column's own driver mapping (raw `execute()` gives
+ * timestamptz as text, exactly what the query builder would have converted).
+ */
+function fromRow<T>(columns: Columns, row: Record<string, unknown>, prefix: string): T {
+  const out: Record<string, unknown> = {};
+  for (const [key, column] of Object.entries(columns)) {
+    const value = row[prefix + key];
+    out[key] = value === null || value === undefined ? null : column.mapFromDriverValue(value);
+  }
+  return out as T;
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// Input
+
+/** Longer user agents are stored cut to this many characters. */
+export const USER_AGENT_MAX_STORED = 512;
+/** Longer user agents are rejected: no browser sends one, so it is junk or an attack. */
+export const USER_AGENT_MAX_ACCEPTED = 1024;
+const METADATA_MAX_BYTES = 8192;
+
+const noNul = (value: string) => !value.includes("\u0000");
+const uuid = z.uuid();
+const createInput = z.object({
+  userId: uuid,
+  ipAddress: z
+    .string()
+    .max(64)
+    // node:net accepts a zone suffix (fe80::1%eth0) that PostgreSQL's inet does not.
+    .refine((ip) => isIP(ip) !== 0 && !ip.includes("%"), "must be an IPv4 or IPv6 address")
+    .nullish(),
+  userAgent: z
+    .string()
+    .max(USER_AGENT_MAX_ACCEPTED)
+    .refine(noNul, "must not contain NUL")
+    .transform((ua) => Array.from(ua).slice(0, USER_AGENT_MAX_STORED).join(""))
+    .nullish(),
+  /** How the user signed in: password, magic_link, oauth:google, ... */
+  authMethod: z.string().regex(/^[a-z][a-z0-9_:.-]{0,31}$/, "must be a short lower-case identifier"),
+  metadata: z
+    .record(z.string(), z.unknown())
+    .refine((value) => {
+      try {
+        const json = JSON.stringify(value);
+        return Buffer.byteLength(json) <= METADATA_MAX_BYTES && noNul(json);
+      } catch {
+        return false;
+      }
+    }, `must be JSON of at most ${METADATA_MAX_BYTES} bytes`)
+    .optional(),
+});
+export type CreateSessionInput = z.input<typeof createInput>;
+
+const revokeAllInput = z.object({ userId: uuid, except: uuid.optional() });
+const cleanupInput = z.object({
+  batchSize: z.number().int().min(1).max(50_000).default(1000),
+  /** Upper bound on the loop: at most batchSize * maxBatches rows per call. */
+  maxBatches: z.number().int().min(1).max(100_000).default(1000),
+});
+
+// ---------------------------------------------------------------------------------------------------------
+// Service
+
+/**
+ * Creates a session for an existing, not deleted user and returns it with its token (shown to the client
+ * once; only its SHA-256 is stored).
+ * @throws DbError VALIDATION_FAILED (bad id, IP, auth method, user agent over 1024 chars), NOT_FOUND (no such user).
+ * @example const { session, token } = await create({ userId, authMethod: "password", ipAddress: "203.0.113.7" });
+ */
+export async function create(
+  payload: CreateSessionInput,
+  logger: Logger = noopLogger,
+  options: SessionServiceOptions = {},
+): Promise<{ session: PublicSession; token: string }> {
+  return await serviceCall("sessions.create", logger, { userId: payload?.userId }, async () => {
+    const input = validateInput(createInput, payload);
+    const cfg = configFor(options);
+    const times = timesFor(cfg);
+    const token = generateSecret();
+    const expiresAt = new Date(
+      Math.min(times.idleExpiry.getTime(), times.at.getTime() + cfg.absoluteLifetimeMs),
+    );
+    const handle = options.tx ?? db;
+    // INSERT ... SELECT from users in one statement: a missing or soft-deleted user inserts nothing (no
+    // check-then-insert race); a user hard-deleted meanwhile trips the foreign key instead. created_at comes
+    // from the data layer's clock because the absolute lifetime is measured from it; updated_at is left to
+    // the database, like the set_updated_at trigger that maintains it.
+    const result = await withMetrics("insert", "sessions", () =>
+      handle
+        .execute<Record<string, unknown>>(
+          sql`INSERT INTO sessions (id, user_id, token_hash, status, auth_method, ip_address, user_agent,
+                metadata, expires_at, last_accessed_at, created_at)
+              SELECT ${uuidv7()}::uuid, u.id, ${sha256(token)}::bytea, 'active', ${input.authMethod},
+                ${input.ipAddress ?? null}::inet, ${input.userAgent ?? null}, ${JSON.stringify(input.metadata ?? {})}::jsonb,
+                ${expiresAt}::timestamptz, ${times.at}::timestamptz, ${times.at}::timestamptz
+              FROM users u
+              WHERE u.id = ${input.userId}::uuid AND u.deleted_at IS NULL
+              RETURNING ${selectList("sessions", publicSessionColumns, "")}`,
+        )
+        .catch((error: unknown) => {
+          if (isDbError(error, "FOREIGN_KEY_VIOLATION")) throw userNotFound(error);
+          throw error;
+        }),
+    );
+    const row = result.rows[0];
+    if (!row) throw userNotFound();
+    const session = fromRow<PublicSession>(publicSessionColumns, row, "");
+    logger.audit(
+      { sessionId: session.id, userId: session.userId, authMethod: session.authMethod },
+      "session created",
+    );
+    return { session, token };
+  });
+}
+
+function userNotFound(cause?: unknown): DbError<"NOT_FOUND"> {
+  return new DbError("NOT_FOUND", "User not found", cause === undefined ? {} : { cause, table: "users" });
+}
+
+// Columns validate() may rewrite; the answer takes them from the UPDATE's RETURNING when it ran.
+const TOUCHED: ReadonlySet<string> = new Set(["expiresAt", "lastAccessedAt", "updatedAt"]);
+
+/**
+ * Checks a session token and returns the live session with its user, or null. One SQL statement: it also
+ * slides the expiry (at most once per refresh interval) and deletes the session if it has expired.
+ * A malformed token returns null without touching the database.
+ * @throws DbError only for database failures (DATABASE_UNAVAILABLE, QUERY_TIMEOUT, ...).
+ * @example const auth = await validate(cookieToken); if (!auth) return c.text("Unauthorized", 401);
+ */
+export async function validate(
+  token: string,
+  logger: Logger = noopLogger,
+  options: SessionServiceOptions = {},
+): Promise<{ session: PublicSession; user: SessionUser } | null> {
+  return await serviceCall("sessions.validate", logger, {}, async () => {
+    if (!isWellFormedSecret(token)) return null;
+    const times = timesFor(configFor(options));
+    const handle = options.tx ?? db;
+    // One statement, one round trip. All CTEs run on one snapshot:
+    //  - found: the session by the unique index on token_hash (the equality is on a SHA-256 of 256 random
+    //    bits, so timing reveals nothing usable; no comparison happens in JS), joined with its user.
+    //  - removed: an expired session (idle or absolute) is deleted in the same statement, whatever its status.
+    //  - touched: a live session of a live user is extended only when last_accessed_at is older than the
+    //    refresh interval; otherwise the row is not written at all. Its conditions are on `s`, not `f`, so
+    //    under READ COMMITTED a concurrent validate() or revoke() that updated the row first makes PostgreSQL
+    //    re-check them against the new version: the second request skips the write, a revoked row is not
+    //    extended.
+    // The final SELECT cannot see the UPDATE's effect (same snapshot), so the rewritten columns come from
+    // touched's RETURNING when it ran.
+    const finalColumns = sql.join(
+      [
+        ...Object.entries(publicSessionColumns).map(([key, column]) =>
+          TOUCHED.has(key)
+            ? sql`coalesce(t.${sql.identifier(column.name)}, f.${sql.identifier(`s.${key}`)}) AS ${sql.identifier(`s.${key}`)}`
+            : sql`f.${sql.identifier(`s.${key}`)}`,
+        ),
+        ...Object.keys(sessionUserColumns).map((key) => sql`f.${sql.identifier(`u.${key}`)}`),
+      ],
+      sql`, `,
+    );
+    const result = await withMetrics("validate", "sessions", () =>
+      handle.execute<Record<string, unknown>>(sql`
+        WITH found AS (
+          SELECT ${selectList("s", publicSessionColumns, "s.")}, ${selectList("u", sessionUserColumns, "u.")},
+                 (s.expires_at <= ${times.at}::timestamptz OR s.created_at <= ${times.absoluteCutoff}::timestamptz) AS is_expired
+          FROM sessions s
+          JOIN users u ON u.id = s.user_id
+          WHERE s.token_hash = ${sha256(token)}::bytea
+        ),
+        removed AS (
+          DELETE FROM sessions s
+          USING found f
+          WHERE s.id = f."s.id" AND f.is_expired
+          RETURNING s.id
+        ),
+        touched AS (
+          UPDATE sessions s
+          SET last_accessed_at = ${times.at}::timestamptz,
+              expires_at = least(${times.idleExpiry}::timestamptz, s.created_at + make_interval(secs => ${times.absoluteSeconds}))
+          FROM found f
+          WHERE s.id = f."s.id" AND NOT f.is_expired AND f."u.deletedAt" IS NULL
+            AND s.status = 'active'
+            AND (s.last_accessed_at IS NULL OR s.last_accessed_at <= ${times.refreshCutoff}::timestamptz)
+          RETURNING s.id, s.expires_at, s.last_accessed_at, s.updated_at
+        )
+        SELECT ${finalColumns}, f.is_expired, (SELECT count(*) FROM removed)::int AS removed, t.id IS NOT NULL AS touched
+        FROM found f
+        LEFT JOIN touched t ON t.id = f."s.id"`),
+    );
+    const row = result.rows[0];
+    if (!row) return null;
+    const session = fromRow<PublicSession>(publicSessionColumns, row, "s.");
+    if (row.removed) {
+      logger.audit({ sessionId: session.id, userId: session.userId }, "expired session deleted");
+      return null;
+    }
+    if (row.is_expired || session.status !== "active" || row["u.deletedAt"] !== null) return null;
+    if (row.touched) logger.debug({ sessionId: session.id }, "session extended");
+    return { session, user: fromRow<SessionUser>(sessionUserColumns, row, "u.") };
+  });
+}
+
+/**
+ * Replaces a live session's token with a new one (after sign-in elevation, privilege change, ...). The old
+ * token stops working at once; of two concurrent rotations with the same token exactly one succeeds.
+ * @throws DbError TOKEN_INVALID when the token is malformed, unknown, revoked, expired or its user deleted.
+ * @example const { token } = await rotate(oldToken); setCookie(c, "session", token);
+ */
+export async function rotate(
+  token: string,
+  logger: Logger = noopLogger,
+  options: SessionServiceOptions = {},
+): Promise<{ session: PublicSession; token: string }> {
+  return await serviceCall("sessions.rotate", logger, {}, async () => {
+    if (!isWellFormedSecret(token)) throw tokenInvalid();
+    const times = timesFor(configFor(options));
+    const next = generateSecret();
+    const handle = options.tx ?? db;
+    // One conditional UPDATE keyed by the old hash: a concurrent rotation that committed first changed
+    // token_hash, so PostgreSQL's re-check of the WHERE clause finds no row for the loser.
+    const rows = await withMetrics("update", "sessions", () =>
+      handle
+        .update(sessions)
+        .set({
+          tokenHash: sha256(next),
+          lastAccessedAt: times.at,
+          expiresAt: sql`least(${times.idleExpiry}::timestamptz, ${sessions.createdAt} + make_interval(secs => ${times.absoluteSeconds}))`,
+        })
+        .where(
+          and(
+            eq(sessions.tokenHash, sha256(token)),
+            eq(sessions.status, "active"),
+            gt(sessions.expiresAt, times.at),
+            gt(sessions.createdAt, times.absoluteCutoff),
+            sql`EXISTS (SELECT 1 FROM ${users} WHERE ${users.id} = ${sessions.userId} AND ${users.deletedAt} IS NULL)`,
+          ),
+        )
+        .returning(publicSessionColumns),
+    );
+    const session = rows[0];
+    if (!session) throw tokenInvalid();
+    logger.audit({ sessionId: session.id, userId: session.userId }, "session token rotated");
+    return { session, token: next };
+  });
+}
+
+function tokenInvalid(): DbError<"TOKEN_INVALID"> {
+  return new DbError("TOKEN_INVALID", "The session token is invalid or expired");
+}
+
+/**
+ * Revokes one session (sign-out). Idempotent: revoking a revoked session returns it unchanged.
+ * Its expires_at is pulled back to now, so cleanupExpired() can remove it through the expires_at index.
+ * @throws DbError VALIDATION_FAILED (not a uuid), NOT_FOUND (no such session).
+ * @example await revoke(session.id);
+ */
+export async function revoke(
+  sessionId: string,
+  logger: Logger = noopLogger,
+  options: SessionServiceOptions = {},
+): Promise<PublicSession> {
+  return await serviceCall("sessions.revoke", logger, { sessionId }, async () => {
+    const id = validateInput(uuid, sessionId);
+    const at = now();
+    const handle = options.tx ?? db;
+    const rows = await withMetrics("update", "sessions", () =>
+      handle
+        .update(sessions)
+        .set({
+          status: "revoked",
+          revokedAt: sql`coalesce(${sessions.revokedAt}, ${at}::timestamptz)`,
+          expiresAt: sql`least(${sessions.expiresAt}, ${at}::timestamptz)`,
+        })
+        .where(eq(sessions.id, id))
+        .returning(publicSessionColumns),
+    );
+    const session = rows[0];
+    if (!session) throw new DbError("NOT_FOUND", "Session not found", { table: "sessions" });
+    logger.audit({ sessionId: session.id, userId: session.userId }, "session revoked");
+    return session;
+  });
+}
+
+/**
+ * Revokes every live session of a user ("sign out everywhere"), optionally keeping the current one.
+ * Returns how many were revoked.
+ * @throws DbError VALIDATION_FAILED (not a uuid).
+ * @example await revokeAllForUser({ userId, except: currentSession.id });
+ */
+export async function revokeAllForUser(
+  payload: { userId: string; except?: string | undefined },
+  logger: Logger = noopLogger,
+  options: SessionServiceOptions = {},
+): Promise<number> {
+  return await serviceCall("sessions.revokeAllForUser", logger, { userId: payload?.userId }, async () => {
+    const input = validateInput(revokeAllInput, payload);
+    const at = now();
+    const handle = options.tx ?? db;
+    // sessions_user_id_idx finds the user's rows; one UPDATE, so a session created meanwhile is either
+    // revoked or was not yet visible (never half-handled).
+    const rows = await withMetrics("update", "sessions", () =>
+      handle
+        .update(sessions)
+        .set({
+          status: "revoked",
+          revokedAt: at,
+          expiresAt: sql`least(${sessions.expiresAt}, ${at}::timestamptz)`,
+        })
+        .where(
+          and(
+            eq(sessions.userId, input.userId),
+            eq(sessions.status, "active"),
+            gt(sessions.expiresAt, at),
+            input.except === undefined ? undefined : ne(sessions.id, input.except),
+          ),
+        )
+        .returning({ id: sessions.id }),
+    );
+    logger.audit(
+      { userId: input.userId, exceptSessionId: input.except, revoked: rows.length },
+      "user sessions revoked",
+    );
+    return rows.length;
+  });
+}
+
+/**
+ * The user's live sessions (active, not expired), newest first, for a "your devices" page.
+ * @throws DbError VALIDATION_FAILED (not a uuid).
+ * @example const devices = await listForUser(user.id);
+ */
+export async function listForUser(
+  userId: string,
+  logger: Logger = noopLogger,
+  options: SessionServiceOptions = {},
+): Promise<PublicSession[]> {
+  return await serviceCall("sessions.listForUser", logger, { userId }, async () => {
+    const id = validateInput(uuid, userId);
+    const times = timesFor(configFor(options));
+    const handle = options.tx ?? db;
+    // sessions_user_id_idx; the few rows per user are filtered and sorted in memory.
+    return await withMetrics("select", "sessions", () =>
+      handle
+        .select(publicSessionColumns)
+        .from(sessions)
+        .where(
+          and(
+            eq(sessions.userId, id),
+            eq(sessions.status, "active"),
+            gt(sessions.expiresAt, times.at),
+            gt(sessions.createdAt, times.absoluteCutoff),
+          ),
+        )
+        .orderBy(desc(sessions.createdAt), desc(sessions.id)),
+    );
+  });
+}
+
+/**
+ * Deletes expired sessions (revoked ones included: revoking pulls expires_at back to now) in batches, and
+ * returns how many it deleted. Safe to run from several processes at once: each batch skips rows another
+ * process has locked, and every row is deleted exactly once.
+ * @throws DbError VALIDATION_FAILED (bad batch size).
+ * @example const deleted = await cleanupExpired({ batchSize: 1000 });
+ */
+export async function cleanupExpired(
+  payload: { batchSize?: number | undefined; maxBatches?: number | undefined } = {},
+  logger: Logger = noopLogger,
+  options: SessionServiceOptions = {},
+): Promise<number> {
+  return await serviceCall("sessions.cleanupExpired", logger, {}, async () => {
+    const input = validateInput(cleanupInput, payload);
+    const at = now();
+    const handle = options.tx ?? db;
+    let total = 0;
+    for (let batch = 0; batch < input.maxBatches; batch++) {
+      // Each batch is its own short statement (on the pool it commits at once, so locks are held briefly).
+      // The inner SELECT walks sessions_expires_at_idx; FOR UPDATE SKIP LOCKED lets concurrent cleanups
+      // take disjoint batches instead of queueing behind each other's locks. Sessions past the absolute
+      // lifetime always have expires_at <= created_at + absolute, so this one index condition finds them.
+      const result = await withMetrics("delete", "sessions", () =>
+        handle.execute(sql`
+          DELETE FROM sessions
+          WHERE id IN (
+            SELECT id FROM sessions
+            WHERE expires_at <= ${at}::timestamptz
+            LIMIT ${input.batchSize}
+            FOR UPDATE SKIP LOCKED
+          )`),
+      );
+      const deleted = result.rowCount ?? 0;
+      total += deleted;
+      // A short batch means nothing unlocked is left; rows locked by another cleanup are that one's to delete.
+      if (deleted < input.batchSize) break;
+    }
+    if (total > 0) logger.audit({ deleted: total }, "expired sessions deleted");
+    return total;
+  });
+}

@@ -1,0 +1,709 @@
+// UsersService: creating, finding, listing, searching, updating, soft-deleting, restoring and purging users,
+// and their passwords. Callers never see password hashes: every function returns `PublicUser`.
+import { and, asc, desc, eq, getTableColumns, gt, inArray, isNull, lt, or, type SQL, sql } from "drizzle-orm";
+import type { PgUpdateSetSource } from "drizzle-orm/pg-core";
+import { parsePhoneNumberFromString } from "libphonenumber-js";
+import { z } from "zod";
+import { now } from "../clock.ts";
+import { db, transaction } from "../connection.ts";
+import { DbError, isDbError } from "../errors.ts";
+import { type Logger, noopLogger } from "../logger.ts";
+import { withMetrics } from "../metrics.ts";
+import { oneTimeTokens, sessions, type User, users } from "../schema/index.ts";
+import { type ReadOptions, type ServiceOptions, serviceCall, validate } from "./common.ts";
+import {
+  candidatePasswordSchema,
+  hashPassword,
+  needsRehash,
+  passwordSchema,
+  verifyAgainstDummy,
+  verifyPasswordHash,
+} from "./passwords.ts";
+
+/** A user as callers see it: everything but the password hash and the internal search vector. */
+export type PublicUser = Omit<User, "passwordHash" | "searchVector">;
+
+const { passwordHash: _passwordHash, searchVector: _searchVector, ...publicColumns } = getTableColumns(users);
+
+export const EMAIL_MAX_LENGTH = 254;
+export const NAME_MAX_LENGTH = 200;
+export const AVATAR_URL_MAX_LENGTH = 2048;
+/** Serialized (UTF-8 JSON) size limit of `metadata`. */
+export const METADATA_MAX_BYTES = 16 * 1024;
+export const LIST_DEFAULT_LIMIT = 50;
+export const LIST_MAX_LIMIT = 1000;
+/** Patterns per filter of `list`. */
+export const LIST_MAX_PATTERNS = 1000;
+export const SEARCH_DEFAULT_LIMIT = 20;
+export const SEARCH_MAX_LIMIT = 100;
+export const PURGE_DEFAULT_BATCH_SIZE = 1000;
+export const PURGE_DEFAULT_MAX_BATCHES = 100;
+
+// ---------------------------------------------------------------------------------------------------------
+// Input schemas. PostgreSQL text cannot hold NUL, so strings containing it are rejected here rather than
+// failing later as a driver error.
+
+const noNul = (value: string) => !value.includes("\u0000");
+
+const emailSchema = z
+  .string()
+  .max(EMAIL_MAX_LENGTH * 2)
+  .trim()
+  .toLowerCase()
+  .pipe(z.email().max(EMAIL_MAX_LENGTH));
+
+/** E.164 through libphonenumber-js; a leading + is required because we never guess a country. */
+const phoneSchema = z
+  .string()
+  .max(64)
+  .trim()
+  .transform((value, ctx) => {
+    const parsed = value.startsWith("+") ? parsePhoneNumberFromString(value) : undefined;
+    if (!parsed?.isValid()) {
+      ctx.addIssue({
+        code: "custom",
+        message: "must be a valid phone number in international format (+...)",
+      });
+      return z.NEVER;
+    }
+    return parsed.number;
+  });
+
+const nameSchema = z.string().trim().min(1).max(NAME_MAX_LENGTH).refine(noNul, "must not contain NUL");
+
+const avatarUrlSchema = z
+  .string()
+  .trim()
+  .max(AVATAR_URL_MAX_LENGTH)
+  .pipe(z.url({ protocol: /^https?$/, message: "must be an http(s) URL" }))
+  .refine(noNul, "must not contain NUL");
+
+const metadataSchema = z.record(z.string(), z.json()).superRefine((value, ctx) => {
+  const serialized = JSON.stringify(value);
+  if (Buffer.byteLength(serialized, "utf8") > METADATA_MAX_BYTES) {
+    ctx.addIssue({ code: "custom", message: `must serialize to at most ${METADATA_MAX_BYTES} bytes` });
+  }
+  // jsonb rejects \u0000 in strings and keys.
+  if (serialized.includes("\\u0000")) ctx.addIssue({ code: "custom", message: "must not contain NUL" });
+});
+
+const idSchema = z.guid("must be a UUID").transform((value) => value.toLowerCase());
+
+const createSchema = z
+  .strictObject({
+    email: emailSchema.optional(),
+    phoneNumber: phoneSchema.optional(),
+    password: passwordSchema.optional(),
+    firstName: nameSchema.nullish(),
+    lastName: nameSchema.nullish(),
+    avatarUrl: avatarUrlSchema.nullish(),
+    metadata: metadataSchema.optional(),
+  })
+  .refine((input) => input.email !== undefined || input.phoneNumber !== undefined, {
+    message: "an email or a phone number is required",
+    path: ["email"],
+  });
+
+const patchSchema = z
+  .strictObject({
+    email: emailSchema.nullish(),
+    phoneNumber: phoneSchema.nullish(),
+    firstName: nameSchema.nullish(),
+    lastName: nameSchema.nullish(),
+    avatarUrl: avatarUrlSchema.nullish(),
+    metadata: metadataSchema.optional(),
+    emailVerifiedAt: z.date().nullish(),
+    phoneNumberVerifiedAt: z.date().nullish(),
+    lastSignInAt: z.date().nullish(),
+  })
+  .refine((patch) => Object.values(patch).some((value) => value !== undefined), {
+    message: "the patch changes nothing",
+  });
+
+const updateSchema = z.strictObject({ id: idSchema, patch: patchSchema });
+
+const patternList = (map: (pattern: string) => string = (pattern) => pattern) =>
+  z
+    .array(
+      z
+        .string()
+        .min(1)
+        .max(EMAIL_MAX_LENGTH + 64)
+        .refine(noNul, "must not contain NUL")
+        .transform(map),
+    )
+    .max(LIST_MAX_PATTERNS);
+
+const listSchema = z.strictObject({
+  ids: patternList((pattern) => pattern.toLowerCase()).optional(),
+  emails: patternList((pattern) => pattern.toLowerCase()).optional(),
+  phoneNumbers: patternList().optional(),
+  limit: z.number().int().min(1).max(LIST_MAX_LIMIT).default(LIST_DEFAULT_LIMIT),
+  cursor: z.string().max(128).nullish(),
+  includeDeleted: z.boolean().optional(),
+});
+
+const searchSchema = z.strictObject({
+  query: z.string().trim().min(1).max(256).refine(noNul, "must not contain NUL"),
+  limit: z.number().int().min(1).max(SEARCH_MAX_LIMIT).default(SEARCH_DEFAULT_LIMIT),
+  prefix: z.boolean().default(false),
+});
+
+const purgeSchema = z.strictObject({
+  retentionMs: z.number().int().min(0),
+  batchSize: z.number().int().min(1).max(10_000).default(PURGE_DEFAULT_BATCH_SIZE),
+  maxBatches: z.number().int().min(1).max(10_000).default(PURGE_DEFAULT_MAX_BATCHES),
+});
+
+const setPasswordSchema = z.strictObject({ id: idSchema, password: passwordSchema });
+const verifyPasswordSchema = z.strictObject({ email: emailSchema, password: candidatePasswordSchema });
+
+export type CreateUserInput = z.input<typeof createSchema>;
+export type UserPatch = z.input<typeof patchSchema>;
+export type UpdateUserInput = z.input<typeof updateSchema>;
+export type ListUsersInput = z.input<typeof listSchema>;
+export type SearchUsersInput = z.input<typeof searchSchema>;
+export type PurgeUsersInput = z.input<typeof purgeSchema>;
+export type SetPasswordInput = z.input<typeof setPasswordSchema>;
+export type VerifyPasswordInput = z.input<typeof verifyPasswordSchema>;
+
+export interface UserPage {
+  users: PublicUser[];
+  /** Pass back as `cursor` for the next page; null on the last page. */
+  nextCursor: string | null;
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// Helpers
+
+/** Turns the unique and check violations of `users` into the codes callers act on. */
+function translateWriteError(error: unknown): unknown {
+  if (isDbError(error, "UNIQUE_VIOLATION")) {
+    if (error.constraint === "users_email_active_key") {
+      return new DbError("EMAIL_TAKEN", "The email address is already in use", {
+        cause: error,
+        table: "users",
+      });
+    }
+    if (error.constraint === "users_phone_number_active_key") {
+      return new DbError("PHONE_TAKEN", "The phone number is already in use", {
+        cause: error,
+        table: "users",
+      });
+    }
+  }
+  if (isDbError(error, "CHECK_VIOLATION") && error.constraint === "users_email_or_phone_check") {
+    return new DbError("VALIDATION_FAILED", "Invalid input: a user needs an email or a phone number", {
+      cause: error,
+      table: "users",
+      details: { email: "an email or a phone number is required" },
+    });
+  }
+  return error;
+}
+
+async function writing<T>(fn: () => Promise<T>): Promise<T> {
+  try {
+    return await fn();
+  } catch (error) {
+    throw translateWriteError(error);
+  }
+}
+
+/** An id for log lines, only when it looks like one: unvalidated input must not flood the logs. */
+function logId(value: unknown): string | undefined {
+  return typeof value === "string" && value.length <= 64 ? value : undefined;
+}
+
+function notFound(id: string): DbError<"NOT_FOUND"> {
+  return new DbError("NOT_FOUND", `No user ${id}`, { table: "users" });
+}
+
+function encodeCursor(id: string): string {
+  return Buffer.from(id, "utf8").toString("base64url");
+}
+
+const UUID_TEXT = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/;
+
+function decodeCursor(cursor: string): string {
+  const id = Buffer.from(cursor, "base64url").toString("utf8");
+  // Re-encoding rejects the lenient decodings Buffer accepts (padding, stray characters).
+  if (!UUID_TEXT.test(id) || encodeCursor(id) !== cursor) {
+    throw new DbError("VALIDATION_FAILED", "Invalid input: cursor: is not a cursor returned by list()", {
+      details: { cursor: "is not a cursor returned by list()" },
+    });
+  }
+  return id;
+}
+
+const LIKE_WILDCARD = /[%_\\]/;
+
+function listFilters(input: z.output<typeof listSchema>, includeDeleted: boolean): SQL[] {
+  const filters: SQL[] = [];
+  if (!includeDeleted) filters.push(isNull(users.deletedAt));
+  if (input.ids) {
+    // Patterns without wildcards are plain ids: `id = ANY` uses the primary key, whereas `id::text LIKE`
+    // can only scan. Only real wildcard patterns go through LIKE.
+    const exact = input.ids.filter((pattern) => !LIKE_WILDCARD.test(pattern) && UUID_TEXT.test(pattern));
+    const patterns = input.ids.filter((pattern) => !exact.includes(pattern));
+    const either: SQL[] = [];
+    if (exact.length > 0 || patterns.length === 0) {
+      either.push(sql`${users.id} = ANY (${sql.param(exact)}::uuid[])`);
+    }
+    if (patterns.length > 0) either.push(sql`${users.id}::text LIKE ANY (${sql.param(patterns)}::text[])`);
+    filters.push(either.length === 1 ? (either[0] as SQL) : (or(...either) as SQL));
+  }
+  // One array parameter each: a bitmap index scan runs the trigram index once per pattern and ORs the
+  // results, so `LIKE ANY` is served by users_email_trgm_idx / users_phone_number_trgm_idx.
+  if (input.emails) filters.push(sql`${users.email} LIKE ANY (${sql.param(input.emails)}::text[])`);
+  if (input.phoneNumbers) {
+    filters.push(sql`${users.phoneNumber} LIKE ANY (${sql.param(input.phoneNumbers)}::text[])`);
+  }
+  return filters;
+}
+
+function listQuery(input: z.output<typeof listSchema>, options: ReadOptions) {
+  const handle = options.tx ?? db;
+  const filters = listFilters(input, input.includeDeleted ?? options.includeDeleted ?? false);
+  if (input.cursor) filters.push(gt(users.id, decodeCursor(input.cursor)));
+  // Keyset pagination on the primary key: UUIDv7 ids sort in creation order, and `id > $cursor ORDER BY id`
+  // stays fast on any page, unlike OFFSET. One extra row tells whether there is a next page. The planner
+  // picks between a bitmap scan of the trigram index then a top-N sort (selective patterns) and walking the
+  // primary key while filtering (patterns most rows match); both are right for their case.
+  return handle
+    .select(publicColumns)
+    .from(users)
+    .where(and(...filters))
+    .orderBy(asc(users.id))
+    .limit(input.limit + 1);
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// Service functions
+
+/**
+ * Creates a user from an email and/or a phone number, hashing the password if one is given.
+ * @throws DbError VALIDATION_FAILED, EMAIL_TAKEN, PHONE_TAKEN.
+ * @example const user = await create({ email: "Ada@Example.com", password: "correct horse" });
+ */
+export async function create(
+  payload: CreateUserInput,
+  logger: Logger = noopLogger,
+  options: ServiceOptions = {},
+): Promise<PublicUser> {
+  return await serviceCall("users.create", logger, {}, async () => {
+    const { password, ...input } = validate(createSchema, payload);
+    const passwordHash = password === undefined ? null : await hashPassword(password);
+    const at = now();
+    const handle = options.tx ?? db;
+    // No read-then-write duplicate check: the partial unique indexes decide, so concurrent sign-ups of one
+    // address cannot both succeed, and the violated constraint names which field was taken.
+    const [user] = await writing(() =>
+      withMetrics("insert", "users", () =>
+        handle
+          .insert(users)
+          .values({ ...input, passwordHash, createdAt: at, updatedAt: at })
+          .returning(publicColumns),
+      ),
+    );
+    if (!user) throw new DbError("DATABASE_ERROR", "INSERT returned no row", { table: "users" });
+    logger.audit({ userId: user.id, withPassword: passwordHash !== null }, "user created");
+    return user;
+  });
+}
+
+/**
+ * The user with this id, or null. Soft-deleted users only with `{ includeDeleted: true }`.
+ * @throws DbError VALIDATION_FAILED when `id` is not a UUID.
+ * @example const user = await findById(id);
+ */
+export async function findById(
+  id: string,
+  logger: Logger = noopLogger,
+  options: ReadOptions = {},
+): Promise<PublicUser | null> {
+  return await serviceCall("users.findById", logger, { userId: logId(id) }, async () => {
+    const userId = validate(idSchema, id);
+    const handle = options.tx ?? db;
+    const where = options.includeDeleted
+      ? eq(users.id, userId)
+      : and(eq(users.id, userId), isNull(users.deletedAt));
+    const [user] = await withMetrics("select", "users", () =>
+      handle.select(publicColumns).from(users).where(where).limit(1),
+    );
+    return user ?? null;
+  });
+}
+
+/**
+ * The user with this email (normalized first), or null. With `{ includeDeleted: true }` a deleted user can
+ * match; when several have used the address, the active one wins, then the most recently deleted.
+ * @throws DbError VALIDATION_FAILED when the email is malformed.
+ * @example const user = await findByEmail("ada@example.com");
+ */
+export async function findByEmail(
+  email: string,
+  logger: Logger = noopLogger,
+  options: ReadOptions = {},
+): Promise<PublicUser | null> {
+  return await serviceCall("users.findByEmail", logger, {}, async () => {
+    const normalized = validate(emailSchema, email);
+    return await findOneBy(eq(users.email, normalized), options);
+  });
+}
+
+/**
+ * The user with this phone number (normalized to E.164 first), or null; deleted users as in findByEmail.
+ * @throws DbError VALIDATION_FAILED when the number is not a valid international number.
+ * @example const user = await findByPhone("+1 415 555 2671");
+ */
+export async function findByPhone(
+  phoneNumber: string,
+  logger: Logger = noopLogger,
+  options: ReadOptions = {},
+): Promise<PublicUser | null> {
+  return await serviceCall("users.findByPhone", logger, {}, async () => {
+    const normalized = validate(phoneSchema, phoneNumber);
+    return await findOneBy(eq(users.phoneNumber, normalized), options);
+  });
+}
+
+async function findOneBy(condition: SQL, options: ReadOptions): Promise<PublicUser | null> {
+  const handle = options.tx ?? db;
+  const [user] = await withMetrics("select", "users", () =>
+    options.includeDeleted
+      ? handle
+          .select(publicColumns)
+          .from(users)
+          .where(condition)
+          .orderBy(sql`${users.deletedAt} DESC NULLS FIRST`, desc(users.id))
+          .limit(1)
+      : handle
+          .select(publicColumns)
+          .from(users)
+          .where(and(condition, isNull(users.deletedAt)))
+          .limit(1),
+  );
+  return user ?? null;
+}
+
+/**
+ * One page of users in creation (id) order. Each filter is a list of LIKE patterns (`%` any run, `_` one
+ * character, `\` escapes) of which any may match; filters combine with AND; an empty list matches nothing.
+ * Email patterns are lower-cased. Deleted users only with `includeDeleted` (in the payload or the options).
+ * @throws DbError VALIDATION_FAILED for a bad limit (1..1000, default 50), pattern or cursor.
+ * @example const { users, nextCursor } = await list({ emails: ["%@example.com"], limit: 100 });
+ */
+export async function list(
+  payload: ListUsersInput = {},
+  logger: Logger = noopLogger,
+  options: ReadOptions = {},
+): Promise<UserPage> {
+  return await serviceCall("users.list", logger, {}, async () => {
+    const input = validate(listSchema, payload);
+    const rows = await withMetrics("select", "users", () => listQuery(input, options));
+    const page = rows.slice(0, input.limit);
+    const last = page.at(-1);
+    return { users: page, nextCursor: rows.length > input.limit && last ? encodeCursor(last.id) : null };
+  });
+}
+
+/**
+ * The PostgreSQL plan of the query `list` would run for this payload, one line per element (diagnostics:
+ * checks that the trigram indexes serve the patterns). With `analyze: true` the query is run too.
+ * @throws DbError VALIDATION_FAILED as list does.
+ * @example console.log((await explainList({ emails: ["%@example.com"] })).join("\n"));
+ */
+export async function explainList(
+  payload: ListUsersInput & { analyze?: boolean } = {},
+  logger: Logger = noopLogger,
+  options: ReadOptions = {},
+): Promise<string[]> {
+  return await serviceCall("users.explainList", logger, {}, async () => {
+    const { analyze, ...rest } = payload;
+    const input = validate(listSchema, rest);
+    const handle = options.tx ?? db;
+    const query = listQuery(input, options).getSQL();
+    const explain = analyze ? sql`EXPLAIN (ANALYZE, BUFFERS) ${query}` : sql`EXPLAIN ${query}`;
+    const result = await withMetrics("explain", "users", () =>
+      handle.execute<{ "QUERY PLAN": string }>(explain),
+    );
+    return result.rows.map((row) => row["QUERY PLAN"]);
+  });
+}
+
+/**
+ * Full-text search over names, email words and metadata strings, best match first (ts_rank), active users
+ * only. The query uses web-search syntax (`"exact phrase"`, `or`, `-exclude`); with `prefix: true` it is
+ * taken as plain words that each match as a prefix instead (search as you type).
+ * @throws DbError VALIDATION_FAILED for an empty query or a bad limit (1..100, default 20).
+ * @example const found = await search({ query: "ada lovelace" });
+ */
+export async function search(
+  payload: SearchUsersInput,
+  logger: Logger = noopLogger,
+  options: ServiceOptions = {},
+): Promise<PublicUser[]> {
+  return await serviceCall("users.search", logger, {}, async () => {
+    const input = validate(searchSchema, payload);
+    const handle = options.tx ?? db;
+    // Prefix mode builds the tsquery text itself from letters and digits only, so no user input can carry
+    // tsquery operators; each word becomes `word:*`.
+    const words = input.query
+      .toLowerCase()
+      .split(/[^\p{L}\p{N}]+/u)
+      .filter((word) => word.length > 0);
+    const tsquery = input.prefix
+      ? sql`to_tsquery('simple', ${words.map((word) => `${word}:*`).join(" & ")})`
+      : sql`websearch_to_tsquery('simple', ${input.query})`;
+    const rank = sql`ts_rank(${users.searchVector}, ${tsquery})`;
+    // `search_vector @@ tsquery` is the condition users_search_vector_idx (GIN) serves; ranking happens only
+    // on the rows it returns.
+    return await withMetrics("select", "users", () =>
+      handle
+        .select(publicColumns)
+        .from(users)
+        .where(and(sql`${users.searchVector} @@ ${tsquery}`, isNull(users.deletedAt)))
+        .orderBy(desc(rank), asc(users.id))
+        .limit(input.limit),
+    );
+  });
+}
+
+/**
+ * Changes some fields of an active user; `null` clears a nullable field and `metadata` is replaced whole.
+ * Changing the email (or phone number) clears its verification time unless the patch sets one.
+ * @throws DbError VALIDATION_FAILED (also for an empty patch), NOT_FOUND, EMAIL_TAKEN, PHONE_TAKEN.
+ * @example await update({ id, patch: { firstName: "Ada", metadata: { plan: "pro" } } });
+ */
+export async function update(
+  payload: UpdateUserInput,
+  logger: Logger = noopLogger,
+  options: ServiceOptions = {},
+): Promise<PublicUser> {
+  return await serviceCall("users.update", logger, { userId: logId(payload?.id) }, async () => {
+    const { id, patch } = validate(updateSchema, payload);
+    const set: PgUpdateSetSource<typeof users> = {};
+    for (const [key, value] of Object.entries(patch)) {
+      if (value !== undefined) Object.assign(set, { [key]: value });
+    }
+    // A new address is unverified. Decided in the UPDATE itself (SET sees the old row), so no prior read.
+    if (patch.email !== undefined && patch.emailVerifiedAt === undefined) {
+      set.emailVerifiedAt = sql`CASE WHEN ${users.email} IS DISTINCT FROM ${patch.email}::text THEN NULL ELSE ${users.emailVerifiedAt} END`;
+    }
+    if (patch.phoneNumber !== undefined && patch.phoneNumberVerifiedAt === undefined) {
+      set.phoneNumberVerifiedAt = sql`CASE WHEN ${users.phoneNumber} IS DISTINCT FROM ${patch.phoneNumber}::text THEN NULL ELSE ${users.phoneNumberVerifiedAt} END`;
+    }
+    const handle = options.tx ?? db;
+    // One conditional UPDATE: a user deleted concurrently is simply not found. updated_at is set by trigger.
+    const [user] = await writing(() =>
+      withMetrics("update", "users", () =>
+        handle
+          .update(users)
+          .set(set)
+          .where(and(eq(users.id, id), isNull(users.deletedAt)))
+          .returning(publicColumns),
+      ),
+    );
+    if (!user) throw notFound(id);
+    logger.audit({ userId: id, fields: Object.keys(set) }, "user updated");
+    return user;
+  });
+}
+
+/**
+ * Soft-deletes an active user and, in the same transaction, revokes all their active sessions and
+ * invalidates all their unused one-time tokens. The email and phone number become free for a new user.
+ * @throws DbError VALIDATION_FAILED, NOT_FOUND (missing or already deleted).
+ * @example await softDelete(user.id);
+ */
+export async function softDelete(
+  id: string,
+  logger: Logger = noopLogger,
+  options: ServiceOptions = {},
+): Promise<PublicUser> {
+  return await serviceCall("users.softDelete", logger, { userId: logId(id) }, async () => {
+    const userId = validate(idSchema, id);
+    const at = now();
+    const { user, revokedSessions, invalidatedTokens } = await transaction(
+      async (tx) => {
+        // The user row first: its row lock makes a concurrent softDelete of the same user wait, then find
+        // nothing (deleted_at is no longer NULL) and report NOT_FOUND.
+        const [deleted] = await withMetrics("update", "users", () =>
+          tx
+            .update(users)
+            .set({ deletedAt: at })
+            .where(and(eq(users.id, userId), isNull(users.deletedAt)))
+            .returning(publicColumns),
+        );
+        if (!deleted) throw notFound(userId);
+        const revoked = await withMetrics("update", "sessions", () =>
+          tx
+            .update(sessions)
+            .set({ status: "revoked", revokedAt: at })
+            .where(and(eq(sessions.userId, userId), eq(sessions.status, "active")))
+            .returning({ id: sessions.id }),
+        );
+        const invalidated = await withMetrics("update", "one_time_tokens", () =>
+          tx
+            .update(oneTimeTokens)
+            .set({ deletedAt: at })
+            .where(
+              and(
+                eq(oneTimeTokens.userId, userId),
+                isNull(oneTimeTokens.usedAt),
+                isNull(oneTimeTokens.deletedAt),
+              ),
+            )
+            .returning({ id: oneTimeTokens.id }),
+        );
+        return { user: deleted, revokedSessions: revoked.length, invalidatedTokens: invalidated.length };
+      },
+      { tx: options.tx },
+    );
+    logger.audit({ userId, revokedSessions, invalidatedTokens }, "user soft-deleted");
+    return user;
+  });
+}
+
+/**
+ * Undoes a soft delete. Sessions and tokens revoked by the delete stay revoked.
+ * @throws DbError VALIDATION_FAILED, NOT_FOUND (missing or not deleted), EMAIL_TAKEN / PHONE_TAKEN when
+ *   another user took the address meanwhile.
+ * @example await restore(user.id);
+ */
+export async function restore(
+  id: string,
+  logger: Logger = noopLogger,
+  options: ServiceOptions = {},
+): Promise<PublicUser> {
+  return await serviceCall("users.restore", logger, { userId: logId(id) }, async () => {
+    const userId = validate(idSchema, id);
+    const handle = options.tx ?? db;
+    // Re-entering the partial unique indexes is what detects an address taken meanwhile, atomically.
+    const [user] = await writing(() =>
+      withMetrics("update", "users", () =>
+        handle
+          .update(users)
+          .set({ deletedAt: null })
+          .where(and(eq(users.id, userId), sql`${users.deletedAt} IS NOT NULL`))
+          .returning(publicColumns),
+      ),
+    );
+    if (!user) throw notFound(userId);
+    logger.audit({ userId }, "user restored");
+    return user;
+  });
+}
+
+/**
+ * Hard-deletes users soft-deleted more than `retentionMs` ago (their sessions, tokens and accounts go with
+ * them by ON DELETE CASCADE), in batches; returns how many were deleted. Stops after `maxBatches` batches
+ * (default 100 of 1000), so call again while it returns `batchSize * maxBatches`.
+ * @throws DbError VALIDATION_FAILED for a negative retention or bad batch settings.
+ * @example const purged = await purge({ retentionMs: 30 * 24 * 3600_000 });
+ */
+export async function purge(
+  payload: PurgeUsersInput,
+  logger: Logger = noopLogger,
+  options: ServiceOptions = {},
+): Promise<number> {
+  return await serviceCall("users.purge", logger, {}, async () => {
+    const input = validate(purgeSchema, payload);
+    const cutoff = new Date(now().getTime() - input.retentionMs);
+    const handle = options.tx ?? db;
+    let total = 0;
+    for (let batch = 0; batch < input.maxBatches; batch++) {
+      // Small batches keep each statement's locks and cascade short. SKIP LOCKED lets two purgers (or a
+      // purger and a restore in progress) pass each other instead of waiting; users_deleted_at_idx serves
+      // the range scan (`deleted_at < $cutoff` implies the index predicate `deleted_at IS NOT NULL`).
+      const victims = handle
+        .select({ id: users.id })
+        .from(users)
+        .where(lt(users.deletedAt, cutoff))
+        .orderBy(asc(users.deletedAt))
+        .limit(input.batchSize)
+        .for("update", { skipLocked: true });
+      const deleted = await withMetrics("delete", "users", () =>
+        handle.delete(users).where(inArray(users.id, victims)).returning({ id: users.id }),
+      );
+      total += deleted.length;
+      if (deleted.length < input.batchSize) break;
+    }
+    if (total > 0) logger.audit({ count: total, cutoff: cutoff.toISOString() }, "deleted users purged");
+    return total;
+  });
+}
+
+/**
+ * Sets (or replaces) the password of an active user.
+ * @throws DbError VALIDATION_FAILED (password not 8..1024 characters after NFKC), NOT_FOUND.
+ * @example await setPassword({ id: user.id, password: "correct horse battery" });
+ */
+export async function setPassword(
+  payload: SetPasswordInput,
+  logger: Logger = noopLogger,
+  options: ServiceOptions = {},
+): Promise<PublicUser> {
+  return await serviceCall("users.setPassword", logger, { userId: logId(payload?.id) }, async () => {
+    const { id, password } = validate(setPasswordSchema, payload);
+    const passwordHash = await hashPassword(password);
+    const handle = options.tx ?? db;
+    const [user] = await withMetrics("update", "users", () =>
+      handle
+        .update(users)
+        .set({ passwordHash })
+        .where(and(eq(users.id, id), isNull(users.deletedAt)))
+        .returning(publicColumns),
+    );
+    if (!user) throw notFound(id);
+    logger.audit({ userId: id }, "password set");
+    return user;
+  });
+}
+
+/**
+ * Checks an email and password; returns the user on success. Unknown email, deleted user, user without a
+ * password and wrong password all raise the same error after the same argon2 work. A hash weaker than the
+ * current policy is replaced after a successful check.
+ * @throws DbError INVALID_CREDENTIALS, VALIDATION_FAILED (malformed email, empty password).
+ * @example const user = await verifyPassword({ email: "ada@example.com", password: "correct horse" });
+ */
+export async function verifyPassword(
+  payload: VerifyPasswordInput,
+  logger: Logger = noopLogger,
+  options: ServiceOptions = {},
+): Promise<PublicUser> {
+  return await serviceCall("users.verifyPassword", logger, {}, async () => {
+    const { email, password } = validate(verifyPasswordSchema, payload);
+    const handle = options.tx ?? db;
+    const [row] = await withMetrics("select", "users", () =>
+      handle
+        .select({ ...publicColumns, passwordHash: users.passwordHash })
+        .from(users)
+        .where(and(eq(users.email, email), isNull(users.deletedAt)))
+        .limit(1),
+    );
+    const invalid = () => new DbError("INVALID_CREDENTIALS", "Invalid email or password");
+    if (!row?.passwordHash) {
+      await verifyAgainstDummy(password);
+      throw invalid();
+    }
+    const { passwordHash: stored, ...user } = row;
+    if (!(await verifyPasswordHash(stored, password))) throw invalid();
+    if (needsRehash(stored)) {
+      const rehashed = await hashPassword(password);
+      // Replaces the hash only if it is still the one just verified: a password changed concurrently
+      // (setPassword, a reset) must not be overwritten by the old password's new hash.
+      const replaced = await withMetrics("update", "users", () =>
+        handle
+          .update(users)
+          .set({ passwordHash: rehashed })
+          .where(and(eq(users.id, user.id), eq(users.passwordHash, stored)))
+          .returning({ id: users.id }),
+      );
+      if (replaced.length > 0) logger.audit({ userId: user.id }, "password rehashed with current parameters");
+    }
+    return user;
+  });
+}

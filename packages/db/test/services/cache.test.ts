@@ -1,0 +1,382 @@
+import { afterEach, beforeEach, describe, expect, it } from "vitest";
+import { manualClock, resetClock, setClock } from "../../src/clock.ts";
+import { getPool, transaction } from "../../src/connection.ts";
+import { DbError } from "../../src/errors.ts";
+import { registry } from "../../src/metrics.ts";
+import * as CacheService from "../../src/services/cache.ts";
+import { useTestDatabase } from "../../src/testing/index.ts";
+
+const database = useTestDatabase({ config: { poolMax: 60 } });
+
+let clock: ReturnType<typeof manualClock>;
+beforeEach(() => {
+  clock = manualClock(new Date("2030-01-01T00:00:00.000Z"));
+  setClock(clock.now);
+});
+afterEach(() => {
+  resetClock();
+});
+
+async function rawCount(resourceType: string, key?: string): Promise<number> {
+  const result =
+    key === undefined
+      ? await database.admin<{ n: string }>("SELECT count(*) AS n FROM cache WHERE resource_type = $1", [
+          resourceType,
+        ])
+      : await database.admin<{ n: string }>(
+          "SELECT count(*) AS n FROM cache WHERE resource_type = $1 AND key = $2",
+          [resourceType, key],
+        );
+  return Number(result.rows[0]?.n);
+}
+
+async function expectCode(promise: Promise<unknown>, code: string): Promise<void> {
+  const error = await promise.then(
+    () => undefined,
+    (e: unknown) => e,
+  );
+  expect(error).toBeInstanceOf(DbError);
+  expect((error as DbError).code).toBe(code);
+}
+
+describe("get / set / delete", () => {
+  it("round-trips JSON values and overwrites", async () => {
+    expect(await CacheService.get("t", "missing")).toBeNull();
+    const value = { a: 1, b: [true, null, "x"], c: { d: 1.5 }, e: "ünïcødé 🎉" };
+    await CacheService.set("t", "k", value);
+    expect(await CacheService.get("t", "k")).toEqual(value);
+    await CacheService.set("t", "k", 42);
+    expect(await CacheService.get<number>("t", "k")).toBe(42);
+    await CacheService.set("t", "k", "text");
+    expect(await CacheService.get("t", "k")).toBe("text");
+    await CacheService.set("other", "k", [1, 2]);
+    expect(await CacheService.get("t", "k")).toBe("text");
+    expect(await rawCount("t", "k")).toBe(1);
+  });
+
+  it("sets updated_at from the clock on overwrite (no trigger on this table)", async () => {
+    await CacheService.set("stamp", "k", 1);
+    clock.advance(5000);
+    await CacheService.set("stamp", "k", 2);
+    const row = await database.admin<{ created_at: Date; updated_at: Date }>(
+      "SELECT created_at, updated_at FROM cache WHERE resource_type = 'stamp' AND key = 'k'",
+    );
+    expect(row.rows[0]?.updated_at.getTime()).toBe(clock.now().getTime());
+    expect(row.rows[0]?.created_at.getTime()).toBe(clock.now().getTime() - 5000);
+  });
+
+  it("delete says whether a live entry was removed", async () => {
+    await CacheService.set("del", "k", { x: 1 });
+    expect(await CacheService.delete("del", "k")).toBe(true);
+    expect(await CacheService.delete("del", "k")).toBe(false);
+    expect(await CacheService.get("del", "k")).toBeNull();
+    await CacheService.set("del", "short", 1, { ttlSeconds: 1 });
+    clock.advance(1000);
+    expect(await CacheService.delete("del", "short")).toBe(false);
+    expect(await rawCount("del")).toBe(0);
+  });
+
+  it("expires by the clock; an expired get returns null and removes the row", async () => {
+    await CacheService.set("ttl", "k", "v", { ttlSeconds: 60 });
+    await CacheService.set("ttl", "forever", "v");
+    clock.advance(59_999);
+    expect(await CacheService.get("ttl", "k")).toBe("v");
+    expect(await rawCount("ttl", "k")).toBe(1);
+    clock.advance(1);
+    expect(await CacheService.get("ttl", "k")).toBeNull();
+    expect(await rawCount("ttl", "k")).toBe(0);
+    clock.advance(10 * 365 * 24 * 3600 * 1000);
+    expect(await CacheService.get("ttl", "forever")).toBe("v");
+  });
+
+  it("set with a TTL replaces a TTL-less entry and vice versa", async () => {
+    await CacheService.set("ttl2", "k", 1);
+    await CacheService.set("ttl2", "k", 2, { ttlSeconds: 1 });
+    clock.advance(1000);
+    expect(await CacheService.get("ttl2", "k")).toBeNull();
+    await CacheService.set("ttl2", "k", 3, { ttlSeconds: 1 });
+    await CacheService.set("ttl2", "k", 4);
+    clock.advance(5000);
+    expect(await CacheService.get("ttl2", "k")).toBe(4);
+  });
+
+  it("joins the caller's transaction", async () => {
+    await expect(
+      transaction(async (tx) => {
+        await CacheService.set("tx", "k", 1, {}, undefined, { tx });
+        expect(await CacheService.get("tx", "k", undefined, { tx })).toBe(1);
+        throw new Error("roll back");
+      }),
+    ).rejects.toThrow("roll back");
+    expect(await CacheService.get("tx", "k")).toBeNull();
+  });
+});
+
+describe("getMany / setMany", () => {
+  it("reads and writes several keys at once, last duplicate wins, expired skipped and removed", async () => {
+    await CacheService.setMany("many", [
+      { key: "a", value: 1 },
+      { key: "b", value: { at: new Date("2020-02-02T00:00:00.000Z") } },
+      { key: "a", value: 3 },
+    ]);
+    await CacheService.setMany("many", [{ key: "short", value: "s" }], { ttlSeconds: 10 });
+    await CacheService.set("elsewhere", "a", "no");
+    clock.advance(10_000);
+    const found = await CacheService.getMany<unknown>("many", ["a", "b", "short", "missing", "a"]);
+    expect(found).toBeInstanceOf(Map);
+    expect([...found.keys()].sort()).toEqual(["a", "b"]);
+    expect(found.get("a")).toBe(3);
+    expect(found.get("b")).toEqual({ at: new Date("2020-02-02T00:00:00.000Z") });
+    expect(await rawCount("many", "short")).toBe(0);
+    expect((await CacheService.getMany("many", [])).size).toBe(0);
+    await CacheService.setMany("many", []);
+  });
+
+  it("setMany rejects a bad entry and writes none of them", async () => {
+    await expectCode(
+      CacheService.setMany("atomic", [
+        { key: "ok", value: 1 },
+        { key: "bad", value: () => 1 },
+      ]),
+      "VALIDATION_FAILED",
+    );
+    await expectCode(
+      CacheService.setMany(
+        "atomic",
+        Array.from({ length: 1001 }, (_, i) => ({ key: `k${i}`, value: i })),
+      ),
+      "VALIDATION_FAILED",
+    );
+    expect(await rawCount("atomic")).toBe(0);
+  });
+});
+
+describe("increment", () => {
+  it("100 concurrent increments give exactly 100", async () => {
+    const results = await Promise.all(
+      Array.from({ length: 100 }, () => CacheService.increment("rate", "ip", 1, { ttlSeconds: 60 })),
+    );
+    const values = results.map((r) => r.value).sort((a, b) => a - b);
+    expect(values).toEqual(Array.from({ length: 100 }, (_, i) => i + 1));
+    expect(await CacheService.get("rate", "ip")).toBe(100);
+    // All share the window opened by the first one.
+    const windows = new Set(results.map((r) => r.expiresAt?.getTime()));
+    expect([...windows]).toEqual([clock.now().getTime() + 60_000]);
+    expect(getPool().totalCount).toBeGreaterThan(10);
+  });
+
+  it("keeps its window, then restarts it after expiry", async () => {
+    const first = await CacheService.increment("window", "k", 1, { ttlSeconds: 10 });
+    expect(first).toEqual({ value: 1, expiresAt: new Date(clock.now().getTime() + 10_000) });
+    clock.advance(9_999);
+    const second = await CacheService.increment("window", "k", 2, { ttlSeconds: 10 });
+    expect(second).toEqual({ value: 3, expiresAt: first.expiresAt });
+    clock.advance(1);
+    const third = await CacheService.increment("window", "k", 1, { ttlSeconds: 10 });
+    expect(third).toEqual({ value: 1, expiresAt: new Date(clock.now().getTime() + 10_000) });
+    expect(await CacheService.increment("window", "k", -5, { ttlSeconds: 10 })).toMatchObject({ value: -4 });
+  });
+
+  it("without a TTL the counter never expires", async () => {
+    expect(await CacheService.increment("plain", "k")).toEqual({ value: 1, expiresAt: null });
+    clock.advance(1e12);
+    expect(await CacheService.increment("plain", "k")).toEqual({ value: 2, expiresAt: null });
+  });
+
+  it("refuses to increment a value that is not an integer, and leaves it alone", async () => {
+    await CacheService.set("notnum", "s", "12");
+    await CacheService.set("notnum", "f", 1.5);
+    await CacheService.set("notnum", "o", { n: 1 });
+    for (const key of ["s", "f", "o"]) {
+      await expectCode(CacheService.increment("notnum", key), "VALIDATION_FAILED");
+    }
+    expect(await CacheService.get("notnum", "s")).toBe("12");
+    await CacheService.set("notnum", "big", Number.MAX_SAFE_INTEGER);
+    await CacheService.increment("notnum", "big", Number.MAX_SAFE_INTEGER);
+    await expectCode(CacheService.increment("notnum", "big", 0.5), "VALIDATION_FAILED");
+    // An expired non-numeric value is simply replaced by a new window.
+    await CacheService.set("notnum", "old", "text", { ttlSeconds: 1 });
+    clock.advance(1000);
+    expect((await CacheService.increment("notnum", "old")).value).toBe(1);
+  });
+});
+
+describe("getOrSet", () => {
+  it("50 concurrent callers run the loader once", async () => {
+    let calls = 0;
+    const loader = async () => {
+      calls += 1;
+      await new Promise((resolve) => setTimeout(resolve, 50));
+      return { loaded: calls, at: new Date("2021-01-01T00:00:00.000Z") };
+    };
+    const results = await Promise.all(
+      Array.from({ length: 50 }, () => CacheService.getOrSet("gos", "k", loader, { ttlSeconds: 60 })),
+    );
+    expect(calls).toBe(1);
+    for (const result of results)
+      expect(result).toEqual({ loaded: 1, at: new Date("2021-01-01T00:00:00.000Z") });
+    // Later callers read the stored value.
+    expect(await CacheService.getOrSet("gos", "k", loader)).toEqual(results[0]);
+    expect(calls).toBe(1);
+    clock.advance(60_000);
+    await CacheService.getOrSet("gos", "k", loader);
+    expect(calls).toBe(2);
+  });
+
+  it("a failing loader rejects every waiter and caches nothing", async () => {
+    let calls = 0;
+    class LoadFailed extends Error {}
+    const failing = async (): Promise<number> => {
+      calls += 1;
+      await new Promise((resolve) => setTimeout(resolve, 20));
+      throw new LoadFailed("upstream down");
+    };
+    const settled = await Promise.allSettled(
+      Array.from({ length: 10 }, () => CacheService.getOrSet("gos-fail", "k", failing)),
+    );
+    expect(calls).toBe(1);
+    for (const outcome of settled) {
+      expect(outcome.status).toBe("rejected");
+      if (outcome.status === "rejected") expect(outcome.reason).toBeInstanceOf(LoadFailed);
+    }
+    expect(await rawCount("gos-fail")).toBe(0);
+    // The failure is not remembered either: the next call loads again.
+    expect(await CacheService.getOrSet("gos-fail", "k", async () => 7)).toBe(7);
+    expect(await CacheService.get("gos-fail", "k")).toBe(7);
+  });
+});
+
+describe("take", () => {
+  it("50 parallel takes: exactly one gets the value", async () => {
+    await CacheService.set("take", "k", { secret: "state" });
+    const results = await Promise.all(Array.from({ length: 50 }, () => CacheService.take("take", "k")));
+    expect(results.filter((r) => r !== null)).toEqual([{ secret: "state" }]);
+    expect(await rawCount("take", "k")).toBe(0);
+  });
+
+  it("an expired entry is not taken, but removed", async () => {
+    await CacheService.set("take", "old", 1, { ttlSeconds: 1 });
+    clock.advance(1000);
+    expect(await CacheService.take("take", "old")).toBeNull();
+    expect(await rawCount("take", "old")).toBe(0);
+    expect(await CacheService.take("take", "never")).toBeNull();
+  });
+});
+
+describe("value encoding", () => {
+  it("round-trips Dates anywhere in the value", async () => {
+    const d1 = new Date("2024-05-06T07:08:09.123Z");
+    const d2 = new Date(0);
+    const value = { at: d1, list: [d2, { deep: [d1] }], plain: "2024-05-06T07:08:09.123Z" };
+    await CacheService.set("dates", "k", value);
+    const back = await CacheService.get<typeof value>("dates", "k");
+    expect(back).toEqual(value);
+    expect(back?.at).toBeInstanceOf(Date);
+    expect(back?.list[0]).toBeInstanceOf(Date);
+    await CacheService.set("dates", "top", d1);
+    expect(await CacheService.get("dates", "top")).toEqual(d1);
+  });
+
+  it("objects that look like tags round-trip unchanged", async () => {
+    const lookalikes = [
+      { $date: "2024-01-01T00:00:00.000Z" },
+      { $date: 5 },
+      { $escape: { $date: "x" } },
+      { $escape: 1 },
+      { nested: [{ $date: "not a date" }] },
+      { $date: "2024-01-01T00:00:00.000Z", other: 1 },
+    ];
+    for (const [i, value] of lookalikes.entries()) {
+      await CacheService.set("tags", `k${i}`, value);
+      expect(await CacheService.get("tags", `k${i}`)).toEqual(value);
+    }
+  });
+
+  it("drops undefined object properties like JSON does", async () => {
+    await CacheService.set("undef", "k", { a: 1, b: undefined });
+    expect(await CacheService.get("undef", "k")).toEqual({ a: 1 });
+  });
+
+  it("rejects what JSON cannot hold, and bad keys, with VALIDATION_FAILED", async () => {
+    const cyclic: Record<string, unknown> = {};
+    cyclic.self = cyclic;
+    const bad: unknown[] = [
+      undefined,
+      [1, undefined],
+      () => 1,
+      Symbol("s"),
+      10n,
+      { n: 10n },
+      Number.NaN,
+      { n: Number.POSITIVE_INFINITY },
+      new Map([[1, 2]]),
+      new Date("nope"),
+      "nul\u0000byte",
+      cyclic,
+      "x".repeat(1024 * 1024 + 1),
+    ];
+    for (const value of bad) await expectCode(CacheService.set("bad", "k", value), "VALIDATION_FAILED");
+    await expectCode(CacheService.set("", "k", 1), "VALIDATION_FAILED");
+    await expectCode(CacheService.set("bad", "", 1), "VALIDATION_FAILED");
+    await expectCode(CacheService.set("x".repeat(257), "k", 1), "VALIDATION_FAILED");
+    await expectCode(CacheService.set("bad", "x".repeat(1025), 1), "VALIDATION_FAILED");
+    await expectCode(CacheService.set("bad", "k\u0000", 1), "VALIDATION_FAILED");
+    await expectCode(CacheService.set("bad", "k", 1, { ttlSeconds: 0 }), "VALIDATION_FAILED");
+    await expectCode(CacheService.set("bad", "k", 1, { ttlSeconds: -1 }), "VALIDATION_FAILED");
+    await expectCode(CacheService.get("bad", "x".repeat(1025)), "VALIDATION_FAILED");
+    await expectCode(CacheService.increment("bad", "k", 1.5), "VALIDATION_FAILED");
+    await expectCode(CacheService.getMany("bad", ["ok", ""]), "VALIDATION_FAILED");
+    expect(await rawCount("bad")).toBe(0);
+    // The same size just under the limit is fine; a cycle-free shared reference is fine too.
+    const shared = { s: 1 };
+    await CacheService.set("bad", "shared", { a: shared, b: shared });
+    expect(await CacheService.get("bad", "shared")).toEqual({ a: { s: 1 }, b: { s: 1 } });
+    await CacheService.set("bad", "big", "x".repeat(1024 * 1024 - 2));
+    expect(await CacheService.delete("bad", "big")).toBe(true);
+  });
+});
+
+describe("cleanupExpired", () => {
+  it("deletes only expired entries, in batches, once across concurrent cleaners", async () => {
+    await database.admin("DELETE FROM cache");
+    const at = clock.now();
+    await database.admin(
+      `INSERT INTO cache (resource_type, key, value, expires_at)
+       SELECT 'bulk', g::text, to_jsonb(g), $1::timestamptz FROM generate_series(1, 3000) AS g`,
+      [at],
+    );
+    await CacheService.set("keep", "forever", 1);
+    await CacheService.set("keep", "later", 1, { ttlSeconds: 3600 });
+    clock.advance(1);
+    const counts = await Promise.all([0, 1, 2].map(() => CacheService.cleanupExpired({ batchSize: 100 })));
+    expect(counts.reduce((a, b) => a + b, 0)).toBe(3000);
+    expect(await rawCount("bulk")).toBe(0);
+    expect(await rawCount("keep")).toBe(2);
+    expect(await CacheService.cleanupExpired()).toBe(0);
+    await expectCode(CacheService.cleanupExpired({ batchSize: 0 }), "VALIDATION_FAILED");
+  });
+});
+
+describe("table and metrics", () => {
+  it("the cache table is UNLOGGED", async () => {
+    const result = await database.admin<{ relpersistence: string }>(
+      "SELECT relpersistence FROM pg_class WHERE oid = 'public.cache'::regclass",
+    );
+    expect(result.rows[0]?.relpersistence).toBe("u");
+  });
+
+  it("counts queries on cache", async () => {
+    const read = async () => {
+      const metric = await registry.getSingleMetric("db_queries_total")?.get();
+      return (metric?.values ?? [])
+        .filter((v) => v.labels.table === "cache")
+        .reduce((s, v) => s + v.value, 0);
+    };
+    const before = await read();
+    await CacheService.set("m", "k", 1);
+    await CacheService.get("m", "k");
+    await CacheService.increment("m", "n");
+    await CacheService.take("m", "k");
+    expect(await read()).toBe(before + 4);
+  });
+});
