@@ -2,9 +2,10 @@
 // migrated. Tests always run against a real PostgreSQL.
 import { randomBytes } from "node:crypto";
 import pg from "pg";
-import { afterAll, beforeAll, inject } from "vitest";
+import { afterAll, beforeAll, expect, inject } from "vitest";
 import { type DatabaseConfig, databaseConfigFromUrl } from "../config.ts";
 import { type Database, disconnectDB, getPool, initializeDB } from "../connection.ts";
+import { DbError } from "../errors.ts";
 import type { Logger } from "../logger.ts";
 import type { TestDatabaseContext } from "./context.ts";
 
@@ -124,4 +125,14 @@ export function useTestDatabase(
     },
     admin: (text, values = []) => adminQuery(text, values, need(database).name),
   };
+}
+
+/** Awaits `promise` and asserts it rejected with a DbError carrying `code`. */
+export async function expectDbError(promise: Promise<unknown>, code: string): Promise<void> {
+  const error = await promise.then(
+    () => undefined,
+    (e: unknown) => e,
+  );
+  expect(error).toBeInstanceOf(DbError);
+  expect((error as DbError).code).toBe(code);
 }

@@ -4,7 +4,7 @@ import { getPool, transaction } from "../../src/connection.ts";
 import { DbError } from "../../src/errors.ts";
 import { registry } from "../../src/metrics.ts";
 import * as CacheService from "../../src/services/cache.ts";
-import { useTestDatabase } from "../../src/testing/index.ts";
+import { expectDbError, useTestDatabase } from "../../src/testing/index.ts";
 
 const database = useTestDatabase({ config: { poolMax: 60 } });
 
@@ -28,15 +28,6 @@ async function rawCount(resourceType: string, key?: string): Promise<number> {
           [resourceType, key],
         );
   return Number(result.rows[0]?.n);
-}
-
-async function expectCode(promise: Promise<unknown>, code: string): Promise<void> {
-  const error = await promise.then(
-    () => undefined,
-    (e: unknown) => e,
-  );
-  expect(error).toBeInstanceOf(DbError);
-  expect((error as DbError).code).toBe(code);
 }
 
 describe("get / set / delete", () => {
@@ -133,14 +124,14 @@ describe("getMany / setMany", () => {
   });
 
   it("setMany rejects a bad entry and writes none of them", async () => {
-    await expectCode(
+    await expectDbError(
       CacheService.setMany("atomic", [
         { key: "ok", value: 1 },
         { key: "bad", value: () => 1 },
       ]),
       "VALIDATION_FAILED",
     );
-    await expectCode(
+    await expectDbError(
       CacheService.setMany(
         "atomic",
         Array.from({ length: 1001 }, (_, i) => ({ key: `k${i}`, value: i })),
@@ -188,12 +179,12 @@ describe("increment", () => {
     await CacheService.set("notnum", "f", 1.5);
     await CacheService.set("notnum", "o", { n: 1 });
     for (const key of ["s", "f", "o"]) {
-      await expectCode(CacheService.increment("notnum", key), "VALIDATION_FAILED");
+      await expectDbError(CacheService.increment("notnum", key), "VALIDATION_FAILED");
     }
     expect(await CacheService.get("notnum", "s")).toBe("12");
     await CacheService.set("notnum", "big", Number.MAX_SAFE_INTEGER);
     await CacheService.increment("notnum", "big", Number.MAX_SAFE_INTEGER);
-    await expectCode(CacheService.increment("notnum", "big", 0.5), "VALIDATION_FAILED");
+    await expectDbError(CacheService.increment("notnum", "big", 0.5), "VALIDATION_FAILED");
     // An expired non-numeric value is simply replaced by a new window.
     await CacheService.set("notnum", "old", "text", { ttlSeconds: 1 });
     clock.advance(1000);
@@ -315,17 +306,17 @@ describe("value encoding", () => {
       cyclic,
       "x".repeat(1024 * 1024 + 1),
     ];
-    for (const value of bad) await expectCode(CacheService.set("bad", "k", value), "VALIDATION_FAILED");
-    await expectCode(CacheService.set("", "k", 1), "VALIDATION_FAILED");
-    await expectCode(CacheService.set("bad", "", 1), "VALIDATION_FAILED");
-    await expectCode(CacheService.set("x".repeat(257), "k", 1), "VALIDATION_FAILED");
-    await expectCode(CacheService.set("bad", "x".repeat(1025), 1), "VALIDATION_FAILED");
-    await expectCode(CacheService.set("bad", "k\u0000", 1), "VALIDATION_FAILED");
-    await expectCode(CacheService.set("bad", "k", 1, { ttlSeconds: 0 }), "VALIDATION_FAILED");
-    await expectCode(CacheService.set("bad", "k", 1, { ttlSeconds: -1 }), "VALIDATION_FAILED");
-    await expectCode(CacheService.get("bad", "x".repeat(1025)), "VALIDATION_FAILED");
-    await expectCode(CacheService.increment("bad", "k", 1.5), "VALIDATION_FAILED");
-    await expectCode(CacheService.getMany("bad", ["ok", ""]), "VALIDATION_FAILED");
+    for (const value of bad) await expectDbError(CacheService.set("bad", "k", value), "VALIDATION_FAILED");
+    await expectDbError(CacheService.set("", "k", 1), "VALIDATION_FAILED");
+    await expectDbError(CacheService.set("bad", "", 1), "VALIDATION_FAILED");
+    await expectDbError(CacheService.set("x".repeat(257), "k", 1), "VALIDATION_FAILED");
+    await expectDbError(CacheService.set("bad", "x".repeat(1025), 1), "VALIDATION_FAILED");
+    await expectDbError(CacheService.set("bad", "k\u0000", 1), "VALIDATION_FAILED");
+    await expectDbError(CacheService.set("bad", "k", 1, { ttlSeconds: 0 }), "VALIDATION_FAILED");
+    await expectDbError(CacheService.set("bad", "k", 1, { ttlSeconds: -1 }), "VALIDATION_FAILED");
+    await expectDbError(CacheService.get("bad", "x".repeat(1025)), "VALIDATION_FAILED");
+    await expectDbError(CacheService.increment("bad", "k", 1.5), "VALIDATION_FAILED");
+    await expectDbError(CacheService.getMany("bad", ["ok", ""]), "VALIDATION_FAILED");
     expect(await rawCount("bad")).toBe(0);
     // The same size just under the limit is fine; a cycle-free shared reference is fine too.
     const shared = { s: 1 };
@@ -353,7 +344,7 @@ describe("cleanupExpired", () => {
     expect(await rawCount("bulk")).toBe(0);
     expect(await rawCount("keep")).toBe(2);
     expect(await CacheService.cleanupExpired()).toBe(0);
-    await expectCode(CacheService.cleanupExpired({ batchSize: 0 }), "VALIDATION_FAILED");
+    await expectDbError(CacheService.cleanupExpired({ batchSize: 0 }), "VALIDATION_FAILED");
   });
 });
 

@@ -16,7 +16,7 @@ import {
   peek,
   verifyCode,
 } from "../../src/services/one-time-tokens.ts";
-import { useTestDatabase } from "../../src/testing/index.ts";
+import { expectDbError, useTestDatabase } from "../../src/testing/index.ts";
 
 const database = useTestDatabase({ config: { poolMax: 60 } });
 
@@ -43,15 +43,6 @@ async function makeUser(): Promise<string> {
 async function rowCount(): Promise<number> {
   const result = await database.admin<{ n: string }>("SELECT count(*) AS n FROM one_time_tokens");
   return Number(result.rows[0]?.n);
-}
-
-async function expectCode(promise: Promise<unknown>, code: string): Promise<void> {
-  const error = await promise.then(
-    () => undefined,
-    (e: unknown) => e,
-  );
-  expect(error).toBeInstanceOf(DbError);
-  expect((error as DbError).code).toBe(code);
 }
 
 function rawRow(id: string) {
@@ -170,33 +161,33 @@ describe("create / consume", () => {
 
   it("rejects bad input with VALIDATION_FAILED and writes nothing", async () => {
     const before = await rowCount();
-    await expectCode(create({ purpose: "bogus" as never, sentTo: "x@example.com" }), "VALIDATION_FAILED");
-    await expectCode(create({ purpose: "invite", sentTo: "x".repeat(321) }), "VALIDATION_FAILED");
-    await expectCode(create({ purpose: "invite", sentTo: "  " }), "VALIDATION_FAILED");
-    await expectCode(
+    await expectDbError(create({ purpose: "bogus" as never, sentTo: "x@example.com" }), "VALIDATION_FAILED");
+    await expectDbError(create({ purpose: "invite", sentTo: "x".repeat(321) }), "VALIDATION_FAILED");
+    await expectDbError(create({ purpose: "invite", sentTo: "  " }), "VALIDATION_FAILED");
+    await expectDbError(
       create({ userId: "nope", purpose: "invite", sentTo: "x@example.com" }),
       "VALIDATION_FAILED",
     );
-    await expectCode(
+    await expectDbError(
       create({ purpose: "invite", sentTo: "x@example.com", ttlMs: 31 * 24 * 3_600_000 }),
       "VALIDATION_FAILED",
     );
-    await expectCode(
+    await expectDbError(
       createCode({ purpose: "invite", sentTo: "x@example.com", digits: 3 }),
       "VALIDATION_FAILED",
     );
-    await expectCode(consume("a".repeat(43), "bogus" as never), "VALIDATION_FAILED");
-    await expectCode(
+    await expectDbError(consume("a".repeat(43), "bogus" as never), "VALIDATION_FAILED");
+    await expectDbError(
       verifyCode({ sentTo: "x@example.com", purpose: "nope" as never, code: "123456" }),
       "VALIDATION_FAILED",
     );
-    await expectCode(invalidateForUser("not-a-uuid"), "VALIDATION_FAILED");
-    await expectCode(cleanupExpired({ batchSize: 0 }), "VALIDATION_FAILED");
+    await expectDbError(invalidateForUser("not-a-uuid"), "VALIDATION_FAILED");
+    await expectDbError(cleanupExpired({ batchSize: 0 }), "VALIDATION_FAILED");
     expect(await rowCount()).toBe(before);
   });
 
   it("reports an unknown user as FOREIGN_KEY_VIOLATION", async () => {
-    await expectCode(
+    await expectDbError(
       create({ userId: "0190a0a0-0000-7000-8000-000000000000", purpose: "invite", sentTo: "fk@example.com" }),
       "FOREIGN_KEY_VIOLATION",
     );
@@ -334,7 +325,7 @@ describe("codes", () => {
   });
 
   it("rejects a code lifetime over an hour", async () => {
-    await expectCode(
+    await expectDbError(
       createCode({ purpose: "phone_verification", sentTo: "+15550000006", ttlMs: 2 * 3_600_000 }),
       "VALIDATION_FAILED",
     );
