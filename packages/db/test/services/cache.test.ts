@@ -1,7 +1,6 @@
 import { afterEach, beforeEach, describe, expect, it } from "vitest";
 import { manualClock, resetClock, setClock } from "../../src/clock.ts";
 import { getPool, transaction } from "../../src/connection.ts";
-import { DbError } from "../../src/errors.ts";
 import { registry } from "../../src/metrics.ts";
 import * as CacheService from "../../src/services/cache.ts";
 import { expectDbError, useTestDatabase } from "../../src/testing/index.ts";

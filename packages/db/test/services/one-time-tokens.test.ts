@@ -2,7 +2,6 @@ import { eq, sql } from "drizzle-orm";
 import { afterEach, beforeEach, describe, expect, it } from "vitest";
 import { manualClock, resetClock, setClock } from "../../src/clock.ts";
 import { db, getPool, transaction } from "../../src/connection.ts";
-import { DbError } from "../../src/errors.ts";
 import type { Logger } from "../../src/logger.ts";
 import { registry } from "../../src/metrics.ts";
 import { oneTimeTokens, users } from "../../src/schema/index.ts";
