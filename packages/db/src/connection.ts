@@ -168,7 +168,12 @@ export async function transaction<T>(
 ): Promise<T> {
   const { tx: outer, ...config } = options;
   if (outer && isTransaction(outer)) return await fn(outer);
-  const { pool } = current();
+  const active = current();
+  // Another Database than ours (a caller's own drizzle instance): open the transaction there.
+  if (outer && outer !== db && outer !== active.db) {
+    return await outer.transaction(fn, Object.keys(config).length > 0 ? config : undefined);
+  }
+  const { pool } = active;
   let client: pg.PoolClient;
   try {
     client = await pool.connect();

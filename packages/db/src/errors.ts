@@ -90,7 +90,7 @@ function findErrnoCode(error: unknown): string | undefined {
   let current: unknown = error;
   for (let depth = 0; depth < 5 && current && typeof current === "object"; depth++) {
     const candidate = current as { code?: unknown; cause?: unknown; errors?: unknown };
-    if (typeof candidate.code === "string" && /^E[A-Z]+$/.test(candidate.code)) return candidate.code;
+    if (typeof candidate.code === "string" && /^E[A-Z_]+$/.test(candidate.code)) return candidate.code;
     // Node reports a failed dual-stack connect as an AggregateError of per-address errors.
     if (Array.isArray(candidate.errors) && candidate.errors.length > 0) current = candidate.errors[0];
     else current = candidate.cause;

@@ -64,6 +64,14 @@ function resolveConfig(options: MigrateOptions): { config: DatabaseConfig; url: 
   const config =
     options.config ??
     databaseConfigFromUrl(options.url ?? process.env.DATABASE_DIRECT_URL ?? process.env.DATABASE_URL ?? "");
+  if (!options.url && config.transactionPooler && !config.directUrl) {
+    // The migration lock is held by the session, which a transaction-mode pooler does not keep.
+    throw new DbError(
+      "CONFIG_INVALID",
+      "DATABASE_DIRECT_URL is required for migrations when DATABASE_URL is a transaction-mode pooler",
+      { details: { DATABASE_DIRECT_URL: "required with a transaction-mode pooler" } },
+    );
+  }
   return { config, url: options.url ?? config.directUrl ?? config.url };
 }
 

@@ -44,6 +44,18 @@ export function validate<S extends z.ZodType>(schema: S, input: unknown): z.outp
  * Runs a service call: any failure is logged (code and ids only, never secrets) and rethrown as DbError.
  * Typed errors raised on purpose (NOT_FOUND, VALIDATION_FAILED, ...) are logged at warn, the rest at error.
  */
+/**
+ * Log fields are meant to carry ids; a secret passed where an id belongs (`revoke(token)` instead of
+ * `revoke(session.id)`) is blanked rather than written to the log.
+ */
+function safeFields(fields: Record<string, unknown>): Record<string, unknown> {
+  const safe: Record<string, unknown> = {};
+  for (const [key, value] of Object.entries(fields)) {
+    safe[key] = typeof value === "string" && isWellFormedSecret(value) ? "[redacted]" : value;
+  }
+  return safe;
+}
+
 export async function serviceCall<T>(
   operation: string,
   logger: Logger,
@@ -63,9 +75,9 @@ export async function serviceCall<T>(
       "TOKEN_INVALID",
       "ACCOUNT_ALREADY_LINKED",
     ];
-    if (expected.includes(typed.code))
-      logger.warn({ operation, code: typed.code, ...fields }, `${operation} rejected`);
-    else logger.error({ operation, code: typed.code, ...fields }, `${operation} failed`);
+    const logged = { operation, code: typed.code, ...safeFields(fields) };
+    if (expected.includes(typed.code)) logger.warn(logged, `${operation} rejected`);
+    else logger.error(logged, `${operation} failed`);
     throw typed;
   }
 }

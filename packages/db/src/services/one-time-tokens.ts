@@ -6,6 +6,7 @@ import { uuidv7 } from "uuidv7";
 import { z } from "zod";
 import { now } from "../clock.ts";
 import { type DatabaseOrTransaction, db, transaction } from "../connection.ts";
+import { DbError } from "../errors.ts";
 import { advisoryLockKey } from "../locks.ts";
 import { type Logger, noopLogger } from "../logger.ts";
 import { withMetrics } from "../metrics.ts";
@@ -128,6 +129,9 @@ function supersededBy(userId: string | null, sentTo: string, purpose: OneTimeTok
   );
 }
 
+/** The token has no user, or its user is not soft-deleted. */
+const ownerIsLive = sql`(${oneTimeTokens.userId} IS NULL OR EXISTS (SELECT 1 FROM users u WHERE u.id = ${oneTimeTokens.userId} AND u.deleted_at IS NULL))`;
+
 /**
  * Inserts one token row in a transaction after retiring the older live ones for the same target. A
  * transaction-scoped advisory lock on (target, purpose) serializes concurrent issuers, so at most one secret
@@ -152,6 +156,14 @@ async function issue(
       await withMetrics("lock", TABLE, () =>
         tx.execute(sql`SELECT pg_advisory_xact_lock(${lockKey}::bigint)`),
       );
+      if (row.userId !== null) {
+        // FOR SHARE waits for a concurrent soft delete of this user and then sees it, so a token can't be
+        // issued to a user who is being deleted (softDelete retires tokens in its own transaction).
+        const owner = await withMetrics("select", "users", () =>
+          tx.execute(sql`SELECT 1 FROM users WHERE id = ${row.userId} AND deleted_at IS NULL FOR SHARE`),
+        );
+        if (owner.rows.length === 0) throw new DbError("NOT_FOUND", "No such user", { table: "users" });
+      }
       const retired = await withMetrics("invalidate", TABLE, () =>
         tx
           .update(oneTimeTokens)
@@ -173,7 +185,7 @@ async function issue(
 /**
  * Issues a link token (256 bits) for a purpose, retiring older live tokens and codes of the same target.
  * The raw token is returned once and never stored; only its SHA-256 is.
- * @throws DbError VALIDATION_FAILED (bad input), FOREIGN_KEY_VIOLATION (unknown userId).
+ * @throws DbError VALIDATION_FAILED (bad input), NOT_FOUND (unknown or deleted userId).
  * @example const { token, record } = await create({ userId, purpose: "password_reset", sentTo: email });
  */
 export async function create(
@@ -208,7 +220,7 @@ export async function create(
 /**
  * Issues a short numeric code, retiring older live codes and tokens of the same target. Codes collide, and
  * token_hash is unique, so the digest is sha256(`${rowId}:${code}`) with the row's own id.
- * @throws DbError VALIDATION_FAILED (bad input), FOREIGN_KEY_VIOLATION (unknown userId).
+ * @throws DbError VALIDATION_FAILED (bad input), NOT_FOUND (unknown or deleted userId).
  * @example const { code } = await createCode({ purpose: "phone_verification", sentTo: "+14155550123" });
  */
 export async function createCode(
@@ -267,7 +279,7 @@ export async function verifyCode(
 
     // The newest live row for the address (one_time_tokens_live_sent_to_idx). Its attempts are not
     // filtered here: a burnt code must not let an older one through (issuing retires older ones anyway).
-    const newest = handle
+    const newest = db
       .select({ id: oneTimeTokens.id })
       .from(oneTimeTokens)
       .where(
@@ -283,9 +295,11 @@ export async function verifyCode(
       .limit(1);
     // Reserve an attempt before comparing: one atomic increment guarded by `attempts < max`. Under READ
     // COMMITTED a concurrent guesser waits for the row lock and re-checks the guard, so no more than
-    // maxAttempts guesses (parallel or not) are ever compared.
+    // maxAttempts guesses (parallel or not) are ever compared. The reservation always commits on its own
+    // (on the pool, not the caller's `tx`): a caller that rolls back after a wrong guess must not get the
+    // attempt back, or the limit would never bite. So the code row must be committed before verifyCode.
     const [reserved] = await withMetrics("reserve_attempt", TABLE, () =>
-      handle
+      db
         .update(oneTimeTokens)
         .set({ attempts: sql`${oneTimeTokens.attempts} + 1` })
         .where(
@@ -295,6 +309,7 @@ export async function verifyCode(
             isNull(oneTimeTokens.deletedAt),
             gt(oneTimeTokens.expiresAt, at),
             lt(oneTimeTokens.attempts, maxAttempts),
+            ownerIsLive,
           ),
         )
         .returning({
@@ -366,6 +381,7 @@ export async function consume(
             isNull(oneTimeTokens.usedAt),
             isNull(oneTimeTokens.deletedAt),
             gt(oneTimeTokens.expiresAt, at),
+            ownerIsLive,
           ),
         )
         .returning(recordColumns),
@@ -403,6 +419,7 @@ export async function peek(
             isNull(oneTimeTokens.usedAt),
             isNull(oneTimeTokens.deletedAt),
             gt(oneTimeTokens.expiresAt, at),
+            ownerIsLive,
           ),
         )
         .limit(1),
@@ -438,7 +455,6 @@ export async function invalidateForUser(
             purpose === undefined ? undefined : eq(oneTimeTokens.purpose, purpose),
             isNull(oneTimeTokens.usedAt),
             isNull(oneTimeTokens.deletedAt),
-            gt(oneTimeTokens.expiresAt, at),
           ),
         )
         .returning({ id: oneTimeTokens.id }),

@@ -468,7 +468,6 @@ export async function revokeAllForUser(
           and(
             eq(sessions.userId, input.userId),
             eq(sessions.status, "active"),
-            gt(sessions.expiresAt, at),
             input.except === undefined ? undefined : ne(sessions.id, input.except),
           ),
         )

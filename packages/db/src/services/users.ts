@@ -9,8 +9,9 @@ import { db, transaction } from "../connection.ts";
 import { DbError, isDbError } from "../errors.ts";
 import { type Logger, noopLogger } from "../logger.ts";
 import { withMetrics } from "../metrics.ts";
-import { oneTimeTokens, sessions, type User, users } from "../schema/index.ts";
+import { accounts, type User, users } from "../schema/index.ts";
 import { type ReadOptions, type ServiceOptions, serviceCall, validate } from "./common.ts";
+import * as OneTimeTokensService from "./one-time-tokens.ts";
 import {
   candidatePasswordSchema,
   hashPassword,
@@ -19,6 +20,7 @@ import {
   verifyAgainstDummy,
   verifyPasswordHash,
 } from "./passwords.ts";
+import * as SessionsService from "./sessions.ts";
 
 /** A user as callers see it: everything but the password hash and the internal search vector. */
 export type PublicUser = Omit<User, "passwordHash" | "searchVector">;
@@ -512,8 +514,9 @@ export async function update(
 }
 
 /**
- * Soft-deletes an active user and, in the same transaction, revokes all their active sessions and
- * invalidates all their unused one-time tokens. The email and phone number become free for a new user.
+ * Soft-deletes an active user and, in the same transaction, revokes all their active sessions, invalidates
+ * all their unused one-time tokens and unlinks their OAuth identities. The email, phone number and provider
+ * accounts become free for a new user.
  * @throws DbError VALIDATION_FAILED, NOT_FOUND (missing or already deleted).
  * @example await softDelete(user.id);
  */
@@ -525,7 +528,7 @@ export async function softDelete(
   return await serviceCall("users.softDelete", logger, { userId: logId(id) }, async () => {
     const userId = validate(idSchema, id);
     const at = now();
-    const { user, revokedSessions, invalidatedTokens } = await transaction(
+    const { user, revokedSessions, invalidatedTokens, unlinkedAccounts } = await transaction(
       async (tx) => {
         // The user row first: its row lock makes a concurrent softDelete of the same user wait, then find
         // nothing (deleted_at is no longer NULL) and report NOT_FOUND.
@@ -537,31 +540,23 @@ export async function softDelete(
             .returning(publicColumns),
         );
         if (!deleted) throw notFound(userId);
-        const revoked = await withMetrics("update", "sessions", () =>
-          tx
-            .update(sessions)
-            .set({ status: "revoked", revokedAt: at })
-            .where(and(eq(sessions.userId, userId), eq(sessions.status, "active")))
-            .returning({ id: sessions.id }),
+        // The same statements the sessions and tokens services use, joined to this transaction.
+        const revoked = await SessionsService.revokeAllForUser({ userId }, logger, { tx });
+        const invalidated = await OneTimeTokensService.invalidateForUser(userId, {}, logger, { tx });
+        // Linked OAuth identities go with the user, so the same provider account can sign up again.
+        const unlinked = await withMetrics("delete", "accounts", () =>
+          tx.delete(accounts).where(eq(accounts.userId, userId)).returning({ id: accounts.id }),
         );
-        const invalidated = await withMetrics("update", "one_time_tokens", () =>
-          tx
-            .update(oneTimeTokens)
-            .set({ deletedAt: at })
-            .where(
-              and(
-                eq(oneTimeTokens.userId, userId),
-                isNull(oneTimeTokens.usedAt),
-                isNull(oneTimeTokens.deletedAt),
-              ),
-            )
-            .returning({ id: oneTimeTokens.id }),
-        );
-        return { user: deleted, revokedSessions: revoked.length, invalidatedTokens: invalidated.length };
+        return {
+          user: deleted,
+          revokedSessions: revoked,
+          invalidatedTokens: invalidated,
+          unlinkedAccounts: unlinked.length,
+        };
       },
       { tx: options.tx },
     );
-    logger.audit({ userId, revokedSessions, invalidatedTokens }, "user soft-deleted");
+    logger.audit({ userId, revokedSessions, invalidatedTokens, unlinkedAccounts }, "user soft-deleted");
     return user;
   });
 }

@@ -185,10 +185,22 @@ describe("create / consume", () => {
     expect(await rowCount()).toBe(before);
   });
 
-  it("reports an unknown user as FOREIGN_KEY_VIOLATION", async () => {
+  it("reports an unknown user as NOT_FOUND", async () => {
     await expectDbError(
       create({ userId: "0190a0a0-0000-7000-8000-000000000000", purpose: "invite", sentTo: "fk@example.com" }),
-      "FOREIGN_KEY_VIOLATION",
+      "NOT_FOUND",
+    );
+  });
+
+  it("neither issues nor honours tokens of a soft-deleted user", async () => {
+    const userId = await makeUser();
+    const { token } = await create({ userId, purpose: "password_reset", sentTo: "gone@example.com" });
+    await db.update(users).set({ deletedAt: new Date() }).where(eq(users.id, userId));
+    expect(await peek(token, "password_reset")).toBeNull();
+    expect(await consume(token, "password_reset")).toBeNull();
+    await expectDbError(
+      create({ userId, purpose: "password_reset", sentTo: "gone@example.com" }),
+      "NOT_FOUND",
     );
   });
 

@@ -106,3 +106,14 @@ describe("secrets at rest", () => {
     }
   });
 });
+
+describe("log fields", () => {
+  it("blanks a secret passed where an id belongs instead of logging it", async () => {
+    const user = await UsersService.create({ email: "mixup@example.com" });
+    const { token } = await SessionsService.create({ userId: user.id, authMethod: "password" });
+    logged.length = 0;
+    await expect(SessionsService.revoke(token, logger)).rejects.toMatchObject({ code: "VALIDATION_FAILED" });
+    expect(logged.join("\n")).not.toContain(token);
+    expect(logged.join("\n")).toContain("[redacted]");
+  });
+});

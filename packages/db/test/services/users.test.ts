@@ -808,6 +808,9 @@ describe("logging and metrics", () => {
       "user created",
       "password set",
       "user updated",
+      // softDelete runs the sessions service's revoke in its transaction, which audits itself (the tokens
+      // service audits only when it retired something, and this user has no tokens).
+      "user sessions revoked",
       "user soft-deleted",
     ]);
     expect(audits.every((line) => line.fields.userId === user.id)).toBe(true);
