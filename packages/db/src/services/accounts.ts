@@ -62,7 +62,7 @@ const provider = z.string().regex(/^[a-z0-9][a-z0-9_.-]{0,63}$/, "must be a shor
 const providerAccountId = z.string().min(1).max(255).refine(noNul, "must not contain NUL");
 const providerToken = z.string().min(1).max(16_384).refine(noNul, "must not contain NUL");
 
-const linkInput = z.object({
+const linkInput = z.strictObject({
   userId: uuid,
   provider,
   providerAccountId,
@@ -79,9 +79,9 @@ const linkInput = z.object({
  */
 export type LinkAccountInput = z.input<typeof linkInput>;
 
-const unlinkInput = z.object({ accountId: uuid, userId: uuid.optional() });
-const findInput = z.object({ provider, providerAccountId });
-const reencryptInput = z.object({
+const unlinkInput = z.strictObject({ accountId: uuid, userId: uuid.optional() });
+const findInput = z.strictObject({ provider, providerAccountId });
+const reencryptInput = z.strictObject({
   batchSize: z.number().int().min(1).max(10_000).default(100),
   maxBatches: z.number().int().min(1).max(100_000).default(10_000),
 });

@@ -26,13 +26,13 @@ export const MAX_TTL_SECONDS = 365 * 24 * 60 * 60;
 const noNul = (value: string) => !value.includes("\u0000");
 const resourceTypeSchema = z.string().min(1).max(256).refine(noNul, { error: "must not contain NUL" });
 const keySchema = z.string().min(1).max(1024).refine(noNul, { error: "must not contain NUL" });
-const ttlSchema = z.object({
+const ttlSchema = z.strictObject({
   ttlSeconds: z.number().positive().max(MAX_TTL_SECONDS).optional(),
 });
 const keysSchema = z.array(keySchema).max(MAX_BATCH_KEYS);
-const entriesSchema = z.array(z.object({ key: keySchema, value: z.unknown() })).max(MAX_BATCH_KEYS);
+const entriesSchema = z.array(z.strictObject({ key: keySchema, value: z.unknown() })).max(MAX_BATCH_KEYS);
 const incrementSchema = z.number().int().min(-Number.MAX_SAFE_INTEGER).max(Number.MAX_SAFE_INTEGER);
-const batchSchema = z.object({
+const batchSchema = z.strictObject({
   batchSize: z.number().int().min(1).max(10_000).default(1000),
   maxBatches: z.number().int().min(1).max(100_000).default(1000),
 });

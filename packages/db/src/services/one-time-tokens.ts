@@ -61,14 +61,14 @@ const purposeSchema = z.enum(oneTimeTokenPurpose.enumValues);
 const sentToSchema = z.string().trim().toLowerCase().min(1).max(320);
 const userIdSchema = z.uuid();
 
-const createSchema = z.object({
+const createSchema = z.strictObject({
   userId: userIdSchema.nullish(),
   purpose: purposeSchema,
   sentTo: sentToSchema,
   ttlMs: z.number().int().min(1000).max(MAX_TOKEN_TTL_MS).optional(),
 });
 
-const createCodeSchema = z.object({
+const createCodeSchema = z.strictObject({
   userId: userIdSchema.nullish(),
   purpose: purposeSchema,
   sentTo: sentToSchema,
@@ -76,14 +76,14 @@ const createCodeSchema = z.object({
   digits: z.number().int().min(4).max(10).default(6),
 });
 
-const verifyCodeSchema = z.object({
+const verifyCodeSchema = z.strictObject({
   sentTo: sentToSchema,
   purpose: purposeSchema,
   code: z.string(),
 });
 
 const maxAttemptsSchema = z.number().int().min(1).max(100);
-const batchSchema = z.object({
+const batchSchema = z.strictObject({
   batchSize: z.number().int().min(1).max(10_000).default(1000),
   maxBatches: z.number().int().min(1).max(100_000).default(1000),
 });

@@ -179,7 +179,7 @@ const METADATA_MAX_BYTES = 8192;
 
 const noNul = (value: string) => !value.includes("\u0000");
 const uuid = z.uuid();
-const createInput = z.object({
+const createInput = z.strictObject({
   userId: uuid,
   ipAddress: z
     .string()
@@ -209,8 +209,8 @@ const createInput = z.object({
 });
 export type CreateSessionInput = z.input<typeof createInput>;
 
-const revokeAllInput = z.object({ userId: uuid, except: uuid.optional() });
-const cleanupInput = z.object({
+const revokeAllInput = z.strictObject({ userId: uuid, except: uuid.optional() });
+const cleanupInput = z.strictObject({
   batchSize: z.number().int().min(1).max(50_000).default(1000),
   /** Upper bound on the loop: at most batchSize * maxBatches rows per call. */
   maxBatches: z.number().int().min(1).max(100_000).default(1000),

@@ -185,6 +185,15 @@ describe("create / consume", () => {
     expect(await rowCount()).toBe(before);
   });
 
+  it("rejects unknown fields instead of silently ignoring them (a `ttl` typo must not give the default lifetime)", async () => {
+    const before = await rowCount();
+    await expectDbError(
+      create({ purpose: "invite", sentTo: "typo@example.com", ttl: 1000 } as never),
+      "VALIDATION_FAILED",
+    );
+    expect(await rowCount()).toBe(before);
+  });
+
   it("reports an unknown user as NOT_FOUND", async () => {
     await expectDbError(
       create({ userId: "0190a0a0-0000-7000-8000-000000000000", purpose: "invite", sentTo: "fk@example.com" }),
