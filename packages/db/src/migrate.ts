@@ -1,6 +1,7 @@
 // Applies the migrations in packages/db/drizzle with Drizzle's migrator, on one dedicated connection under a
 // session-level advisory lock, so several processes starting at once apply each migration exactly once
 // (Drizzle's migrator takes no lock of its own: drizzle-orm#874). Also reports and prints pending migrations.
+import { createHash } from "node:crypto";
 import { readFileSync } from "node:fs";
 import path from "node:path";
 import { fileURLToPath } from "node:url";
@@ -180,16 +181,24 @@ export async function runMigrations(options: MigrateOptions = {}): Promise<{ app
 }
 
 /**
- * The SQL that `runMigrations` would run, for teams applying migrations with their own tools.
- * With `all`, every migration regardless of the database (no connection needed).
+ * The SQL that `runMigrations` would run, for teams applying migrations with their own tools. Each migration
+ * is followed by the row Drizzle's migrator records for it, so `runMigrations`, `db:check` and `/readyz`
+ * agree afterwards. With `all`, every migration regardless of the database (no connection needed).
  */
 export async function pendingSql(options: MigrateOptions & { all?: boolean } = {}): Promise<string> {
   const files = options.all ? readMigrations(options.folder) : (await migrationStatus(options)).pending;
-  return files
-    .map(
-      (file) => `-- migration: ${file.tag}\n${file.sql.replaceAll("--> statement-breakpoint", "").trim()}\n`,
-    )
-    .join("\n");
+  if (files.length === 0) return "";
+  const bookkeeping = [
+    "CREATE SCHEMA IF NOT EXISTS drizzle;",
+    "CREATE TABLE IF NOT EXISTS drizzle.__drizzle_migrations (id SERIAL PRIMARY KEY, hash text NOT NULL, created_at bigint);",
+  ].join("\n");
+  const body = files.map((file) => {
+    // The same digest Drizzle's migrator computes: SHA-256 of the whole file.
+    const hash = createHash("sha256").update(file.sql).digest("hex");
+    const statements = file.sql.replaceAll("--> statement-breakpoint", "").trim();
+    return `-- migration: ${file.tag}\n${statements}\nINSERT INTO drizzle.__drizzle_migrations (hash, created_at) VALUES ('${hash}', ${file.when});\n`;
+  });
+  return `BEGIN;\n${bookkeeping}\n\n${body.join("\n")}COMMIT;\n`;
 }
 
 let latestWhen: number | undefined;
