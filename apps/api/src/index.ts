@@ -1,21 +1,32 @@
 // Boots the API: validate configuration, start the embedded PostgreSQL in .data/ when DATABASE_URL is unset
-// (development only), migrate under the advisory lock, serve, and shut down gracefully on SIGTERM/SIGINT.
+// (development only), migrate under the advisory lock, serve, run maintenance rounds, and shut down
+// gracefully on SIGTERM/SIGINT.
 import {
-  consoleLogger,
+  CacheService,
   DbError,
   disconnectDB,
   initializeDB,
+  loadAccountEncryptionFromEnv,
   loadDatabaseConfig,
+  OneTimeTokensService,
   redactUrl,
   runMigrations,
+  SessionsService,
+  tryWithAdvisoryLock,
+  withAudit,
 } from "@repo/db";
 import { devDataDir, type EmbeddedPostgres, startEmbeddedPostgres } from "@repo/db/embedded";
+import { getConnInfo } from "hono/bun";
 import { createApp } from "./app.ts";
 import { ConfigError, loadApiConfig } from "./config.ts";
+import { createLogger } from "./logger.ts";
+import { droppingMailer, logMailer, type Mailer, smtpMailer } from "./mailer.ts";
 
 async function main(): Promise<void> {
   const config = loadApiConfig();
-  const logger = consoleLogger(config.LOG_LEVEL);
+  const pinoLogger = createLogger(config.LOG_LEVEL);
+  const logger = withAudit(pinoLogger);
+  if (process.env.ACCOUNT_ENCRYPTION_KEYS) loadAccountEncryptionFromEnv();
 
   let embedded: EmbeddedPostgres | undefined;
   const env = { ...process.env };
@@ -37,18 +48,65 @@ async function main(): Promise<void> {
   await runMigrations({ config: dbConfig, logger });
   initializeDB(dbConfig, { logger });
 
-  const app = createApp({ config, logger });
+  let mailer: Mailer;
+  let closeMailer = () => {};
+  if (config.SMTP_URL) {
+    const smtp = smtpMailer(config.SMTP_URL, config.MAIL_FROM);
+    mailer = smtp;
+    closeMailer = () => smtp.close();
+  } else if (config.NODE_ENV === "development") {
+    mailer = logMailer();
+  } else {
+    mailer = droppingMailer((fields, message) => logger.warn(fields, message));
+  }
+
+  const app = createApp({
+    config,
+    logger: pinoLogger,
+    mailer,
+    getClientAddress: (c) => {
+      try {
+        return getConnInfo(c).remote.address;
+      } catch {
+        return undefined;
+      }
+    },
+  });
   const server = Bun.serve({ hostname: config.HOST, port: config.PORT, fetch: app.fetch });
   logger.info(
     { url: `http://${config.HOST}:${server.port}`, database: redactUrl(dbConfig.url) },
     "API listening",
   );
 
+  // Maintenance: every process schedules rounds, the advisory lock lets one of them run each round.
+  let round: Promise<void> | undefined;
+  const maintain = async () => {
+    try {
+      const outcome = await tryWithAdvisoryLock("maintenance", async () => {
+        // The cleanups run on the pool in small batches (not inside the lock's transaction) so no batch
+        // holds row locks for the whole round; the lock only says whose round it is.
+        const sessions = await SessionsService.cleanupExpired({}, logger);
+        const tokens = await OneTimeTokensService.cleanupExpired({}, logger);
+        const cache = await CacheService.cleanupExpired({}, logger);
+        return { sessions, tokens, cache };
+      });
+      if (outcome.acquired) logger.info(outcome.result, "maintenance round done");
+      else logger.debug({}, "maintenance round skipped: another process holds the lock");
+    } catch (error) {
+      logger.error({ code: (error as { code?: string }).code ?? "UNKNOWN" }, "maintenance round failed");
+    }
+  };
+  const timer = setInterval(() => {
+    if (!round) round = maintain().finally(() => (round = undefined));
+  }, config.MAINTENANCE_INTERVAL_MS);
+  timer.unref();
+
   let stopping = false;
   const shutdown = async (signal: string) => {
     if (stopping) return;
     stopping = true;
     logger.info({ signal }, "shutting down");
+    clearInterval(timer);
     // Stop accepting; let in-flight requests finish, but not forever.
     const drained = server.stop(false);
     const bound = new Promise<"timeout">((resolve) =>
@@ -61,6 +119,8 @@ async function main(): Promise<void> {
       );
       await server.stop(true);
     }
+    await round;
+    closeMailer();
     await disconnectDB();
     await embedded?.stop();
     logger.info({}, "stopped");
