@@ -4,7 +4,7 @@ import { randomUUID } from "node:crypto";
 import { withAudit } from "@repo/db";
 import { Hono } from "hono";
 import { bodyLimit } from "hono/body-limit";
-import { routePath } from "hono/route";
+import { matchedRoutes, routePath } from "hono/route";
 import type { AppDeps, AppEnv, ResolvedDeps } from "./context.ts";
 import { ApiError, toErrorAnswer } from "./errors.ts";
 import { csrfGuard } from "./http.ts";
@@ -38,7 +38,9 @@ export function createApp(input: AppDeps): Hono<AppEnv> {
     c.set("log", withAudit(child));
     c.header("X-Request-Id", requestId);
     await next();
-    const route = c.res.status === 404 && routePath(c, -1) === "*" ? "unmatched" : routePath(c, -1);
+    // The pattern of the handler that answered; when only middleware matched (ALL), no route did.
+    const last = matchedRoutes(c).at(-1);
+    const route = !last || last.method === "ALL" ? "unmatched" : routePath(c, -1);
     const seconds = (performance.now() - started) / 1000;
     deps.metrics.requests.inc({ method: c.req.method, route, status: String(c.res.status) });
     deps.metrics.duration.observe({ method: c.req.method, route }, seconds);
