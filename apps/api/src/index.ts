@@ -2,17 +2,13 @@
 // (development only), migrate under the advisory lock, serve, run maintenance rounds, and shut down
 // gracefully on SIGTERM/SIGINT.
 import {
-  CacheService,
   DbError,
   disconnectDB,
   initializeDB,
   loadAccountEncryptionFromEnv,
   loadDatabaseConfig,
-  OneTimeTokensService,
   redactUrl,
   runMigrations,
-  SessionsService,
-  tryWithAdvisoryLock,
   withAudit,
 } from "@repo/db";
 import { devDataDir, type EmbeddedPostgres, startEmbeddedPostgres } from "@repo/db/embedded";
@@ -21,6 +17,7 @@ import { createApp } from "./app.ts";
 import { ConfigError, loadApiConfig } from "./config.ts";
 import { createLogger } from "./logger.ts";
 import { droppingMailer, logMailer, type Mailer, smtpMailer } from "./mailer.ts";
+import { scheduleMaintenance } from "./maintenance.ts";
 
 async function main(): Promise<void> {
   const config = loadApiConfig();
@@ -78,35 +75,13 @@ async function main(): Promise<void> {
     "API listening",
   );
 
-  // Maintenance: every process schedules rounds, the advisory lock lets one of them run each round.
-  let round: Promise<void> | undefined;
-  const maintain = async () => {
-    try {
-      const outcome = await tryWithAdvisoryLock("maintenance", async () => {
-        // The cleanups run on the pool in small batches (not inside the lock's transaction) so no batch
-        // holds row locks for the whole round; the lock only says whose round it is.
-        const sessions = await SessionsService.cleanupExpired({}, logger);
-        const tokens = await OneTimeTokensService.cleanupExpired({}, logger);
-        const cache = await CacheService.cleanupExpired({}, logger);
-        return { sessions, tokens, cache };
-      });
-      if (outcome.acquired) logger.info(outcome.result, "maintenance round done");
-      else logger.debug({}, "maintenance round skipped: another process holds the lock");
-    } catch (error) {
-      logger.error({ code: (error as { code?: string }).code ?? "UNKNOWN" }, "maintenance round failed");
-    }
-  };
-  const timer = setInterval(() => {
-    if (!round) round = maintain().finally(() => (round = undefined));
-  }, config.MAINTENANCE_INTERVAL_MS);
-  timer.unref();
+  const maintenance = scheduleMaintenance(config.MAINTENANCE_INTERVAL_MS, logger);
 
   let stopping = false;
   const shutdown = async (signal: string) => {
     if (stopping) return;
     stopping = true;
     logger.info({ signal }, "shutting down");
-    clearInterval(timer);
     // Stop accepting; let in-flight requests finish, but not forever.
     const drained = server.stop(false);
     const bound = new Promise<"timeout">((resolve) =>
@@ -119,7 +94,7 @@ async function main(): Promise<void> {
       );
       await server.stop(true);
     }
-    await round;
+    await maintenance.stop();
     closeMailer();
     await disconnectDB();
     await embedded?.stop();
