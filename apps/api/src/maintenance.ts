@@ -34,7 +34,7 @@ export async function maintenanceRound(logger: Logger): Promise<MaintenanceOutco
 export function scheduleMaintenance(intervalMs: number, logger: Logger): { stop(): Promise<void> } {
   let running: Promise<unknown> | undefined;
   const timer = setInterval(() => {
-    if (running) return;
+    if (running !== undefined) return;
     running = maintenanceRound(logger)
       .catch((error: unknown) => {
         logger.error({ code: (error as { code?: string }).code ?? "UNKNOWN" }, "maintenance round failed");
