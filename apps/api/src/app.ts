@@ -20,11 +20,13 @@ const REQUEST_ID = /^[A-Za-z0-9._:-]{1,128}$/;
 
 export function createApp(input: AppDeps): Hono<AppEnv> {
   const deps: ResolvedDeps = {
-    clock: () => new Date(),
-    getClientAddress: () => undefined,
-    ...input,
+    config: input.config,
+    logger: input.logger,
+    mailer: input.mailer,
+    clock: input.clock ?? (() => new Date()),
+    getClientAddress: input.getClientAddress ?? (() => undefined),
     metrics: createHttpMetrics(),
-  } as ResolvedDeps;
+  };
   const app = new Hono<AppEnv>();
 
   // Request id, per-request logger, access log and HTTP metrics: the outermost middleware.
