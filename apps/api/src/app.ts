@@ -5,6 +5,7 @@ import { withAudit } from "@repo/db";
 import { Hono } from "hono";
 import { bodyLimit } from "hono/body-limit";
 import { matchedRoutes, routePath } from "hono/route";
+import { backgroundTasks } from "./background.ts";
 import type { AppDeps, AppEnv, ResolvedDeps } from "./context.ts";
 import { ApiError, toErrorAnswer } from "./errors.ts";
 import { csrfGuard } from "./http.ts";
@@ -25,6 +26,7 @@ export function createApp(input: AppDeps): Hono<AppEnv> {
     mailer: input.mailer,
     clock: input.clock ?? (() => new Date()),
     getClientAddress: input.getClientAddress ?? (() => undefined),
+    tasks: input.tasks ?? backgroundTasks(),
     metrics: createHttpMetrics(),
   };
   const app = new Hono<AppEnv>();

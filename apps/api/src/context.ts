@@ -1,6 +1,7 @@
 // The dependencies createApp() is built from and the typed context variables every handler can read.
 import type { Logger, PublicSession, SessionUser } from "@repo/db";
 import type { Context } from "hono";
+import type { BackgroundTasks } from "./background.ts";
 import type { ApiConfig } from "./config.ts";
 import type { HttpMetrics } from "./http-metrics.ts";
 import type { PinoLogger } from "./logger.ts";
@@ -18,10 +19,13 @@ export interface AppDeps {
    * when TRUST_PROXY is 0 or X-Forwarded-For has too few entries.
    */
   getClientAddress?: (c: Context) => string | undefined;
+  /** Where after-the-response work runs; pass one to wait for it (shutdown, tests). Default: a new one. */
+  tasks?: BackgroundTasks;
 }
 
 /** The deps with defaults filled in, plus what createApp builds once. */
-export interface ResolvedDeps extends Required<Omit<AppDeps, "getClientAddress">> {
+export interface ResolvedDeps extends Required<Omit<AppDeps, "getClientAddress" | "tasks">> {
+  tasks: BackgroundTasks;
   getClientAddress: (c: Context) => string | undefined;
   metrics: HttpMetrics;
 }

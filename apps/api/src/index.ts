@@ -14,6 +14,7 @@ import {
 import { devDataDir, type EmbeddedPostgres, startEmbeddedPostgres } from "@repo/db/embedded";
 import { getConnInfo } from "hono/bun";
 import { createApp } from "./app.ts";
+import { backgroundTasks } from "./background.ts";
 import { ConfigError, loadApiConfig } from "./config.ts";
 import { createLogger } from "./logger.ts";
 import { droppingMailer, logMailer, type Mailer, smtpMailer } from "./mailer.ts";
@@ -57,7 +58,9 @@ async function main(): Promise<void> {
     mailer = droppingMailer((fields, message) => logger.warn(fields, message));
   }
 
+  const tasks = backgroundTasks();
   const app = createApp({
+    tasks,
     config,
     logger: pinoLogger,
     mailer,
@@ -95,6 +98,7 @@ async function main(): Promise<void> {
       await server.stop(true);
     }
     await maintenance.stop();
+    await tasks.settle();
     closeMailer();
     await disconnectDB();
     await embedded?.stop();

@@ -1,6 +1,7 @@
 // Test helpers: an app on the test database with an in-memory mailer and captured JSON log lines.
 import { Writable } from "node:stream";
 import { createApp } from "../src/app.ts";
+import { backgroundTasks } from "../src/background.ts";
 import { type ApiConfig, loadApiConfig } from "../src/config.ts";
 import { createLogger } from "../src/logger.ts";
 import { linkIn, memoryMailer } from "../src/mailer.ts";
@@ -28,16 +29,19 @@ export function makeApp(options: { env?: Record<string, string>; address?: strin
     },
   });
   const mailer = memoryMailer();
+  const tasks = backgroundTasks();
   let address = options.address ?? "203.0.113.1";
   const app = createApp({
     config: testConfig(options.env),
     logger: createLogger("debug", sink),
     mailer,
     getClientAddress: () => address,
+    tasks,
   });
   return {
     app,
     mailer,
+    tasks,
     logs,
     setAddress: (next: string) => {
       address = next;
@@ -81,6 +85,8 @@ export async function call(
   if (options.rawBody !== undefined) init.body = options.rawBody;
   else if (options.body !== undefined) init.body = JSON.stringify(options.body);
   const response = await t.app.request(path, init);
+  // Mail and other after-the-response work lands before the test looks at it.
+  await t.tasks.settle();
   const text = await response.text();
   let json: unknown;
   try {

@@ -73,12 +73,10 @@ function link(c: Context<AppEnv>, path: string, secret: string): string {
   return url.toString();
 }
 
-/** Sends without making the answer wait or depend on delivery (same answer whether the address exists). */
+/** Sends after the response: the answer neither waits for nor depends on delivery. */
 function sendInBackground(c: Context<AppEnv>, to: string, subject: string, text: string): void {
-  const log = c.var.log;
-  c.var.deps.mailer.send({ to, subject, text }).catch((error: unknown) => {
-    log.error({ err: error instanceof Error ? error.message : String(error), subject }, "mail not sent");
-  });
+  const { mailer, tasks } = c.var.deps;
+  tasks.run("mail", c.var.log, () => mailer.send({ to, subject, text }));
 }
 
 function sessionInput(c: Context<AppEnv>, userId: string, authMethod: string) {
@@ -241,34 +239,37 @@ export function authRoutes(): Hono<AppEnv> {
   /** Forgot password and magic link: the same answer whether or not the address has an account. */
   const linkRequest = (purpose: "password_reset" | "magic_link") => async (c: Context<AppEnv>) => {
     const body = await readJson(c, emailBody);
-    const { config } = c.var.deps;
+    const log = c.var.log;
+    const { config, mailer, tasks } = c.var.deps;
     await rateLimit(c, "email:client", clientAddress(c), config.RATE_LIMIT_EMAIL_PER_CLIENT);
     await rateLimit(c, "email:recipient", digestKey(body.email), config.RATE_LIMIT_EMAIL_PER_RECIPIENT);
-    const user = await UsersService.findByEmail(body.email, c.var.log).catch((error: unknown) => {
-      if (error instanceof Error && "code" in error && error.code === "VALIDATION_FAILED") return null;
-      throw error;
-    });
-    if (user?.email) {
+    // The lookup, the token and the mail happen after the response, so neither the answer nor its timing
+    // says whether the address has an account.
+    tasks.run(purpose, log, async () => {
+      const user = await UsersService.findByEmail(body.email, log).catch((error: unknown) => {
+        if (error instanceof Error && "code" in error && error.code === "VALIDATION_FAILED") return null;
+        throw error;
+      });
+      if (!user?.email) return;
       const { token: secret } = await OneTimeTokensService.create(
         { userId: user.id, purpose, sentTo: user.email },
-        c.var.log,
+        log,
       );
-      if (purpose === "password_reset") {
-        sendInBackground(
-          c,
-          user.email,
-          "Reset your password",
-          `Someone asked to reset your password. If it was you, open this link within an hour:\n\n${link(c, "/reset-password", secret)}\n\nOtherwise ignore this message.\n`,
-        );
-      } else {
-        sendInBackground(
-          c,
-          user.email,
-          "Your sign-in link",
-          `Open this link within 15 minutes to sign in:\n\n${link(c, "/magic-link", secret)}\n`,
-        );
-      }
-    }
+      const url = link(c, purpose === "password_reset" ? "/reset-password" : "/magic-link", secret);
+      await mailer.send(
+        purpose === "password_reset"
+          ? {
+              to: user.email,
+              subject: "Reset your password",
+              text: `Someone asked to reset your password. If it was you, open this link within an hour:\n\n${url}\n\nOtherwise ignore this message.\n`,
+            }
+          : {
+              to: user.email,
+              subject: "Your sign-in link",
+              text: `Open this link within 15 minutes to sign in:\n\n${url}\n`,
+            },
+      );
+    });
     return c.json({ status: "sent" }, 202);
   };
   auth.post("/password/forgot", linkRequest("password_reset"));
