@@ -54,12 +54,17 @@ describe("sign-up", () => {
   });
 
   it("answers 409 EMAIL_TAKEN for a taken address and writes nothing", async () => {
-    const { email } = await signUp(t);
+    const { email, token } = await signUp(t);
     const before = await counts();
-    const res = await call(t, "POST", "/v1/auth/sign-up", { body: { email, password: PASSWORD } });
+    const res = await call(t, "POST", "/v1/auth/sign-up", {
+      body: { email, password: PASSWORD },
+      cookie: `__Host-session=${token}`,
+    });
     expect(res.status).toBe(409);
     expect(res.json.error).toMatchObject({ code: "EMAIL_TAKEN", requestId: res.headers.get("x-request-id") });
     expect(await counts()).toEqual(before);
+    // The failed request did not end the session it carried.
+    expect((await call(t, "GET", "/v1/auth/session", { bearer: token })).status).toBe(200);
   });
 
   it("rejects bad input with 400/413/415 and writes nothing", async () => {

@@ -114,7 +114,6 @@ export function authRoutes(): Hono<AppEnv> {
     const body = await readJson(c, signUpBody);
     const { config } = c.var.deps;
     await rateLimit(c, "sign-up:client", clientAddress(c), config.RATE_LIMIT_SIGN_UP_PER_CLIENT);
-    await endPresentedSession(c);
     const log = c.var.log;
     // User, session and verification token commit together or not at all.
     const { user, session, verification } = await transaction(async (tx: Transaction) => {
@@ -131,6 +130,7 @@ export function authRoutes(): Hono<AppEnv> {
       );
       return { user, session, verification };
     });
+    await endPresentedSession(c);
     sendInBackground(
       c,
       verification.record.sentTo,
@@ -314,7 +314,6 @@ export function authRoutes(): Hono<AppEnv> {
     const body = await readJson(c, tokenBody);
     const log = c.var.log;
     const at = c.var.deps.clock();
-    await endPresentedSession(c);
     const { user, session } = await transaction(async (tx) => {
       const record = await OneTimeTokensService.consume(body.token, "magic_link", log, { tx });
       if (!record?.userId) throw new ApiError("TOKEN_INVALID");
@@ -332,6 +331,7 @@ export function authRoutes(): Hono<AppEnv> {
       const session = await SessionsService.create(sessionInput(c, user.id, "magic_link"), log, { tx });
       return { user, session };
     });
+    await endPresentedSession(c);
     return signedIn(c, session, user);
   });
 
