@@ -1,39 +1,106 @@
 // createApp(deps): the Hono application, built from explicit dependencies so tests can drive it with
-// app.request() against a real database.
-import { registry as dbRegistry, getPool, isSchemaCurrent, type Logger } from "@repo/db";
+// app.request() against a real database. One file per resource under routes/, one error handler here.
+import { randomUUID } from "node:crypto";
+import { withAudit } from "@repo/db";
 import { Hono } from "hono";
-import type { ApiConfig } from "./config.ts";
+import { bodyLimit } from "hono/body-limit";
+import { matchedRoutes, routePath } from "hono/route";
+import { backgroundTasks } from "./background.ts";
+import type { AppDeps, AppEnv, ResolvedDeps } from "./context.ts";
+import { ApiError, toErrorAnswer } from "./errors.ts";
+import { csrfGuard } from "./http.ts";
+import { createHttpMetrics } from "./http-metrics.ts";
+import { adminRoutes } from "./routes/admin.ts";
+import { authRoutes } from "./routes/auth.ts";
+import { healthRoutes } from "./routes/health.ts";
+import { userRoutes } from "./routes/users.ts";
 
-export interface AppDeps {
-  config: ApiConfig;
-  logger: Logger;
-}
+export type { AppDeps } from "./context.ts";
 
-export function createApp(deps: AppDeps): Hono {
-  const app = new Hono();
+const REQUEST_ID = /^[A-Za-z0-9._:-]{1,128}$/;
 
-  // Liveness: the process answers. Never touches the database, so a database outage doesn't restart us.
-  app.get("/healthz", (c) => c.json({ status: "ok" }));
+export function createApp(input: AppDeps): Hono<AppEnv> {
+  const deps: ResolvedDeps = {
+    config: input.config,
+    logger: input.logger,
+    mailer: input.mailer,
+    clock: input.clock ?? (() => new Date()),
+    getClientAddress: input.getClientAddress ?? (() => undefined),
+    tasks: input.tasks ?? backgroundTasks(),
+    metrics: createHttpMetrics(),
+  };
+  const app = new Hono<AppEnv>();
 
-  // Readiness: the database answers and has every migration this build expects.
-  app.get("/readyz", async (c) => {
-    try {
-      const current = await isSchemaCurrent();
-      if (!current) return c.json({ status: "not_ready", reason: "migrations pending" }, 503);
-      const pool = getPool();
-      return c.json({
-        status: "ready",
-        pool: { total: pool.totalCount, idle: pool.idleCount, waiting: pool.waitingCount },
-      });
-    } catch (error) {
-      const code = (error as { code?: string }).code ?? "DATABASE_UNAVAILABLE";
-      deps.logger.warn({ code }, "readiness check failed");
-      return c.json({ status: "not_ready", reason: code }, 503);
+  // Request id, per-request logger, access log and HTTP metrics: the outermost middleware.
+  app.use("*", async (c, next) => {
+    const started = performance.now();
+    const incoming = c.req.header("x-request-id");
+    const requestId = incoming && REQUEST_ID.test(incoming) ? incoming : randomUUID();
+    const child = deps.logger.child({ requestId });
+    c.set("requestId", requestId);
+    c.set("deps", deps);
+    c.set("log", withAudit(child));
+    c.header("X-Request-Id", requestId);
+    await next();
+    // The pattern of the handler that answered; when only middleware matched (ALL), no route did.
+    const last = matchedRoutes(c).at(-1);
+    const route = !last || last.method === "ALL" ? "unmatched" : routePath(c, -1);
+    const seconds = (performance.now() - started) / 1000;
+    deps.metrics.requests.inc({ method: c.req.method, route, status: String(c.res.status) });
+    deps.metrics.duration.observe({ method: c.req.method, route }, seconds);
+    if (route !== "/metrics" && route !== "/healthz" && route !== "/readyz") {
+      child.info(
+        { method: c.req.method, route, status: c.res.status, durationMs: Math.round(seconds * 1e5) / 100 },
+        "request",
+      );
     }
   });
 
-  app.get("/metrics", async (c) => {
-    return c.text(await dbRegistry.metrics(), 200, { "content-type": dbRegistry.contentType });
+  app.use(
+    "*",
+    bodyLimit({
+      maxSize: deps.config.BODY_LIMIT_BYTES,
+      onError: () => {
+        throw new ApiError("PAYLOAD_TOO_LARGE");
+      },
+    }),
+  );
+  app.use("/v1/*", csrfGuard);
+
+  app.route("/", healthRoutes());
+  app.route("/v1/auth", authRoutes());
+  app.route("/v1/users", userRoutes());
+  app.route("/v1/admin", adminRoutes());
+
+  app.notFound(() => {
+    throw new ApiError("NOT_FOUND");
+  });
+
+  // The one place errors become responses.
+  app.onError((error, c) => {
+    const answer = toErrorAnswer(error);
+    const requestId = c.get("requestId") ?? randomUUID();
+    const log = c.get("log");
+    const fields = { code: answer.code, status: answer.status };
+    if (answer.unexpected) {
+      const detail =
+        error instanceof Error ? { errName: error.name, errMessage: error.message, stack: error.stack } : {};
+      if (log) log.error({ ...fields, ...detail }, "request failed");
+      else deps.logger.error({ requestId, ...fields, ...detail }, "request failed");
+    }
+    if (answer.retryAfter !== undefined) c.header("Retry-After", String(answer.retryAfter));
+    c.header("X-Request-Id", requestId);
+    return c.json(
+      {
+        error: {
+          code: answer.code,
+          message: answer.message,
+          requestId,
+          ...(answer.details ? { details: answer.details } : {}),
+        },
+      },
+      answer.status,
+    );
   });
 
   return app;

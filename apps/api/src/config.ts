@@ -24,9 +24,67 @@ const schema = z.object({
     .min(0)
     .max(600_000)
     .default(10_000),
+  /** Public origin of the web app: mail links point here, and its origin is allowed for cookie requests. */
+  APP_URL: z
+    .url({ protocol: /^https?$/, error: "APP_URL must be an http(s) URL" })
+    .default("http://localhost:3000"),
+  /** Comma-separated origins allowed to send cookie-authenticated unsafe requests; default APP_URL's origin. */
+  ALLOWED_ORIGINS: z
+    .string()
+    .optional()
+    .transform((value, ctx) => {
+      if (value === undefined) return undefined;
+      const origins: string[] = [];
+      for (const part of value
+        .split(",")
+        .map((item) => item.trim())
+        .filter(Boolean)) {
+        try {
+          origins.push(new URL(part).origin);
+        } catch {
+          ctx.addIssue({ code: "custom", message: `ALLOWED_ORIGINS: ${part} is not a URL` });
+          return z.NEVER;
+        }
+      }
+      return origins;
+    }),
+  /** Bearer key of /v1/admin; admin routes answer 404 when unset. */
+  ADMIN_API_KEY: z.string().min(32, { error: "ADMIN_API_KEY must be at least 32 characters" }).optional(),
+  /** smtp(s)://user:pass@host:port; without it mail is logged (development) or dropped with a warning. */
+  SMTP_URL: z.url({ protocol: /^smtps?$/, error: "SMTP_URL must be an smtp:// or smtps:// URL" }).optional(),
+  MAIL_FROM: z.string().trim().min(3).default("no-reply@localhost"),
+  BODY_LIMIT_BYTES: z.coerce
+    .number({ error: "BODY_LIMIT_BYTES must be a number" })
+    .int()
+    .min(64)
+    .max(50_000_000)
+    .default(64 * 1024),
+  /** How many reverse proxies in front of us append to X-Forwarded-For; 0 means use the socket address. */
+  TRUST_PROXY: z.coerce
+    .number({ error: "TRUST_PROXY must be a number of proxy hops" })
+    .int()
+    .min(0)
+    .max(10)
+    .default(0),
+  SESSION_COOKIE_NAME: z
+    .string()
+    .regex(/^[A-Za-z0-9_-]{1,64}$/, { error: "SESSION_COOKIE_NAME must be letters, digits, _ or -" })
+    .default("session"),
+  RATE_LIMIT_WINDOW_SECONDS: z.coerce.number().int().min(1).max(86_400).default(900),
+  RATE_LIMIT_SIGN_IN_PER_ACCOUNT: z.coerce.number().int().min(1).default(10),
+  RATE_LIMIT_SIGN_IN_PER_CLIENT: z.coerce.number().int().min(1).default(100),
+  RATE_LIMIT_SIGN_UP_PER_CLIENT: z.coerce.number().int().min(1).default(20),
+  RATE_LIMIT_EMAIL_PER_RECIPIENT: z.coerce.number().int().min(1).default(5),
+  RATE_LIMIT_EMAIL_PER_CLIENT: z.coerce.number().int().min(1).default(50),
+  MAINTENANCE_INTERVAL_MS: z.coerce.number().int().min(1000).max(86_400_000).default(300_000),
 });
 
 export type ApiConfig = z.infer<typeof schema>;
+
+/** The origins allowed to send cookie-authenticated unsafe requests. */
+export function allowedOrigins(config: ApiConfig): string[] {
+  return config.ALLOWED_ORIGINS ?? [new URL(config.APP_URL).origin];
+}
 
 export class ConfigError extends Error {
   override readonly name = "ConfigError";

@@ -1,21 +1,30 @@
 // Boots the API: validate configuration, start the embedded PostgreSQL in .data/ when DATABASE_URL is unset
-// (development only), migrate under the advisory lock, serve, and shut down gracefully on SIGTERM/SIGINT.
+// (development only), migrate under the advisory lock, serve, run maintenance rounds, and shut down
+// gracefully on SIGTERM/SIGINT.
 import {
-  consoleLogger,
   DbError,
   disconnectDB,
   initializeDB,
+  loadAccountEncryptionFromEnv,
   loadDatabaseConfig,
   redactUrl,
   runMigrations,
+  withAudit,
 } from "@repo/db";
 import { devDataDir, type EmbeddedPostgres, startEmbeddedPostgres } from "@repo/db/embedded";
+import { getConnInfo } from "hono/bun";
 import { createApp } from "./app.ts";
+import { backgroundTasks } from "./background.ts";
 import { ConfigError, loadApiConfig } from "./config.ts";
+import { createLogger } from "./logger.ts";
+import { droppingMailer, logMailer, type Mailer, smtpMailer } from "./mailer.ts";
+import { scheduleMaintenance } from "./maintenance.ts";
 
 async function main(): Promise<void> {
   const config = loadApiConfig();
-  const logger = consoleLogger(config.LOG_LEVEL);
+  const pinoLogger = createLogger(config.LOG_LEVEL);
+  const logger = withAudit(pinoLogger);
+  if (process.env.ACCOUNT_ENCRYPTION_KEYS) loadAccountEncryptionFromEnv();
 
   let embedded: EmbeddedPostgres | undefined;
   const env = { ...process.env };
@@ -37,12 +46,39 @@ async function main(): Promise<void> {
   await runMigrations({ config: dbConfig, logger });
   initializeDB(dbConfig, { logger });
 
-  const app = createApp({ config, logger });
+  let mailer: Mailer;
+  let closeMailer = () => {};
+  if (config.SMTP_URL) {
+    const smtp = smtpMailer(config.SMTP_URL, config.MAIL_FROM);
+    mailer = smtp;
+    closeMailer = () => smtp.close();
+  } else if (config.NODE_ENV === "development") {
+    mailer = logMailer();
+  } else {
+    mailer = droppingMailer((fields, message) => logger.warn(fields, message));
+  }
+
+  const tasks = backgroundTasks();
+  const app = createApp({
+    tasks,
+    config,
+    logger: pinoLogger,
+    mailer,
+    getClientAddress: (c) => {
+      try {
+        return getConnInfo(c).remote.address;
+      } catch {
+        return undefined;
+      }
+    },
+  });
   const server = Bun.serve({ hostname: config.HOST, port: config.PORT, fetch: app.fetch });
   logger.info(
     { url: `http://${config.HOST}:${server.port}`, database: redactUrl(dbConfig.url) },
     "API listening",
   );
+
+  const maintenance = scheduleMaintenance(config.MAINTENANCE_INTERVAL_MS, logger);
 
   let stopping = false;
   const shutdown = async (signal: string) => {
@@ -61,6 +97,9 @@ async function main(): Promise<void> {
       );
       await server.stop(true);
     }
+    await maintenance.stop();
+    await tasks.settle();
+    closeMailer();
     await disconnectDB();
     await embedded?.stop();
     logger.info({}, "stopped");

@@ -1,0 +1,48 @@
+// The dependencies createApp() is built from and the typed context variables every handler can read.
+import type { Logger, PublicSession, SessionUser } from "@repo/db";
+import type { Context } from "hono";
+import type { BackgroundTasks } from "./background.ts";
+import type { ApiConfig } from "./config.ts";
+import type { HttpMetrics } from "./http-metrics.ts";
+import type { PinoLogger } from "./logger.ts";
+import type { Mailer } from "./mailer.ts";
+
+export interface AppDeps {
+  config: ApiConfig;
+  /** A pino logger; each request logs through a child carrying its request id. */
+  logger: PinoLogger;
+  mailer: Mailer;
+  /** The API's clock (Retry-After, timestamps it writes). Default: the system clock. */
+  clock?: () => Date;
+  /**
+   * The socket's peer address. Production passes hono/bun's getConnInfo; tests inject one. Consulted only
+   * when TRUST_PROXY is 0 or X-Forwarded-For has too few entries.
+   */
+  getClientAddress?: (c: Context) => string | undefined;
+  /** Where after-the-response work runs; pass one to wait for it (shutdown, tests). Default: a new one. */
+  tasks?: BackgroundTasks;
+}
+
+/** The deps with defaults filled in, plus what createApp builds once. */
+export interface ResolvedDeps extends Required<Omit<AppDeps, "getClientAddress" | "tasks">> {
+  tasks: BackgroundTasks;
+  getClientAddress: (c: Context) => string | undefined;
+  metrics: HttpMetrics;
+}
+
+export interface AppVariables {
+  requestId: string;
+  /** The request's logger: every line carries requestId. Fits @repo/db's Logger (audit included). */
+  log: Logger;
+  deps: ResolvedDeps;
+  /** Set by requireSession. */
+  session: PublicSession;
+  user: SessionUser;
+  /** The token the session was presented with, and how. */
+  sessionToken: string;
+  authVia: "cookie" | "bearer";
+}
+
+export interface AppEnv {
+  Variables: AppVariables;
+}

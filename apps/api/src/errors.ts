@@ -1,0 +1,127 @@
+// API error codes and the one table mapping them (and @repo/db's DbError codes) to HTTP statuses.
+// Routes throw ApiError or let DbError through; app.onError turns either into `{ error: { code, message,
+// requestId } }` and never shows a stack, SQL or internal detail.
+import { DbError } from "@repo/db";
+import { HTTPException } from "hono/http-exception";
+import type { ContentfulStatusCode } from "hono/utils/http-status";
+
+/** Every code the API answers with, its status and the message shown when the error carries none safe to show. */
+export const API_ERRORS = {
+  VALIDATION_FAILED: { status: 400, message: "The request is invalid" },
+  INVALID_JSON: { status: 400, message: "The body is not valid JSON" },
+  TOKEN_INVALID: { status: 400, message: "The link or token is invalid or expired" },
+  INVALID_CREDENTIALS: { status: 401, message: "Invalid email or password" },
+  UNAUTHENTICATED: { status: 401, message: "Sign in first" },
+  FORBIDDEN: { status: 403, message: "Not allowed" },
+  CSRF_REJECTED: { status: 403, message: "Cross-site request rejected" },
+  NOT_FOUND: { status: 404, message: "Not found" },
+  EMAIL_TAKEN: { status: 409, message: "The email address is already in use" },
+  PHONE_TAKEN: { status: 409, message: "The phone number is already in use" },
+  ACCOUNT_ALREADY_LINKED: { status: 409, message: "The account is already linked" },
+  PAYLOAD_TOO_LARGE: { status: 413, message: "The body is too large" },
+  UNSUPPORTED_MEDIA_TYPE: { status: 415, message: "Send application/json" },
+  RATE_LIMITED: { status: 429, message: "Too many requests; retry later" },
+  INTERNAL_ERROR: { status: 500, message: "Internal error" },
+  SERVICE_UNAVAILABLE: { status: 503, message: "Temporarily unavailable; retry later" },
+} as const satisfies Record<string, { status: ContentfulStatusCode; message: string }>;
+
+export type ApiErrorCode = keyof typeof API_ERRORS;
+
+/** DbError codes that mean "the database is busy or away": the client may retry. */
+const UNAVAILABLE = new Set([
+  "POOL_EXHAUSTED",
+  "DATABASE_UNAVAILABLE",
+  "TOO_MANY_CONNECTIONS",
+  "QUERY_TIMEOUT",
+  "SERIALIZATION_FAILURE",
+  "DEADLOCK_DETECTED",
+]);
+
+/** DbError codes passed through as API codes of the same name. */
+const PASSED_THROUGH = new Set<string>([
+  "VALIDATION_FAILED",
+  "INVALID_CREDENTIALS",
+  "NOT_FOUND",
+  "EMAIL_TAKEN",
+  "PHONE_TAKEN",
+  "ACCOUNT_ALREADY_LINKED",
+  "TOKEN_INVALID",
+]);
+
+export class ApiError extends Error {
+  override readonly name = "ApiError";
+  readonly code: ApiErrorCode;
+  readonly details?: Record<string, string>;
+  /** Seconds, for RATE_LIMITED. */
+  readonly retryAfter?: number;
+
+  constructor(
+    code: ApiErrorCode,
+    message: string = API_ERRORS[code].message,
+    options: { details?: Record<string, string>; retryAfter?: number; cause?: unknown } = {},
+  ) {
+    super(message, options.cause === undefined ? undefined : { cause: options.cause });
+    this.code = code;
+    if (options.details !== undefined) this.details = options.details;
+    if (options.retryAfter !== undefined) this.retryAfter = options.retryAfter;
+  }
+}
+
+export interface ErrorAnswer {
+  status: ContentfulStatusCode;
+  code: ApiErrorCode;
+  message: string;
+  details?: Record<string, string>;
+  retryAfter?: number;
+  /** Unexpected: log at error level with the stack. */
+  unexpected: boolean;
+}
+
+const STATUS_CODES: Partial<Record<number, ApiErrorCode>> = {
+  400: "VALIDATION_FAILED",
+  401: "UNAUTHENTICATED",
+  403: "FORBIDDEN",
+  404: "NOT_FOUND",
+  413: "PAYLOAD_TOO_LARGE",
+  415: "UNSUPPORTED_MEDIA_TYPE",
+  429: "RATE_LIMITED",
+  503: "SERVICE_UNAVAILABLE",
+};
+
+function answer(code: ApiErrorCode, extra: Partial<ErrorAnswer> = {}): ErrorAnswer {
+  return {
+    status: API_ERRORS[code].status,
+    code,
+    message: API_ERRORS[code].message,
+    unexpected: false,
+    ...extra,
+  };
+}
+
+/** The one mapping from anything thrown to what the client sees. */
+export function toErrorAnswer(error: unknown): ErrorAnswer {
+  if (error instanceof ApiError) {
+    const extra: Partial<ErrorAnswer> = { message: error.message };
+    if (error.details) extra.details = error.details;
+    if (error.retryAfter !== undefined) extra.retryAfter = error.retryAfter;
+    return answer(error.code, extra);
+  }
+  if (error instanceof DbError) {
+    if (UNAVAILABLE.has(error.code)) return answer("SERVICE_UNAVAILABLE");
+    if (PASSED_THROUGH.has(error.code)) {
+      const code = error.code as ApiErrorCode;
+      // Validation messages name fields and rules, never values or SQL: safe to show.
+      if (code === "VALIDATION_FAILED") {
+        return answer(code, { message: error.message, ...(error.details ? { details: error.details } : {}) });
+      }
+      return answer(code);
+    }
+    return answer("INTERNAL_ERROR", { unexpected: true });
+  }
+  if (error instanceof HTTPException) {
+    const code = STATUS_CODES[error.status];
+    if (code) return answer(code);
+    return answer("INTERNAL_ERROR", { unexpected: true });
+  }
+  return answer("INTERNAL_ERROR", { unexpected: true });
+}

@@ -1,0 +1,53 @@
+// Background maintenance: expired sessions, one-time tokens and cache entries are deleted in rounds. Every
+// process schedules rounds; the "maintenance" advisory lock lets only one of them run each round.
+import {
+  CacheService,
+  type Logger,
+  OneTimeTokensService,
+  SessionsService,
+  tryWithAdvisoryLock,
+} from "@repo/db";
+
+export type MaintenanceOutcome =
+  | { ran: true; sessions: number; tokens: number; cache: number }
+  | { ran: false };
+
+/** One round: skipped at once (ran: false) when another process holds the lock. */
+export async function maintenanceRound(logger: Logger): Promise<MaintenanceOutcome> {
+  const outcome = await tryWithAdvisoryLock("maintenance", async () => {
+    // The cleanups run on the pool in small batches of their own, not in the lock's transaction, so no
+    // batch holds row locks for the whole round; the lock only decides whose round it is.
+    const sessions = await SessionsService.cleanupExpired({}, logger);
+    const tokens = await OneTimeTokensService.cleanupExpired({}, logger);
+    const cache = await CacheService.cleanupExpired({}, logger);
+    return { sessions, tokens, cache };
+  });
+  if (!outcome.acquired) {
+    logger.debug({}, "maintenance round skipped: another process holds the lock");
+    return { ran: false };
+  }
+  logger.info(outcome.result, "maintenance round done");
+  return { ran: true, ...outcome.result };
+}
+
+/** Runs a round every `intervalMs` (never two at once in this process); `stop()` waits for a running one. */
+export function scheduleMaintenance(intervalMs: number, logger: Logger): { stop(): Promise<void> } {
+  let running: Promise<unknown> | undefined;
+  const timer = setInterval(() => {
+    if (running !== undefined) return;
+    running = maintenanceRound(logger)
+      .catch((error: unknown) => {
+        logger.error({ code: (error as { code?: string }).code ?? "UNKNOWN" }, "maintenance round failed");
+      })
+      .finally(() => {
+        running = undefined;
+      });
+  }, intervalMs);
+  timer.unref();
+  return {
+    async stop() {
+      clearInterval(timer);
+      await running;
+    },
+  };
+}

@@ -1,0 +1,179 @@
+// End to end: the real server process (bun src/index.ts) on a real database, sending real mail over SMTP to
+// an smtp-server on 127.0.0.1 that captures it.
+import { type ChildProcess, spawn } from "node:child_process";
+import type { AddressInfo } from "node:net";
+import { fileURLToPath } from "node:url";
+import { freePort } from "@repo/db/embedded";
+import { createTestDatabase, type TestDatabase } from "@repo/db/testing";
+import { SMTPServer } from "smtp-server";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+
+const apiRoot = fileURLToPath(new URL("..", import.meta.url));
+
+interface Captured {
+  to: string[];
+  raw: string;
+}
+
+const mails: Captured[] = [];
+let smtp: SMTPServer;
+let smtpPort = 0;
+let database: TestDatabase;
+let child: ChildProcess | undefined;
+let exited: Promise<number | null> | undefined;
+let base = "";
+let output = "";
+
+/** Quoted-printable soft breaks and escapes, enough to read a link out of a text/plain mail. */
+function decodeQuotedPrintable(text: string): string {
+  return text
+    .replace(/=\r?\n/g, "")
+    .replace(/=([0-9A-F]{2})/g, (_, hex: string) => String.fromCharCode(parseInt(hex, 16)));
+}
+
+async function waitForMail(to: string, count: number): Promise<Captured> {
+  const deadline = Date.now() + 15_000;
+  for (;;) {
+    const matching = mails.filter((mail) => mail.to.includes(to));
+    const found = matching[count - 1];
+    if (found) return found;
+    if (Date.now() > deadline)
+      throw new Error(`mail #${count} to ${to} not received; server said:\n${output}`);
+    await new Promise((resolve) => setTimeout(resolve, 50));
+  }
+}
+
+function tokenIn(mail: Captured, path: string): string {
+  const body = decodeQuotedPrintable(mail.raw);
+  const match = new RegExp(`http://app\\.e2e\\.test${path}\\?token=([A-Za-z0-9_-]+)`).exec(body);
+  if (!match?.[1]) throw new Error(`no ${path} link in:\n${body}`);
+  return match[1];
+}
+
+async function api(method: string, path: string, options: { body?: unknown; bearer?: string } = {}) {
+  const headers: Record<string, string> = {};
+  if (options.body !== undefined) headers["content-type"] = "application/json";
+  if (options.bearer) headers.authorization = `Bearer ${options.bearer}`;
+  const response = await fetch(`${base}${path}`, {
+    method,
+    headers,
+    ...(options.body === undefined ? {} : { body: JSON.stringify(options.body) }),
+  });
+  const text = await response.text();
+  // biome-ignore lint/suspicious/noExplicitAny: reading JSON answers in a test
+  const json: any = text ? JSON.parse(text) : undefined;
+  return {
+    status: response.status,
+    json,
+    headers: response.headers,
+  };
+}
+
+beforeAll(async () => {
+  smtp = new SMTPServer({
+    authOptional: true,
+    disabledCommands: ["STARTTLS", "AUTH"],
+    logger: false,
+    onData(stream, session, callback) {
+      const chunks: Buffer[] = [];
+      stream.on("data", (chunk: Buffer) => chunks.push(chunk));
+      stream.on("end", () => {
+        mails.push({
+          to: session.envelope.rcptTo.map((rcpt) => rcpt.address),
+          raw: Buffer.concat(chunks).toString("utf8"),
+        });
+        callback();
+      });
+    },
+  });
+  await new Promise<void>((resolve) => smtp.listen(0, "127.0.0.1", () => resolve()));
+  smtpPort = (smtp.server.address() as AddressInfo).port;
+
+  database = await createTestDatabase({ empty: true });
+  const port = await freePort();
+  base = `http://127.0.0.1:${port}`;
+  child = spawn("bun", ["src/index.ts"], {
+    cwd: apiRoot,
+    env: {
+      ...process.env,
+      DATABASE_URL: database.url,
+      PORT: String(port),
+      HOST: "127.0.0.1",
+      NODE_ENV: "production",
+      LOG_LEVEL: "warn",
+      APP_URL: "http://app.e2e.test",
+      SMTP_URL: `smtp://127.0.0.1:${smtpPort}`,
+      MAIL_FROM: "no-reply@e2e.test",
+    },
+    stdio: ["ignore", "pipe", "pipe"],
+  });
+  child.stdout?.on("data", (chunk) => (output += chunk));
+  child.stderr?.on("data", (chunk) => (output += chunk));
+  const started = child;
+  exited = new Promise((resolve) => started.on("exit", (code) => resolve(code)));
+  const deadline = Date.now() + 30_000;
+  for (;;) {
+    try {
+      if ((await fetch(`${base}/readyz`)).status === 200) break;
+    } catch {
+      // not listening yet
+    }
+    if (Date.now() > deadline) throw new Error(`server not ready:\n${output}`);
+    await new Promise((resolve) => setTimeout(resolve, 100));
+  }
+});
+
+afterAll(async () => {
+  if (child && child.exitCode === null) {
+    child.kill("SIGTERM");
+    await exited;
+  }
+  await new Promise<void>((resolve) => smtp?.close(() => resolve()));
+  await database?.drop();
+});
+
+describe("end to end over HTTP and SMTP", () => {
+  it("sign-up → verify mail → verify → sign-out → sign-in → forgot → reset → old sessions dead", async () => {
+    const email = "e2e-user@example.com";
+    const signUp = await api("POST", "/v1/auth/sign-up", { body: { email, password: "first password 123" } });
+    expect(signUp.status).toBe(201);
+    expect(signUp.headers.get("set-cookie")).toContain("__Host-session=");
+    const firstToken = signUp.json.token as string;
+
+    const verifyMail = await waitForMail(email, 1);
+    expect(verifyMail.raw).toContain("no-reply@e2e.test");
+    const verify = await api("POST", "/v1/auth/email/verify", {
+      body: { token: tokenIn(verifyMail, "/verify-email") },
+    });
+    expect(verify.status).toBe(200);
+    expect(verify.json.user.emailVerifiedAt).not.toBeNull();
+
+    expect((await api("POST", "/v1/auth/sign-out", { bearer: firstToken })).status).toBe(204);
+    expect((await api("GET", "/v1/auth/session", { bearer: firstToken })).status).toBe(401);
+
+    const signIn = await api("POST", "/v1/auth/sign-in", { body: { email, password: "first password 123" } });
+    expect(signIn.status).toBe(200);
+    const secondToken = signIn.json.token as string;
+    expect((await api("GET", "/v1/users/me", { bearer: secondToken })).json.user.email).toBe(email);
+
+    expect((await api("POST", "/v1/auth/password/forgot", { body: { email } })).status).toBe(202);
+    const resetMail = await waitForMail(email, 2);
+    const reset = await api("POST", "/v1/auth/password/reset", {
+      body: { token: tokenIn(resetMail, "/reset-password"), password: "second password 456" },
+    });
+    expect(reset.status).toBe(200);
+
+    expect((await api("GET", "/v1/auth/session", { bearer: secondToken })).status).toBe(401);
+    expect(
+      (await api("POST", "/v1/auth/sign-in", { body: { email, password: "first password 123" } })).status,
+    ).toBe(401);
+    const fresh = await api("POST", "/v1/auth/sign-in", { body: { email, password: "second password 456" } });
+    expect(fresh.status).toBe(200);
+
+    const metrics = await (await fetch(`${base}/metrics`)).text();
+    expect(metrics).toContain(
+      'http_requests_total{method="POST",route="/v1/auth/password/reset",status="200"} 1',
+    );
+    expect(output).not.toContain("second password");
+  });
+});
