@@ -2,6 +2,7 @@
 // the session cookie, and the session/CSRF middleware.
 
 import { createHash } from "node:crypto";
+import { isIP } from "node:net";
 import { CacheService, SessionsService } from "@repo/db";
 import type { Context, MiddlewareHandler } from "hono";
 import { deleteCookie, getCookie, setCookie } from "hono/cookie";
@@ -58,10 +59,19 @@ export function clientAddress(c: Context<AppEnv>): string {
       .split(",")
       .map((entry) => entry.trim())
       .filter(Boolean);
-    const entry = entries[entries.length - config.TRUST_PROXY];
+    const entry = normalizeAddress(entries[entries.length - config.TRUST_PROXY]);
     if (entry) return entry;
   }
   return getClientAddress(c) ?? "unknown";
+}
+
+/** An X-Forwarded-For entry as a bare IP (`1.2.3.4:567` and `[::1]:80` lose their port), or undefined. */
+function normalizeAddress(entry: string | undefined): string | undefined {
+  if (!entry) return undefined;
+  const bracketed = /^\[([^\]]+)\](?::\d+)?$/.exec(entry);
+  const candidate =
+    bracketed?.[1] ?? (/^[\d.]+:\d+$/.test(entry) ? entry.slice(0, entry.lastIndexOf(":")) : entry);
+  return isIP(candidate) ? candidate : undefined;
 }
 
 /** A stable key for a rate-limit bucket that does not store the raw email in the cache. */
@@ -116,16 +126,15 @@ export function clearSessionCookie(c: Context<AppEnv>): void {
 
 /** The session token a request presents: `Authorization: Bearer` wins over the cookie. */
 export function presentedToken(c: Context<AppEnv>): { token: string; via: "cookie" | "bearer" } | undefined {
-  const header = c.req.header("authorization");
-  if (header) {
-    const match = /^Bearer\s+(\S+)$/i.exec(header);
-    return match?.[1] ? { token: match[1], via: "bearer" } : undefined;
-  }
+  const match = /^Bearer\s+(\S+)$/i.exec(c.req.header("authorization") ?? "");
+  if (match?.[1]) return { token: match[1], via: "bearer" };
   const cookie = getCookie(c, cookieName(c));
   return cookie ? { token: cookie, via: "cookie" } : undefined;
 }
 
 const UNSAFE = new Set(["POST", "PUT", "PATCH", "DELETE"]);
+/** Only a bearer token exempts a request from the origin check: browsers may replay Basic credentials. */
+const BEARER = /^Bearer\s+\S+$/i;
 
 /**
  * CSRF: an unsafe request that carries the session cookie (and no bearer token) must come from an allowed
@@ -133,7 +142,7 @@ const UNSAFE = new Set(["POST", "PUT", "PATCH", "DELETE"]);
  * too (login CSRF). Bearer-authenticated requests are not at risk: browsers never add that header.
  */
 export const csrfGuard: MiddlewareHandler<AppEnv> = async (c, next) => {
-  if (UNSAFE.has(c.req.method) && !c.req.header("authorization")) {
+  if (UNSAFE.has(c.req.method) && !BEARER.test(c.req.header("authorization") ?? "")) {
     const allowed = allowedOrigins(c.var.deps.config);
     const origin = c.req.header("origin");
     const hasCookie = getCookie(c, cookieName(c)) !== undefined;
@@ -166,6 +175,9 @@ export const requireSession: MiddlewareHandler<AppEnv> = async (c, next) => {
     if (presented.via === "cookie") clearSessionCookie(c);
     throw new ApiError("UNAUTHENTICATED");
   }
+  // validate() slides the session's expiry; the cookie must follow, or a daily user is signed out when the
+  // cookie set at sign-in expires (a rolling cookie, re-sent with the session's current expiry).
+  if (presented.via === "cookie") setSessionCookie(c, presented.token, auth.session.expiresAt);
   c.set("session", auth.session);
   c.set("user", auth.user);
   c.set("sessionToken", presented.token);

@@ -80,34 +80,55 @@ async function main(): Promise<void> {
 
   const maintenance = scheduleMaintenance(config.MAINTENANCE_INTERVAL_MS, logger);
 
-  let stopping = false;
-  const shutdown = async (signal: string) => {
-    if (stopping) return;
-    stopping = true;
+  shutdown = async (signal: string) => {
     logger.info({ signal }, "shutting down");
-    // Stop accepting; let in-flight requests finish, but not forever.
-    const drained = server.stop(false);
-    const bound = new Promise<"timeout">((resolve) =>
-      setTimeout(() => resolve("timeout"), config.SHUTDOWN_TIMEOUT_MS).unref(),
-    );
-    if ((await Promise.race([drained.then(() => "drained" as const), bound])) === "timeout") {
-      logger.warn(
-        { timeoutMs: config.SHUTDOWN_TIMEOUT_MS },
-        "in-flight requests cut off at the shutdown bound",
-      );
-      await server.stop(true);
+    // One bound for the whole sequence: every step gets what is left of SHUTDOWN_TIMEOUT_MS.
+    const deadline = Date.now() + config.SHUTDOWN_TIMEOUT_MS;
+    const within = async (step: Promise<unknown>): Promise<boolean> => {
+      let timer: ReturnType<typeof setTimeout> | undefined;
+      const bound = new Promise<false>((resolve) => {
+        timer = setTimeout(() => resolve(false), Math.max(0, deadline - Date.now()));
+      });
+      try {
+        return await Promise.race([step.then(() => true), bound]);
+      } finally {
+        clearTimeout(timer);
+      }
+    };
+    try {
+      // Stop accepting; let in-flight requests finish, but not forever.
+      if (!(await within(server.stop(false)))) {
+        logger.warn(
+          { timeoutMs: config.SHUTDOWN_TIMEOUT_MS },
+          "in-flight requests cut off at the shutdown bound",
+        );
+        await server.stop(true);
+      }
+      await within(maintenance.stop());
+      await within(tasks.settle());
+      closeMailer();
+      await within(disconnectDB());
+    } catch (error) {
+      logger.error({ error: error instanceof Error ? error.message : String(error) }, "shutdown step failed");
+    } finally {
+      await embedded?.stop();
+      logger.info({}, "stopped");
+      process.exit(0);
     }
-    await maintenance.stop();
-    await tasks.settle();
-    closeMailer();
-    await disconnectDB();
-    await embedded?.stop();
-    logger.info({}, "stopped");
-    process.exit(0);
   };
-  process.on("SIGTERM", () => void shutdown("SIGTERM"));
-  process.on("SIGINT", () => void shutdown("SIGINT"));
 }
+
+let shutdown: ((signal: string) => Promise<void>) | undefined;
+let signals = 0;
+function onSignal(signal: string): void {
+  signals++;
+  // During start-up, or at a second signal: exit now. The embedded server (if any) is stopped by its exit
+  // hook, so a Ctrl-C during migrations or a stuck shutdown never leaves a postmaster behind.
+  if (!shutdown || signals > 1) process.exit(130);
+  void shutdown(signal);
+}
+process.on("SIGTERM", () => onSignal("SIGTERM"));
+process.on("SIGINT", () => onSignal("SIGINT"));
 
 main().catch((error: unknown) => {
   if (error instanceof ConfigError || (error instanceof DbError && error.code === "CONFIG_INVALID")) {

@@ -14,7 +14,19 @@ export interface Mailer {
 
 /** Sends through the SMTP server of `url` (smtp://user:pass@host:port or smtps://...). */
 export function smtpMailer(url: string, from: string): Mailer & { close(): void } {
-  const transport = nodemailer.createTransport(url);
+  // Bounded waits: nodemailer's defaults (minutes) would hold a shutdown hostage to a stuck SMTP server.
+  const parsed = new URL(url);
+  const transport = nodemailer.createTransport({
+    host: parsed.hostname,
+    port: parsed.port ? Number(parsed.port) : parsed.protocol === "smtps:" ? 465 : 587,
+    secure: parsed.protocol === "smtps:",
+    ...(parsed.username
+      ? { auth: { user: decodeURIComponent(parsed.username), pass: decodeURIComponent(parsed.password) } }
+      : {}),
+    connectionTimeout: 10_000,
+    greetingTimeout: 10_000,
+    socketTimeout: 30_000,
+  });
   return {
     async send(message) {
       await transport.sendMail({ from, to: message.to, subject: message.subject, text: message.text });

@@ -258,6 +258,44 @@ describe("CSRF", () => {
     // The session survived the rejected requests.
     expect((await call(t, "GET", "/v1/users/me", { cookie })).status).toBe(200);
   });
+
+  it("does not let a non-bearer Authorization header (replayed Basic credentials) skip the origin check", async () => {
+    const { token } = await signUp(t);
+    const basic = await call(t, "POST", "/v1/auth/sessions/revoke-others", {
+      cookie: `__Host-session=${token}`,
+      headers: { origin: "https://evil.example", authorization: "Basic dXNlcjpwYXNz" },
+    });
+    expect(basic.status).toBe(403);
+    expect(basic.json.error.code).toBe("CSRF_REJECTED");
+  });
+
+  it("re-sends the session cookie with the session's current expiry (a rolling cookie)", async () => {
+    const { token } = await signUp(t);
+    const me = await call(t, "GET", "/v1/auth/session", { cookie: `__Host-session=${token}` });
+    expect(me.status).toBe(200);
+    const cookie = me.headers.get("set-cookie") ?? "";
+    expect(cookie).toContain(`__Host-session=${token}`);
+    expect(cookie).toContain(`Expires=${new Date(me.json.session.expiresAt).toUTCString()}`);
+    expect(cookie).toContain("HttpOnly");
+  });
+});
+
+describe("client address behind a proxy", () => {
+  it("takes the trusted X-Forwarded-For entry without its port, and ignores entries that are not addresses", async () => {
+    const proxied = makeApp({ env: { TRUST_PROXY: "1" }, address: "10.0.0.1" });
+    const withPort = await call(proxied, "POST", "/v1/auth/sign-up", {
+      body: { email: "proxied-1@example.com", password: PASSWORD },
+      headers: { origin: ORIGIN, "x-forwarded-for": "198.51.100.9:51234" },
+    });
+    expect(withPort.status).toBe(201);
+    expect(withPort.json.session.ipAddress).toBe("198.51.100.9");
+    const garbage = await call(proxied, "POST", "/v1/auth/sign-up", {
+      body: { email: "proxied-2@example.com", password: PASSWORD },
+      headers: { origin: ORIGIN, "x-forwarded-for": "unknown" },
+    });
+    expect(garbage.status).toBe(201);
+    expect(garbage.json.session.ipAddress).toBe("10.0.0.1");
+  });
 });
 
 describe("cookies in development", () => {
