@@ -122,6 +122,22 @@ describe("change password", () => {
   });
 });
 
+describe("change password limits", () => {
+  it("counts current-password checks against the account's sign-in limit", async () => {
+    const limited = makeApp({ env: { RATE_LIMIT_SIGN_IN_PER_ACCOUNT: "2" } });
+    const { token } = await signUp(limited);
+    const statuses: number[] = [];
+    for (let i = 0; i < 3; i++) {
+      const res = await call(limited, "POST", "/v1/auth/password/change", {
+        bearer: token,
+        body: { currentPassword: `guess number ${i}`, newPassword: "another good password" },
+      });
+      statuses.push(res.status);
+    }
+    expect(statuses).toEqual([401, 401, 429]);
+  });
+});
+
 describe("magic link", () => {
   it("same answer either way; the link signs in once and verifies the email", async () => {
     const { email } = await signUp(t);

@@ -299,6 +299,13 @@ export function authRoutes(): Hono<AppEnv> {
     const log = c.var.log;
     const current = c.var.user;
     if (!current.email) throw new ApiError("INVALID_CREDENTIALS");
+    // The current-password check is a sign-in attempt: a stolen session must not get unlimited guesses.
+    await rateLimit(
+      c,
+      "sign-in:account",
+      digestKey(current.email),
+      c.var.deps.config.RATE_LIMIT_SIGN_IN_PER_ACCOUNT,
+    );
     await UsersService.verifyPassword({ email: current.email, password: body.currentPassword }, log);
     // Keep only this session, under a new token: whoever held the old one (or any other) is out.
     const rotated = await transaction(async (tx) => {
