@@ -1,5 +1,6 @@
 // Background maintenance: expired sessions, one-time tokens and cache entries are deleted in rounds. Every
-// process schedules rounds; the "maintenance" advisory lock lets only one of them run each round.
+// process schedules rounds; the "maintenance" advisory lock and a last-round stamp in the cache let only one
+// of them run each round.
 import {
   CacheService,
   type Logger,
@@ -12,18 +13,24 @@ export type MaintenanceOutcome =
   | { ran: true; sessions: number; tokens: number; cache: number }
   | { ran: false };
 
-/** One round: skipped at once (ran: false) when another process holds the lock. */
-export async function maintenanceRound(logger: Logger): Promise<MaintenanceOutcome> {
-  const outcome = await tryWithAdvisoryLock("maintenance", async () => {
+/**
+ * One round: skipped at once (ran: false) when another process holds the lock, or when another process
+ * already ran a round less than `minGapMs` ago (every process schedules rounds; one of them does each).
+ */
+export async function maintenanceRound(logger: Logger, minGapMs = 0): Promise<MaintenanceOutcome> {
+  const outcome = await tryWithAdvisoryLock("maintenance", async (tx) => {
+    const last = await CacheService.get<Date>("maintenance", "last-round", logger, { tx });
+    if (last instanceof Date && Date.now() - last.getTime() < minGapMs) return undefined;
     // The cleanups run on the pool in small batches of their own, not in the lock's transaction, so no
     // batch holds row locks for the whole round; the lock only decides whose round it is.
     const sessions = await SessionsService.cleanupExpired({}, logger);
     const tokens = await OneTimeTokensService.cleanupExpired({}, logger);
     const cache = await CacheService.cleanupExpired({}, logger);
+    await CacheService.set("maintenance", "last-round", new Date(), {}, logger, { tx });
     return { sessions, tokens, cache };
   });
-  if (!outcome.acquired) {
-    logger.debug({}, "maintenance round skipped: another process holds the lock");
+  if (!outcome.acquired || outcome.result === undefined) {
+    logger.debug({}, "maintenance round skipped: another process runs or just ran it");
     return { ran: false };
   }
   logger.info(outcome.result, "maintenance round done");
@@ -35,7 +42,8 @@ export function scheduleMaintenance(intervalMs: number, logger: Logger): { stop(
   let running: Promise<unknown> | undefined;
   const timer = setInterval(() => {
     if (running !== undefined) return;
-    running = maintenanceRound(logger)
+    // Half an interval: rounds of processes started at different times still leave one round per interval.
+    running = maintenanceRound(logger, intervalMs / 2)
       .catch((error: unknown) => {
         logger.error({ code: (error as { code?: string }).code ?? "UNKNOWN" }, "maintenance round failed");
       })

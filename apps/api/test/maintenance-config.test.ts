@@ -19,6 +19,13 @@ describe("maintenance", () => {
     const { rows: after } = await database.admin("SELECT count(*)::int AS n FROM cache WHERE key = 'short'");
     expect(after[0]?.n).toBe(0);
   });
+
+  it("runs one round per interval across processes: a round just done elsewhere is not repeated", async () => {
+    expect(await maintenanceRound(noopLogger, 0)).toMatchObject({ ran: true });
+    // Another process's timer firing moments later finds the stamp and skips.
+    expect(await maintenanceRound(noopLogger, 60_000)).toEqual({ ran: false });
+    expect(await maintenanceRound(noopLogger, 0)).toMatchObject({ ran: true });
+  });
 });
 
 describe("config", () => {
