@@ -18,6 +18,17 @@ beforeEach(() => {
 });
 
 describe("sign-up", () => {
+  it("puts mailed links under APP_URL's base path", async () => {
+    const based = makeApp({ env: { APP_URL: "http://app.test/base/" } });
+    const email = uniqueEmail("based");
+    expect(
+      (await call(based, "POST", "/v1/auth/sign-up", { body: { email, password: PASSWORD } })).status,
+    ).toBe(201);
+    expect(based.mailer.last(email.toLowerCase())?.text).toContain(
+      "http://app.test/base/verify-email?token=",
+    );
+  });
+
   it("creates the user and a session, sets the cookie and mails a verification link", async () => {
     const email = uniqueEmail("Ada");
     const res = await call(t, "POST", "/v1/auth/sign-up", {

@@ -68,7 +68,9 @@ export function userView(user: PublicUser) {
 }
 
 function link(c: Context<AppEnv>, path: string, secret: string): string {
-  const url = new URL(path, c.var.deps.config.APP_URL);
+  // APP_URL may carry a base path (https://example.com/app): links go under it, not beside it.
+  const base = c.var.deps.config.APP_URL.replace(/\/+$/, "");
+  const url = new URL(`${base}/${path.replace(/^\/+/, "")}`);
   url.searchParams.set("token", secret);
   return url.toString();
 }
