@@ -3,7 +3,9 @@
 // the check that tells when a stored hash is weaker than the current policy and should be replaced.
 import { randomBytes } from "node:crypto";
 import { type Algorithm, hash, verify } from "@node-rs/argon2";
+import { Counter } from "prom-client";
 import { z } from "zod";
+import { registry } from "../metrics.ts";
 
 /** The parameters every new hash uses. A stored hash weaker than these is rehashed after a successful sign-in. */
 export const PASSWORD_HASH_POLICY = {
@@ -62,16 +64,30 @@ export async function hashPassword(normalized: string): Promise<string> {
   return await hash(normalized, PASSWORD_HASH_POLICY);
 }
 
+let dummyHash: Promise<string> | undefined;
+let dummyStored: string | undefined;
+
+/**
+ * argon2 verifications by kind: `stored` against a user's hash, `dummy` for sign-ins with no hash to check.
+ * Every sign-in attempt moves exactly one of them, which is what keeps the answer time flat (and what tests
+ * check, instead of timing).
+ */
+export const passwordVerificationsTotal = new Counter({
+  name: "password_verifications_total",
+  help: "argon2 password verifications, by kind (stored hash or dummy)",
+  labelNames: ["kind"] as const,
+  registers: [registry],
+});
+
 /** True when `normalized` matches the PHC string. A malformed or unsupported stored hash is a mismatch. */
 export async function verifyPasswordHash(stored: string, normalized: string): Promise<boolean> {
+  passwordVerificationsTotal.inc({ kind: stored === dummyStored ? "dummy" : "stored" });
   try {
     return await verify(stored, normalized);
   } catch {
     return false;
   }
 }
-
-let dummyHash: Promise<string> | undefined;
 
 /**
  * Spends one argon2 verification, with the current parameters, on a hash no password matches. Sign-in calls
@@ -84,7 +100,8 @@ export async function verifyAgainstDummy(normalized: string): Promise<false> {
     dummyHash = undefined;
     throw error;
   });
-  await verifyPasswordHash(await dummyHash, normalized);
+  dummyStored = await dummyHash;
+  await verifyPasswordHash(dummyStored, normalized);
   return false;
 }
 
