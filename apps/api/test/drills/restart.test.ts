@@ -221,6 +221,27 @@ describe("drill restart: the API under load while the database restarts", () => 
     );
   });
 
+  it("down for 2 s (fast stop, start later): 503s fail fast on refused connections, then full recovery", async () => {
+    if (!server) throw new Error("no server");
+    const running = load(bearer, 20_000);
+    await sleep(1000);
+    const faultStart = Date.now();
+    await server.stop("fast");
+    await sleep(2000);
+    await server.start();
+    const faultEnd = Date.now();
+    await sleep(4000);
+    await running.stop();
+    const figures = await judge("down", running.outcomes, faultStart, faultEnd);
+    // While the server was down, requests kept coming back: the clients were never stuck.
+    expect(figures.unavailable).toBeGreaterThan(0);
+    console.log(
+      `drill restart (down 2 s): outage ${((faultEnd - faultStart) / 1000).toFixed(1)} s, ${figures.unavailable} of ` +
+        `${figures.requests} requests answered 503 (slowest ${figures.slowest503} ms), ${figures.lost} lost of ` +
+        `${figures.acknowledged} acknowledged sign-ups`,
+    );
+  });
+
   it("terminated backends: the pool replaces them, nothing acknowledged lost", async () => {
     const running = load(bearer, 20_000);
     await sleep(1500);
