@@ -1,7 +1,7 @@
 // Fault drill: races through the API. One password-reset token used by 50 parallel requests, one magic link
 // verified by 50 parallel requests, and real serialization failures and deadlocks raised by PostgreSQL:
 // exactly one winner, at most one session, and 503 (never 500) for the retryable conflicts.
-import { sql, transaction } from "@repo/db";
+import { db, sql, transaction } from "@repo/db";
 import { useTestDatabase } from "@repo/db/testing";
 import { describe, expect, it } from "vitest";
 import { call, makeApp, type TestApp, uniqueEmail } from "../helpers.ts";
@@ -96,13 +96,26 @@ describe("drill concurrency", () => {
       );
       return c.json({ ok: true });
     });
+    // The same statement run straight on the pool, outside transaction() and the services: the error
+    // reaches the API untranslated and must still be a 503.
+    t.app.post("/drill/raw/:sqlstate", async (c) => {
+      const state = c.req.param("sqlstate");
+      if (!/^[0-9A-Z]{5}$/.test(state)) return c.text("bad", 400);
+      await db.execute(sql.raw(`DO $$ BEGIN RAISE EXCEPTION 'drill' USING ERRCODE = '${state}'; END $$`));
+      return c.json({ ok: true });
+    });
     const seen: string[] = [];
-    for (const state of ["40001", "40P01"]) {
-      const res = await call(t, "POST", `/drill/raise/${state}`);
-      expect(res.status).toBe(503);
-      expect(res.json.error.code).toBe("SERVICE_UNAVAILABLE");
-      seen.push(`${state}→${res.status}`);
+    for (const route of ["raise", "raw"]) {
+      for (const state of ["40001", "40P01"]) {
+        const res = await call(t, "POST", `/drill/${route}/${state}`);
+        expect(res.status, `${route} ${state}`).toBe(503);
+        expect(res.json.error.code).toBe("SERVICE_UNAVAILABLE");
+        seen.push(`${state} (${route === "raw" ? "untranslated" : "in transaction()"}) → ${res.status}`);
+      }
     }
+    // Other database errors that escape untranslated stay 500 INTERNAL_ERROR (a bug to see, not hide).
+    const other = await call(t, "POST", "/drill/raw/XX000");
+    expect(other.status).toBe(500);
     // The app keeps answering.
     expect((await call(t, "GET", "/healthz")).status).toBe(200);
     console.log(`drill concurrency (conflicts): ${seen.join(", ")}`);
