@@ -1,7 +1,7 @@
 // API error codes and the one table mapping them (and @repo/db's DbError codes) to HTTP statuses.
 // Routes throw ApiError or let DbError through; app.onError turns either into `{ error: { code, message,
 // requestId } }` and never shows a stack, SQL or internal detail.
-import { DbError } from "@repo/db";
+import { DbError, toDbError } from "@repo/db";
 import { HTTPException } from "hono/http-exception";
 import type { ContentfulStatusCode } from "hono/utils/http-status";
 
@@ -123,5 +123,8 @@ export function toErrorAnswer(error: unknown): ErrorAnswer {
     if (code) return answer(code);
     return answer("INTERNAL_ERROR", { unexpected: true });
   }
+  // A database or connection failure that reached here untranslated (a query run outside the services and
+  // transaction()) still means "busy or away, retry" when it is one: translate it as the services would.
+  if (UNAVAILABLE.has(toDbError(error).code)) return answer("SERVICE_UNAVAILABLE");
   return answer("INTERNAL_ERROR", { unexpected: true });
 }

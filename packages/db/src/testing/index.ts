@@ -49,6 +49,22 @@ export async function adminQuery<R extends pg.QueryResultRow = pg.QueryResultRow
   }
 }
 
+/** Runs one statement on a fresh connection to `url` (a drill's own server), closed afterwards. */
+export async function queryOnce<R extends pg.QueryResultRow = pg.QueryResultRow>(
+  url: string,
+  text: string,
+  values: unknown[] = [],
+): Promise<pg.QueryResult<R>> {
+  const client = new pg.Client({ connectionString: url, connectionTimeoutMillis: 5000 });
+  client.on("error", () => {});
+  await client.connect();
+  try {
+    return await client.query<R>(text, values);
+  } finally {
+    await client.end().catch(() => {});
+  }
+}
+
 export interface TestDatabase {
   name: string;
   /** URL as the application (non-superuser) role. */
