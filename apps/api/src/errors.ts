@@ -23,12 +23,19 @@ export const API_ERRORS = {
   RATE_LIMITED: { status: 429, message: "Too many requests; retry later" },
   INTERNAL_ERROR: { status: 500, message: "Internal error" },
   SERVICE_UNAVAILABLE: { status: 503, message: "Temporarily unavailable; retry later" },
+  // The database is busy or away: retry. The code says which, so clients and dashboards can tell them apart.
+  DATABASE_UNAVAILABLE: { status: 503, message: "The database is unavailable; retry later" },
+  POOL_EXHAUSTED: { status: 503, message: "All database connections are busy; retry later" },
+  TOO_MANY_CONNECTIONS: { status: 503, message: "The database has no free connections; retry later" },
+  QUERY_TIMEOUT: { status: 503, message: "The database did not answer in time; retry later" },
+  SERIALIZATION_FAILURE: { status: 503, message: "A concurrent change conflicted; retry" },
+  DEADLOCK_DETECTED: { status: 503, message: "A concurrent change conflicted; retry" },
 } as const satisfies Record<string, { status: ContentfulStatusCode; message: string }>;
 
 export type ApiErrorCode = keyof typeof API_ERRORS;
 
-/** DbError codes that mean "the database is busy or away": the client may retry. */
-const UNAVAILABLE = new Set([
+/** DbError codes that mean "the database is busy or away": 503 under the same code; the client may retry. */
+const UNAVAILABLE = new Set<string>([
   "POOL_EXHAUSTED",
   "DATABASE_UNAVAILABLE",
   "TOO_MANY_CONNECTIONS",
@@ -107,7 +114,7 @@ export function toErrorAnswer(error: unknown): ErrorAnswer {
     return answer(error.code, extra);
   }
   if (error instanceof DbError) {
-    if (UNAVAILABLE.has(error.code)) return answer("SERVICE_UNAVAILABLE");
+    if (UNAVAILABLE.has(error.code)) return answer(error.code as ApiErrorCode);
     if (PASSED_THROUGH.has(error.code)) {
       const code = error.code as ApiErrorCode;
       // Validation messages name fields and rules, never values or SQL: safe to show.
@@ -125,6 +132,7 @@ export function toErrorAnswer(error: unknown): ErrorAnswer {
   }
   // A database or connection failure that reached here untranslated (a query run outside the services and
   // transaction()) still means "busy or away, retry" when it is one: translate it as the services would.
-  if (UNAVAILABLE.has(toDbError(error).code)) return answer("SERVICE_UNAVAILABLE");
+  const translated = toDbError(error).code;
+  if (UNAVAILABLE.has(translated)) return answer(translated as ApiErrorCode);
   return answer("INTERNAL_ERROR", { unexpected: true });
 }

@@ -1,4 +1,4 @@
-// The database running out of connections answers 503 SERVICE_UNAVAILABLE, with no internal detail.
+// The database running out of connections answers 503 POOL_EXHAUSTED, with no internal detail.
 import { transaction } from "@repo/db";
 import { useTestDatabase } from "@repo/db/testing";
 import { describe, expect, it } from "vitest";
@@ -24,8 +24,8 @@ describe("database unavailable", () => {
     await held;
     expect(res.status).toBe(503);
     expect(res.json.error).toEqual({
-      code: "SERVICE_UNAVAILABLE",
-      message: "Temporarily unavailable; retry later",
+      code: "POOL_EXHAUSTED",
+      message: "All database connections are busy; retry later",
       requestId: expect.any(String),
     });
     const after = await call(t, "POST", "/v1/auth/sign-in", {

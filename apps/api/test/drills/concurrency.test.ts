@@ -109,7 +109,7 @@ describe("drill concurrency", () => {
       for (const state of ["40001", "40P01"]) {
         const res = await call(t, "POST", `/drill/${route}/${state}`);
         expect(res.status, `${route} ${state}`).toBe(503);
-        expect(res.json.error.code).toBe("SERVICE_UNAVAILABLE");
+        expect(res.json.error.code).toBe(state === "40001" ? "SERIALIZATION_FAILURE" : "DEADLOCK_DETECTED");
         seen.push(`${state} (${route === "raw" ? "untranslated" : "in transaction()"}) → ${res.status}`);
       }
     }

@@ -53,7 +53,7 @@ describe("drill pool: every connection busy", () => {
     const slowest = Date.now() - started;
     for (const answer of answers) {
       expect(answer.status).toBe(503);
-      expect(answer.json.error.code).toBe("SERVICE_UNAVAILABLE");
+      expect(answer.json.error.code).toBe("POOL_EXHAUSTED");
     }
     // Each request waits at most the connection timeout (plus scheduling slack on a 2-core machine).
     expect(slowest).toBeLessThan(CONNECT_TIMEOUT_MS + 1500);
