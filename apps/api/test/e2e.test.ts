@@ -1,14 +1,10 @@
 // End to end: the real server process (bun src/index.ts) on a real database, sending real mail over SMTP to
 // an smtp-server on 127.0.0.1 that captures it.
-import { type ChildProcess, spawn } from "node:child_process";
 import type { AddressInfo } from "node:net";
-import { fileURLToPath } from "node:url";
-import { freePort } from "@repo/db/embedded";
 import { createTestDatabase, type TestDatabase } from "@repo/db/testing";
 import { SMTPServer } from "smtp-server";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-
-const apiRoot = fileURLToPath(new URL("..", import.meta.url));
+import { type ApiProcess, startApiProcess } from "./process.ts";
 
 interface Captured {
   to: string[];
@@ -19,10 +15,8 @@ const mails: Captured[] = [];
 let smtp: SMTPServer;
 let smtpPort = 0;
 let database: TestDatabase;
-let child: ChildProcess | undefined;
-let exited: Promise<number | null> | undefined;
+let server: ApiProcess | undefined;
 let base = "";
-let output = "";
 
 /** Quoted-printable soft breaks and escapes, enough to read a link out of a text/plain mail. */
 function decodeQuotedPrintable(text: string): string {
@@ -38,7 +32,7 @@ async function waitForMail(to: string, count: number): Promise<Captured> {
     const found = matching[count - 1];
     if (found) return found;
     if (Date.now() > deadline)
-      throw new Error(`mail #${count} to ${to} not received; server said:\n${output}`);
+      throw new Error(`mail #${count} to ${to} not received; server said:\n${server?.output()}`);
     await new Promise((resolve) => setTimeout(resolve, 50));
   }
 }
@@ -90,44 +84,18 @@ beforeAll(async () => {
   smtpPort = (smtp.server.address() as AddressInfo).port;
 
   database = await createTestDatabase({ empty: true });
-  const port = await freePort();
-  base = `http://127.0.0.1:${port}`;
-  child = spawn("bun", ["src/index.ts"], {
-    cwd: apiRoot,
-    env: {
-      ...process.env,
-      DATABASE_URL: database.url,
-      PORT: String(port),
-      HOST: "127.0.0.1",
-      NODE_ENV: "production",
-      LOG_LEVEL: "warn",
-      APP_URL: "http://app.e2e.test",
-      SMTP_URL: `smtp://127.0.0.1:${smtpPort}`,
-      MAIL_FROM: "no-reply@e2e.test",
-    },
-    stdio: ["ignore", "pipe", "pipe"],
+  server = await startApiProcess({
+    DATABASE_URL: database.url,
+    APP_URL: "http://app.e2e.test",
+    SMTP_URL: `smtp://127.0.0.1:${smtpPort}`,
+    MAIL_FROM: "no-reply@e2e.test",
   });
-  child.stdout?.on("data", (chunk) => (output += chunk));
-  child.stderr?.on("data", (chunk) => (output += chunk));
-  const started = child;
-  exited = new Promise((resolve) => started.on("exit", (code) => resolve(code)));
-  const deadline = Date.now() + 30_000;
-  for (;;) {
-    try {
-      if ((await fetch(`${base}/readyz`)).status === 200) break;
-    } catch {
-      // not listening yet
-    }
-    if (Date.now() > deadline) throw new Error(`server not ready:\n${output}`);
-    await new Promise((resolve) => setTimeout(resolve, 100));
-  }
+  base = server.base;
+  await server.ready(30_000);
 });
 
 afterAll(async () => {
-  if (child && child.exitCode === null) {
-    child.kill("SIGTERM");
-    await exited;
-  }
+  await server?.stop();
   await new Promise<void>((resolve) => smtp?.close(() => resolve()));
   await database?.drop();
 });
@@ -174,6 +142,6 @@ describe("end to end over HTTP and SMTP", () => {
     expect(metrics).toContain(
       'http_requests_total{method="POST",route="/v1/auth/password/reset",status="200"} 1',
     );
-    expect(output).not.toContain("second password");
+    expect(server?.output()).not.toContain("second password");
   });
 });

@@ -1,59 +1,20 @@
 // Several real API processes (bun src/index.ts) on one database: concurrent start-up migrates once, and rate
 // limits are shared through the cache table, whichever process a request hits.
-import { type ChildProcess, spawn } from "node:child_process";
-import { fileURLToPath } from "node:url";
-import { freePort } from "@repo/db/embedded";
 import { adminQuery, createTestDatabase, type TestDatabase } from "@repo/db/testing";
 import { afterAll, afterEach, describe, expect, it } from "vitest";
+import { type ApiProcess, startApiProcess } from "./process.ts";
 
-const apiRoot = fileURLToPath(new URL("..", import.meta.url));
 const databases: TestDatabase[] = [];
-let running: { child: ChildProcess; exited: Promise<number | null>; base: string; output: () => string }[] =
-  [];
+let running: ApiProcess[] = [];
 
-async function startApi(database: TestDatabase, env: Record<string, string> = {}) {
-  const port = await freePort();
-  let output = "";
-  const child = spawn("bun", ["src/index.ts"], {
-    cwd: apiRoot,
-    env: {
-      ...process.env,
-      DATABASE_URL: database.url,
-      PORT: String(port),
-      HOST: "127.0.0.1",
-      NODE_ENV: "production",
-      LOG_LEVEL: "warn",
-      APP_URL: "http://app.multi.test",
-      ...env,
-    },
-    stdio: ["ignore", "pipe", "pipe"],
-  });
-  child.stdout?.on("data", (chunk) => (output += chunk));
-  child.stderr?.on("data", (chunk) => (output += chunk));
-  const exited = new Promise<number | null>((resolve) => child.on("exit", (code) => resolve(code)));
-  const handle = { child, exited, base: `http://127.0.0.1:${port}`, output: () => output };
-  running.push(handle);
-  return handle;
-}
-
-async function ready(base: string, output: () => string): Promise<void> {
-  const deadline = Date.now() + 45_000;
-  for (;;) {
-    try {
-      if ((await fetch(`${base}/readyz`)).status === 200) return;
-    } catch {
-      // not listening yet
-    }
-    if (Date.now() > deadline) throw new Error(`${base} not ready:\n${output()}`);
-    await new Promise((resolve) => setTimeout(resolve, 100));
-  }
+async function startApi(database: TestDatabase, env: Record<string, string> = {}): Promise<ApiProcess> {
+  const api = await startApiProcess({ DATABASE_URL: database.url, APP_URL: "http://app.multi.test", ...env });
+  running.push(api);
+  return api;
 }
 
 afterEach(async () => {
-  for (const { child, exited } of running) {
-    child.kill("SIGTERM");
-    await exited;
-  }
+  for (const api of running) await api.stop();
   running = [];
 });
 
@@ -66,7 +27,7 @@ describe("several API processes", () => {
     const database = await createTestDatabase({ empty: true });
     databases.push(database);
     const apis = await Promise.all([0, 1, 2, 3].map(() => startApi(database)));
-    await Promise.all(apis.map((api) => ready(api.base, api.output)));
+    await Promise.all(apis.map((api) => api.ready()));
 
     const rows = await adminQuery<{ hash: string; n: number }>(
       "SELECT hash, count(*)::int AS n FROM drizzle.__drizzle_migrations GROUP BY hash",
@@ -84,7 +45,7 @@ describe("several API processes", () => {
     const env = { RATE_LIMIT_SIGN_UP_PER_CLIENT: "4" };
     const [a, b] = await Promise.all([startApi(database, env), startApi(database, env)]);
     if (!a || !b) throw new Error("processes not started");
-    await Promise.all([ready(a.base, a.output), ready(b.base, b.output)]);
+    await Promise.all([a.ready(), b.ready()]);
 
     const statuses: number[] = [];
     for (let i = 0; i < 6; i++) {

@@ -2,18 +2,17 @@
 // (fast shutdown) and, separately, while the app's backends are terminated. The process must stay up,
 // answer 503 quickly during the outage (never hang, never 500), recover within seconds, and every sign-up
 // it acknowledged must be in the database afterwards. Runs on a durable embedded server of its own.
-import { type ChildProcess, spawn } from "node:child_process";
 import { chmod, mkdtemp, rm } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import path from "node:path";
-import { fileURLToPath } from "node:url";
+
 import { runMigrations } from "@repo/db";
-import { type EmbeddedPostgres, freePort, startEmbeddedPostgres } from "@repo/db/embedded";
+import { type EmbeddedPostgres, startEmbeddedPostgres } from "@repo/db/embedded";
 import { queryOnce } from "@repo/db/testing";
 
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { type ApiProcess, startApiProcess } from "../process.ts";
 
-const apiRoot = fileURLToPath(new URL("../..", import.meta.url));
 const APPLICATION_NAME = "drill-restart-api";
 const WORKERS = 8;
 const REQUEST_TIMEOUT_MS = 5000;
@@ -21,7 +20,7 @@ const PASSWORD = "correct horse battery staple";
 
 let root: string;
 let server: EmbeddedPostgres | undefined;
-let api: { child: ChildProcess; exited: Promise<number | null>; base: string; output: () => string };
+let api: ApiProcess;
 
 async function adminQuery<R extends Record<string, unknown>>(text: string, values: unknown[] = []) {
   if (!server) throw new Error("no server");
@@ -40,47 +39,20 @@ beforeAll(async () => {
   // Durable settings (no fsync=off): the drill is about what survives. Not removeOnStop: restart() stops.
   server = await startEmbeddedPostgres({ dataDir: path.join(root, "pg") });
   await runMigrations({ url: server.url });
-  const port = await freePort();
-  let output = "";
-  const child = spawn("bun", ["src/index.ts"], {
-    cwd: apiRoot,
-    env: {
-      ...process.env,
-      DATABASE_URL: server.url,
-      DATABASE_APPLICATION_NAME: APPLICATION_NAME,
-      DATABASE_CONNECT_TIMEOUT_MS: "1000",
-      DATABASE_POOL_MAX: "10",
-      PORT: String(port),
-      HOST: "127.0.0.1",
-      NODE_ENV: "production",
-      LOG_LEVEL: "warn",
-      APP_URL: "http://app.drill.test",
-      RATE_LIMIT_SIGN_UP_PER_CLIENT: "1000000",
-      RATE_LIMIT_SIGN_IN_PER_CLIENT: "1000000",
-    },
-    stdio: ["ignore", "pipe", "pipe"],
+  api = await startApiProcess({
+    DATABASE_URL: server.url,
+    DATABASE_APPLICATION_NAME: APPLICATION_NAME,
+    DATABASE_CONNECT_TIMEOUT_MS: "1000",
+    DATABASE_POOL_MAX: "10",
+    APP_URL: "http://app.drill.test",
+    RATE_LIMIT_SIGN_UP_PER_CLIENT: "1000000",
+    RATE_LIMIT_SIGN_IN_PER_CLIENT: "1000000",
   });
-  child.stdout?.on("data", (chunk) => (output += chunk));
-  child.stderr?.on("data", (chunk) => (output += chunk));
-  const exited = new Promise<number | null>((resolve) => child.on("exit", (code) => resolve(code)));
-  api = { child, exited, base: `http://127.0.0.1:${port}`, output: () => output };
-  const deadline = Date.now() + 45_000;
-  for (;;) {
-    try {
-      if ((await fetch(`${api.base}/readyz`)).status === 200) break;
-    } catch {
-      // not listening yet
-    }
-    if (Date.now() > deadline) throw new Error(`API not ready:\n${output}`);
-    await new Promise((resolve) => setTimeout(resolve, 100));
-  }
+  await api.ready();
 });
 
 afterAll(async () => {
-  if (api && api.child.exitCode === null && api.child.signalCode === null) {
-    api.child.kill("SIGTERM");
-    await api.exited;
-  }
+  await api?.stop();
   await server?.stop("fast");
   if (root) await rm(root, { recursive: true, force: true });
 });

@@ -39,14 +39,7 @@ export async function adminQuery<R extends pg.QueryResultRow = pg.QueryResultRow
 ): Promise<pg.QueryResult<R>> {
   const url = new URL(testContext().adminUrl);
   if (database) url.pathname = `/${database}`;
-  const client = new pg.Client({ connectionString: url.toString() });
-  client.on("error", () => {});
-  await client.connect();
-  try {
-    return await client.query<R>(text, values);
-  } finally {
-    await client.end();
-  }
+  return await queryOnce<R>(url.toString(), text, values);
 }
 
 /** Runs one statement on a fresh connection to `url` (a drill's own server), closed afterwards. */

@@ -3,9 +3,9 @@
 import { chmod, mkdtemp, rm } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import path from "node:path";
-import pg from "pg";
 import { type EmbeddedPostgres, startEmbeddedPostgres } from "../../src/embedded.ts";
 import { runMigrations } from "../../src/migrate.ts";
+import { queryOnce as query } from "../../src/testing/index.ts";
 
 export interface DrillServer {
   server: EmbeddedPostgres;
@@ -43,20 +43,7 @@ export async function startDrillServer(): Promise<DrillServer> {
 }
 
 /** One query on a fresh connection (superuser or app URL), closed afterwards. */
-export async function query<R extends pg.QueryResultRow = pg.QueryResultRow>(
-  url: string,
-  text: string,
-  values: unknown[] = [],
-): Promise<pg.QueryResult<R>> {
-  const client = new pg.Client({ connectionString: url, connectionTimeoutMillis: 5000 });
-  client.on("error", () => {});
-  await client.connect();
-  try {
-    return await client.query<R>(text, values);
-  } finally {
-    await client.end().catch(() => {});
-  }
-}
+export { query };
 
 /** Row count of a table. */
 export async function count(url: string, table: string, where = "TRUE", values: unknown[] = []) {

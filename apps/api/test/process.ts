@@ -1,0 +1,63 @@
+// The real API process (bun src/index.ts) for end-to-end tests and drills: started on a free loopback port,
+// its output captured, stopped by the test that started it.
+import { type ChildProcess, spawn } from "node:child_process";
+import { fileURLToPath } from "node:url";
+import { freePort } from "@repo/db/embedded";
+
+const apiRoot = fileURLToPath(new URL("..", import.meta.url));
+
+export interface ApiProcess {
+  child: ChildProcess;
+  base: string;
+  exited: Promise<number | null>;
+  output(): string;
+  /** Resolves when /readyz answers 200; throws with the process output after `timeoutMs`. */
+  ready(timeoutMs?: number): Promise<void>;
+  /** SIGTERM (graceful shutdown) and the exit code. */
+  stop(): Promise<number | null>;
+}
+
+/** Starts `bun src/index.ts` in production mode with `env` on top of this process's environment. */
+export async function startApiProcess(env: Record<string, string>): Promise<ApiProcess> {
+  const port = await freePort();
+  let output = "";
+  const child = spawn("bun", ["src/index.ts"], {
+    cwd: apiRoot,
+    env: {
+      ...process.env,
+      PORT: String(port),
+      HOST: "127.0.0.1",
+      NODE_ENV: "production",
+      LOG_LEVEL: "warn",
+      ...env,
+    },
+    stdio: ["ignore", "pipe", "pipe"],
+  });
+  child.stdout?.on("data", (chunk) => (output += chunk));
+  child.stderr?.on("data", (chunk) => (output += chunk));
+  const exited = new Promise<number | null>((resolve) => child.on("exit", (code) => resolve(code)));
+  const base = `http://127.0.0.1:${port}`;
+  return {
+    child,
+    base,
+    exited,
+    output: () => output,
+    async ready(timeoutMs = 45_000) {
+      const deadline = Date.now() + timeoutMs;
+      for (;;) {
+        try {
+          if ((await fetch(`${base}/readyz`)).status === 200) return;
+        } catch {
+          // not listening yet
+        }
+        if (child.exitCode !== null) throw new Error(`API exited with ${child.exitCode}:\n${output}`);
+        if (Date.now() > deadline) throw new Error(`API not ready within ${timeoutMs} ms:\n${output}`);
+        await new Promise((resolve) => setTimeout(resolve, 100));
+      }
+    },
+    async stop() {
+      if (child.exitCode === null && child.signalCode === null) child.kill("SIGTERM");
+      return await exited;
+    },
+  };
+}
