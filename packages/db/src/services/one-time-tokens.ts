@@ -133,6 +133,21 @@ function supersededBy(userId: string | null, sentTo: string, purpose: OneTimeTok
 const ownerIsLive = sql`(${oneTimeTokens.userId} IS NULL OR EXISTS (SELECT 1 FROM users u WHERE u.id = ${oneTimeTokens.userId} AND u.deleted_at IS NULL))`;
 
 /**
+ * A link token that can be used now: this secret and purpose, not used, not retired, not expired
+ * (`expires_at > now` means still valid), and its user (if any) not deleted.
+ */
+function usableLinkToken(token: string, purpose: OneTimeTokenPurpose, at: Date) {
+  return and(
+    eq(oneTimeTokens.tokenHash, sha256(token)),
+    eq(oneTimeTokens.purpose, purpose),
+    isNull(oneTimeTokens.usedAt),
+    isNull(oneTimeTokens.deletedAt),
+    gt(oneTimeTokens.expiresAt, at),
+    ownerIsLive,
+  );
+}
+
+/**
  * Inserts one token row in a transaction after retiring the older live ones for the same target. A
  * transaction-scoped advisory lock on (target, purpose) serializes concurrent issuers, so at most one secret
  * per target and purpose is ever live.
@@ -374,16 +389,7 @@ export async function consume(
       handle
         .update(oneTimeTokens)
         .set({ usedAt: at })
-        .where(
-          and(
-            eq(oneTimeTokens.tokenHash, sha256(token)),
-            eq(oneTimeTokens.purpose, validPurpose),
-            isNull(oneTimeTokens.usedAt),
-            isNull(oneTimeTokens.deletedAt),
-            gt(oneTimeTokens.expiresAt, at),
-            ownerIsLive,
-          ),
-        )
+        .where(usableLinkToken(token, validPurpose, at))
         .returning(recordColumns),
     );
     if (!used) return null;
@@ -412,16 +418,7 @@ export async function peek(
       handle
         .select(recordColumns)
         .from(oneTimeTokens)
-        .where(
-          and(
-            eq(oneTimeTokens.tokenHash, sha256(token)),
-            eq(oneTimeTokens.purpose, validPurpose),
-            isNull(oneTimeTokens.usedAt),
-            isNull(oneTimeTokens.deletedAt),
-            gt(oneTimeTokens.expiresAt, at),
-            ownerIsLive,
-          ),
-        )
+        .where(usableLinkToken(token, validPurpose, at))
         .limit(1),
     );
     return found ?? null;
