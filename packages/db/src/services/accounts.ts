@@ -9,8 +9,17 @@ import { DbError, isDbError } from "../errors.ts";
 import { type Logger, noopLogger } from "../logger.ts";
 import { withMetrics } from "../metrics.ts";
 import { type Account, accounts } from "../schema/accounts.ts";
-import { type User, users } from "../schema/users.ts";
-import { type ServiceOptions, serviceCall, validate } from "./common.ts";
+import { users } from "../schema/users.ts";
+import {
+  noNul,
+  type PublicUser,
+  publicUserColumns,
+  type ServiceOptions,
+  serviceCall,
+  userNotFound,
+  uuidSchema,
+  validate,
+} from "./common.ts";
 import { currentEncryptionKeyId, decrypt, type EncryptedValue, encrypt, tokenAad } from "./encryption.ts";
 
 /** An account as returned to callers: everything but the encrypted tokens and their key id. */
@@ -25,7 +34,7 @@ export type LinkedAccount = Omit<
   | "encryptionKeyId"
 >;
 /** The user behind an account: the password hash and the search vector are left out. */
-export type AccountUser = Omit<User, "passwordHash" | "searchVector">;
+export type AccountUser = PublicUser;
 
 /** The decrypted provider tokens of one account. */
 export interface AccountTokens {
@@ -45,17 +54,11 @@ const {
   encryptionKeyId: _encryptionKeyId,
   ...linkedAccountColumns
 } = getTableColumns(accounts);
-const {
-  passwordHash: _passwordHash,
-  searchVector: _searchVector,
-  ...accountUserColumns
-} = getTableColumns(users);
 
 // ---------------------------------------------------------------------------------------------------------
 // Input
 
-const noNul = (value: string) => !value.includes("\u0000");
-const uuid = z.uuid();
+const uuid = uuidSchema;
 /** Provider ids are short lower-case identifiers: google, github, microsoft-entra, ... */
 const provider = z.string().regex(/^[a-z0-9][a-z0-9_.-]{0,63}$/, "must be a short lower-case identifier");
 // NUL is refused because it separates the parts of the additional authenticated data (and text rejects it).
@@ -135,10 +138,6 @@ function alreadyLinked(): DbError<"ACCOUNT_ALREADY_LINKED"> {
   return new DbError("ACCOUNT_ALREADY_LINKED", "This provider account is linked to another user", {
     table: "accounts",
   });
-}
-
-function userNotFound(cause?: unknown): DbError<"NOT_FOUND"> {
-  return new DbError("NOT_FOUND", "User not found", cause === undefined ? {} : { cause, table: "users" });
 }
 
 // ---------------------------------------------------------------------------------------------------------
@@ -377,7 +376,7 @@ export async function findByProvider(
     // accounts_provider_account_key finds the row; the user's primary key the join.
     const [found] = await withMetrics("select", "accounts", () =>
       handle
-        .select({ account: linkedAccountColumns, user: accountUserColumns })
+        .select({ account: linkedAccountColumns, user: publicUserColumns })
         .from(accounts)
         .innerJoin(users, and(eq(users.id, accounts.userId), isNull(users.deletedAt)))
         .where(

@@ -9,7 +9,7 @@ import { DbError, isDbError } from "../errors.ts";
 import { type Logger, noopLogger } from "../logger.ts";
 import { withMetrics } from "../metrics.ts";
 import type { CacheEntry } from "../schema/index.ts";
-import { type ServiceOptions, serviceCall, validate } from "./common.ts";
+import { noNul, type ServiceOptions, serviceCall, validate } from "./common.ts";
 
 const TABLE = "cache";
 
@@ -23,7 +23,6 @@ export const MAX_BATCH_KEYS = 1000;
 export const MAX_TTL_SECONDS = 365 * 24 * 60 * 60;
 
 // Text columns cannot hold NUL: reject it here rather than get a driver error.
-const noNul = (value: string) => !value.includes("\u0000");
 const resourceTypeSchema = z.string().min(1).max(256).refine(noNul, { error: "must not contain NUL" });
 const keySchema = z.string().min(1).max(1024).refine(noNul, { error: "must not contain NUL" });
 const ttlSchema = z.strictObject({

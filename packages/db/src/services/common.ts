@@ -1,9 +1,29 @@
 // What every service shares: the options object, input validation, the error/log wrapper and token crypto.
 import { createHash, randomBytes, randomInt, timingSafeEqual } from "node:crypto";
-import type { z } from "zod";
+import { getTableColumns } from "drizzle-orm";
+import { z } from "zod";
 import type { DatabaseOrTransaction } from "../connection.ts";
 import { DbError, toDbError } from "../errors.ts";
 import type { Logger } from "../logger.ts";
+import { type User, users } from "../schema/index.ts";
+
+/** A user as callers see it: everything but the password hash and the internal search vector. */
+export type PublicUser = Omit<User, "passwordHash" | "searchVector">;
+
+/** The columns of PublicUser, for selects and RETURNING clauses in every service that returns a user. */
+const { passwordHash: _passwordHash, searchVector: _searchVector, ...userColumns } = getTableColumns(users);
+export const publicUserColumns = userColumns;
+
+/** PostgreSQL text cannot hold NUL: strings containing it are rejected as input, not left to fail in SQL. */
+export const noNul = (value: string): boolean => !value.includes("\u0000");
+
+/** A UUID (any version) for ids in service input. */
+export const uuidSchema = z.uuid();
+
+/** NOT_FOUND for a user that does not exist or is soft-deleted. */
+export function userNotFound(cause?: unknown): DbError<"NOT_FOUND"> {
+  return new DbError("NOT_FOUND", "User not found", cause === undefined ? {} : { cause, table: "users" });
+}
 
 /** The last argument of every service function. */
 export interface ServiceOptions {

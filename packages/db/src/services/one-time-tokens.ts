@@ -24,6 +24,7 @@ import {
   type ServiceOptions,
   serviceCall,
   sha256,
+  uuidSchema,
   validate,
 } from "./common.ts";
 
@@ -59,7 +60,7 @@ export const DEFAULT_MAX_ATTEMPTS = 5;
 const purposeSchema = z.enum(oneTimeTokenPurpose.enumValues);
 // Addresses are compared exactly by verifyCode: normalize them the same way on the way in and out.
 const sentToSchema = z.string().trim().toLowerCase().min(1).max(320);
-const userIdSchema = z.uuid();
+const userIdSchema = uuidSchema;
 
 const createSchema = z.strictObject({
   userId: userIdSchema.nullish(),

@@ -12,13 +12,18 @@ import { DbError, isDbError } from "../errors.ts";
 import { type Logger, noopLogger } from "../logger.ts";
 import { withMetrics } from "../metrics.ts";
 import { type Session, sessions } from "../schema/sessions.ts";
-import { type User, users } from "../schema/users.ts";
+import { users } from "../schema/users.ts";
 import {
   generateSecret,
   isWellFormedSecret,
+  noNul,
+  type PublicUser,
+  publicUserColumns,
   type ServiceOptions,
   serviceCall,
   sha256,
+  userNotFound,
+  uuidSchema,
   validate as validateInput,
 } from "./common.ts";
 
@@ -133,14 +138,9 @@ function timesFor(cfg: SessionConfig) {
  */
 export type PublicSession = Omit<Session, "tokenHash">;
 /** The user behind a session: the password hash and the search vector are left out. */
-export type SessionUser = Omit<User, "passwordHash" | "searchVector">;
+export type SessionUser = PublicUser;
 
 const { tokenHash: _tokenHash, ...publicSessionColumns } = getTableColumns(sessions);
-const {
-  passwordHash: _passwordHash,
-  searchVector: _searchVector,
-  ...sessionUserColumns
-} = getTableColumns(users);
 
 type Columns = Record<string, Column>;
 
@@ -177,8 +177,7 @@ export const USER_AGENT_MAX_STORED = 512;
 export const USER_AGENT_MAX_ACCEPTED = 1024;
 const METADATA_MAX_BYTES = 8192;
 
-const noNul = (value: string) => !value.includes("\u0000");
-const uuid = z.uuid();
+const uuid = uuidSchema;
 const createInput = z.strictObject({
   userId: uuid,
   ipAddress: z
@@ -271,10 +270,6 @@ export async function create(
   });
 }
 
-function userNotFound(cause?: unknown): DbError<"NOT_FOUND"> {
-  return new DbError("NOT_FOUND", "User not found", cause === undefined ? {} : { cause, table: "users" });
-}
-
 // Columns validate() may rewrite; the answer takes them from the UPDATE's RETURNING when it ran.
 const TOUCHED: ReadonlySet<string> = new Set(["expiresAt", "lastAccessedAt", "updatedAt"]);
 
@@ -312,14 +307,14 @@ export async function validate(
             ? sql`coalesce(t.${sql.identifier(column.name)}, f.${sql.identifier(`s.${key}`)}) AS ${sql.identifier(`s.${key}`)}`
             : sql`f.${sql.identifier(`s.${key}`)}`,
         ),
-        ...Object.keys(sessionUserColumns).map((key) => sql`f.${sql.identifier(`u.${key}`)}`),
+        ...Object.keys(publicUserColumns).map((key) => sql`f.${sql.identifier(`u.${key}`)}`),
       ],
       sql`, `,
     );
     const result = await withMetrics("validate", "sessions", () =>
       handle.execute<Record<string, unknown>>(sql`
         WITH found AS (
-          SELECT ${selectList("s", publicSessionColumns, "s.")}, ${selectList("u", sessionUserColumns, "u.")},
+          SELECT ${selectList("s", publicSessionColumns, "s.")}, ${selectList("u", publicUserColumns, "u.")},
                  (s.expires_at <= ${times.at}::timestamptz OR s.created_at <= ${times.absoluteCutoff}::timestamptz) AS is_expired
           FROM sessions s
           JOIN users u ON u.id = s.user_id
@@ -354,7 +349,7 @@ export async function validate(
     }
     if (row.is_expired || session.status !== "active" || row["u.deletedAt"] !== null) return null;
     if (row.touched) logger.debug({ sessionId: session.id }, "session extended");
-    return { session, user: fromRow<SessionUser>(sessionUserColumns, row, "u.") };
+    return { session, user: fromRow<SessionUser>(publicUserColumns, row, "u.") };
   });
 }
 

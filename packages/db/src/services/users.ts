@@ -1,6 +1,6 @@
 // UsersService: creating, finding, listing, searching, updating, soft-deleting, restoring and purging users,
 // and their passwords. Callers never see password hashes: every function returns `PublicUser`.
-import { and, asc, desc, eq, getTableColumns, gt, inArray, isNull, lt, or, type SQL, sql } from "drizzle-orm";
+import { and, asc, desc, eq, gt, inArray, isNull, lt, or, type SQL, sql } from "drizzle-orm";
 import type { PgUpdateSetSource } from "drizzle-orm/pg-core";
 import { parsePhoneNumberFromString } from "libphonenumber-js";
 import { z } from "zod";
@@ -9,8 +9,16 @@ import { db, transaction } from "../connection.ts";
 import { DbError, isDbError } from "../errors.ts";
 import { type Logger, noopLogger } from "../logger.ts";
 import { withMetrics } from "../metrics.ts";
-import { accounts, type User, users } from "../schema/index.ts";
-import { type ReadOptions, type ServiceOptions, serviceCall, validate } from "./common.ts";
+import { accounts, users } from "../schema/index.ts";
+import {
+  noNul,
+  type PublicUser,
+  publicUserColumns,
+  type ReadOptions,
+  type ServiceOptions,
+  serviceCall,
+  validate,
+} from "./common.ts";
 import * as OneTimeTokensService from "./one-time-tokens.ts";
 import {
   candidatePasswordSchema,
@@ -22,10 +30,7 @@ import {
 } from "./passwords.ts";
 import * as SessionsService from "./sessions.ts";
 
-/** A user as callers see it: everything but the password hash and the internal search vector. */
-export type PublicUser = Omit<User, "passwordHash" | "searchVector">;
-
-const { passwordHash: _passwordHash, searchVector: _searchVector, ...publicColumns } = getTableColumns(users);
+export type { PublicUser } from "./common.ts";
 
 export const EMAIL_MAX_LENGTH = 254;
 export const NAME_MAX_LENGTH = 200;
@@ -44,8 +49,6 @@ export const PURGE_DEFAULT_MAX_BATCHES = 100;
 // ---------------------------------------------------------------------------------------------------------
 // Input schemas. PostgreSQL text cannot hold NUL, so strings containing it are rejected here rather than
 // failing later as a driver error.
-
-const noNul = (value: string) => !value.includes("\u0000");
 
 const emailSchema = z
   .string()
@@ -273,7 +276,7 @@ function listQuery(input: z.output<typeof listSchema>, options: ReadOptions) {
   // picks between a bitmap scan of the trigram index then a top-N sort (selective patterns) and walking the
   // primary key while filtering (patterns most rows match); both are right for their case.
   return handle
-    .select(publicColumns)
+    .select(publicUserColumns)
     .from(users)
     .where(and(...filters))
     .orderBy(asc(users.id))
@@ -305,7 +308,7 @@ export async function create(
         handle
           .insert(users)
           .values({ ...input, passwordHash, createdAt: at, updatedAt: at })
-          .returning(publicColumns),
+          .returning(publicUserColumns),
       ),
     );
     if (!user) throw new DbError("DATABASE_ERROR", "INSERT returned no row", { table: "users" });
@@ -331,7 +334,7 @@ export async function findById(
       ? eq(users.id, userId)
       : and(eq(users.id, userId), isNull(users.deletedAt));
     const [user] = await withMetrics("select", "users", () =>
-      handle.select(publicColumns).from(users).where(where).limit(1),
+      handle.select(publicUserColumns).from(users).where(where).limit(1),
     );
     return user ?? null;
   });
@@ -375,13 +378,13 @@ async function findOneBy(condition: SQL, options: ReadOptions): Promise<PublicUs
   const [user] = await withMetrics("select", "users", () =>
     options.includeDeleted
       ? handle
-          .select(publicColumns)
+          .select(publicUserColumns)
           .from(users)
           .where(condition)
           .orderBy(sql`${users.deletedAt} DESC NULLS FIRST`, desc(users.id))
           .limit(1)
       : handle
-          .select(publicColumns)
+          .select(publicUserColumns)
           .from(users)
           .where(and(condition, isNull(users.deletedAt)))
           .limit(1),
@@ -463,7 +466,7 @@ export async function search(
     // on the rows it returns.
     return await withMetrics("select", "users", () =>
       handle
-        .select(publicColumns)
+        .select(publicUserColumns)
         .from(users)
         .where(and(sql`${users.searchVector} @@ ${tsquery}`, isNull(users.deletedAt)))
         .orderBy(desc(rank), asc(users.id))
@@ -504,7 +507,7 @@ export async function update(
           .update(users)
           .set(set)
           .where(and(eq(users.id, id), isNull(users.deletedAt)))
-          .returning(publicColumns),
+          .returning(publicUserColumns),
       ),
     );
     if (!user) throw notFound(id);
@@ -537,7 +540,7 @@ export async function softDelete(
             .update(users)
             .set({ deletedAt: at })
             .where(and(eq(users.id, userId), isNull(users.deletedAt)))
-            .returning(publicColumns),
+            .returning(publicUserColumns),
         );
         if (!deleted) throw notFound(userId);
         // The same statements the sessions and tokens services use, joined to this transaction.
@@ -582,7 +585,7 @@ export async function restore(
           .update(users)
           .set({ deletedAt: null })
           .where(and(eq(users.id, userId), sql`${users.deletedAt} IS NOT NULL`))
-          .returning(publicColumns),
+          .returning(publicUserColumns),
       ),
     );
     if (!user) throw notFound(userId);
@@ -649,7 +652,7 @@ export async function setPassword(
         .update(users)
         .set({ passwordHash })
         .where(and(eq(users.id, id), isNull(users.deletedAt)))
-        .returning(publicColumns),
+        .returning(publicUserColumns),
     );
     if (!user) throw notFound(id);
     logger.audit({ userId: id }, "password set");
@@ -674,7 +677,7 @@ export async function verifyPassword(
     const handle = options.tx ?? db;
     const [row] = await withMetrics("select", "users", () =>
       handle
-        .select({ ...publicColumns, passwordHash: users.passwordHash })
+        .select({ ...publicUserColumns, passwordHash: users.passwordHash })
         .from(users)
         .where(and(eq(users.email, email), isNull(users.deletedAt)))
         .limit(1),
