@@ -9,7 +9,7 @@ import { DbError, isDbError } from "../errors.ts";
 import { type Logger, noopLogger } from "../logger.ts";
 import { withMetrics } from "../metrics.ts";
 import type { CacheEntry } from "../schema/index.ts";
-import { noNul, type ServiceOptions, serviceCall, validate } from "./common.ts";
+import { deleteInBatches, noNul, type ServiceOptions, serviceCall, validate } from "./common.ts";
 
 const TABLE = "cache";
 
@@ -484,10 +484,9 @@ export async function cleanupExpired(
     const { batchSize, maxBatches } = validate(batchSchema, input);
     const handle = options.tx ?? db;
     const at = now();
-    let total = 0;
-    for (let batch = 0; batch < maxBatches; batch++) {
-      // Batches found through cache_expires_at_idx; FOR UPDATE SKIP LOCKED gives concurrent cleaners
-      // disjoint rows, and a row a writer is upserting right now is left for the next round.
+    // Batches found through cache_expires_at_idx; a row a writer is upserting right now (locked) is left
+    // for the next round.
+    const total = await deleteInBatches(batchSize, maxBatches, async () => {
       const result = await withMetrics("cleanup", TABLE, () =>
         handle.execute(sql`
           DELETE FROM cache
@@ -498,10 +497,8 @@ export async function cleanupExpired(
             FOR UPDATE SKIP LOCKED
           )`),
       );
-      const deleted = result.rowCount ?? 0;
-      total += deleted;
-      if (deleted < batchSize) break;
-    }
+      return result.rowCount ?? 0;
+    });
     if (total > 0) logger.info({ table: TABLE, deleted: total }, "expired cache entries deleted");
     return total;
   });

@@ -102,6 +102,26 @@ export async function serviceCall<T>(
   }
 }
 
+/**
+ * Runs `deleteBatch` (one DELETE of at most `batchSize` rows, returning how many it removed) until a batch
+ * comes back short or `maxBatches` ran, and returns the total. Each batch is its own short statement, so
+ * locks are held briefly; with FOR UPDATE SKIP LOCKED inside, concurrent cleaners take disjoint rows, and a
+ * short batch means nothing unlocked is left (locked rows are the other cleaner's to delete).
+ */
+export async function deleteInBatches(
+  batchSize: number,
+  maxBatches: number,
+  deleteBatch: () => Promise<number>,
+): Promise<number> {
+  let total = 0;
+  for (let batch = 0; batch < maxBatches; batch++) {
+    const deleted = await deleteBatch();
+    total += deleted;
+    if (deleted < batchSize) break;
+  }
+  return total;
+}
+
 /** A new secret with 256 bits from the CSPRNG, base64url-encoded (43 characters). */
 export function generateSecret(): string {
   return randomBytes(32).toString("base64url");

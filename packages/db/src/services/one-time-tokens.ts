@@ -18,6 +18,7 @@ import {
 } from "../schema/index.ts";
 import {
   constantTimeEqual,
+  deleteInBatches,
   generateNumericCode,
   generateSecret,
   isWellFormedSecret,
@@ -479,11 +480,8 @@ export async function cleanupExpired(
     const { batchSize, maxBatches } = validate(batchSchema, input);
     const handle: DatabaseOrTransaction = options.tx ?? db;
     const at = now();
-    let total = 0;
-    for (let batch = 0; batch < maxBatches; batch++) {
-      // Small batches keep each statement's locks short. FOR UPDATE SKIP LOCKED makes concurrent cleaners
-      // take disjoint rows instead of queueing behind each other (or deleting a row twice). The used/retired
-      // arms have no index: this is a background job, a sequential scan is acceptable.
+    // The used/retired arms have no index: this is a background job, a sequential scan is acceptable.
+    const total = await deleteInBatches(batchSize, maxBatches, async () => {
       const doomed = handle
         .select({ id: oneTimeTokens.id })
         .from(oneTimeTokens)
@@ -499,10 +497,8 @@ export async function cleanupExpired(
       const result = await withMetrics("cleanup", TABLE, () =>
         handle.delete(oneTimeTokens).where(inArray(oneTimeTokens.id, doomed)),
       );
-      const deleted = result.rowCount ?? 0;
-      total += deleted;
-      if (deleted < batchSize) break;
-    }
+      return result.rowCount ?? 0;
+    });
     if (total > 0) logger.info({ table: TABLE, deleted: total }, "expired one-time tokens deleted");
     return total;
   });

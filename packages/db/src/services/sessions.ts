@@ -14,6 +14,7 @@ import { withMetrics } from "../metrics.ts";
 import { type Session, sessions } from "../schema/sessions.ts";
 import { users } from "../schema/users.ts";
 import {
+  deleteInBatches,
   generateSecret,
   isWellFormedSecret,
   noNul,
@@ -524,12 +525,9 @@ export async function cleanupExpired(
     const input = validateInput(cleanupInput, payload);
     const at = now();
     const handle = options.tx ?? db;
-    let total = 0;
-    for (let batch = 0; batch < input.maxBatches; batch++) {
-      // Each batch is its own short statement (on the pool it commits at once, so locks are held briefly).
-      // The inner SELECT walks sessions_expires_at_idx; FOR UPDATE SKIP LOCKED lets concurrent cleanups
-      // take disjoint batches instead of queueing behind each other's locks. Sessions past the absolute
-      // lifetime always have expires_at <= created_at + absolute, so this one index condition finds them.
+    // The inner SELECT walks sessions_expires_at_idx. Sessions past the absolute lifetime always have
+    // expires_at <= created_at + absolute, so this one index condition finds them too.
+    const total = await deleteInBatches(input.batchSize, input.maxBatches, async () => {
       const result = await withMetrics("delete", "sessions", () =>
         handle.execute(sql`
           DELETE FROM sessions
@@ -540,11 +538,8 @@ export async function cleanupExpired(
             FOR UPDATE SKIP LOCKED
           )`),
       );
-      const deleted = result.rowCount ?? 0;
-      total += deleted;
-      // A short batch means nothing unlocked is left; rows locked by another cleanup are that one's to delete.
-      if (deleted < input.batchSize) break;
-    }
+      return result.rowCount ?? 0;
+    });
     if (total > 0) logger.audit({ deleted: total }, "expired sessions deleted");
     return total;
   });

@@ -11,6 +11,7 @@ import { type Logger, noopLogger } from "../logger.ts";
 import { withMetrics } from "../metrics.ts";
 import { accounts, users } from "../schema/index.ts";
 import {
+  deleteInBatches,
   noNul,
   type PublicUser,
   publicUserColumns,
@@ -610,11 +611,10 @@ export async function purge(
     const input = validate(purgeSchema, payload);
     const cutoff = new Date(now().getTime() - input.retentionMs);
     const handle = options.tx ?? db;
-    let total = 0;
-    for (let batch = 0; batch < input.maxBatches; batch++) {
-      // Small batches keep each statement's locks and cascade short. SKIP LOCKED lets two purgers (or a
-      // purger and a restore in progress) pass each other instead of waiting; users_deleted_at_idx serves
-      // the range scan (`deleted_at < $cutoff` implies the index predicate `deleted_at IS NOT NULL`).
+    // Small batches keep each cascade short; SKIP LOCKED lets two purgers (or a purger and a restore in
+    // progress) pass each other. users_deleted_at_idx serves the range scan (`deleted_at < $cutoff` implies
+    // the index predicate `deleted_at IS NOT NULL`).
+    const total = await deleteInBatches(input.batchSize, input.maxBatches, async () => {
       const victims = handle
         .select({ id: users.id })
         .from(users)
@@ -625,9 +625,8 @@ export async function purge(
       const deleted = await withMetrics("delete", "users", () =>
         handle.delete(users).where(inArray(users.id, victims)).returning({ id: users.id }),
       );
-      total += deleted.length;
-      if (deleted.length < input.batchSize) break;
-    }
+      return deleted.length;
+    });
     if (total > 0) logger.audit({ count: total, cutoff: cutoff.toISOString() }, "deleted users purged");
     return total;
   });
