@@ -2,11 +2,13 @@
 // migrated. Tests always run against a real PostgreSQL.
 import { randomBytes } from "node:crypto";
 import pg from "pg";
-import { afterAll, beforeAll, expect, inject } from "vitest";
+import { afterAll, afterEach, beforeAll, beforeEach, expect, inject } from "vitest";
+import { manualClock, resetClock, setClock } from "../clock.ts";
 import { type DatabaseConfig, databaseConfigFromUrl } from "../config.ts";
-import { type Database, disconnectDB, getPool, initializeDB } from "../connection.ts";
+import { type Database, db, disconnectDB, getPool, initializeDB } from "../connection.ts";
 import { DbError } from "../errors.ts";
 import type { Logger } from "../logger.ts";
+import { users } from "../schema/index.ts";
 import type { TestDatabaseContext } from "./context.ts";
 
 export type { TestDatabaseContext } from "./context.ts";
@@ -144,4 +146,28 @@ export async function expectDbError(promise: Promise<unknown>, code: string): Pr
   );
   expect(error).toBeInstanceOf(DbError);
   expect((error as DbError).code).toBe(code);
+}
+
+/**
+ * Gives each test of the calling file the data layer's clock set to `start`, moved only by `advance`/`set`;
+ * the system clock comes back after each test. Call at the top level of a test file.
+ */
+export function useManualClock(start: Date): { now(): Date; advance(ms: number): void; set(at: Date): void } {
+  let current = manualClock(start);
+  beforeEach(() => {
+    current = manualClock(start);
+    setClock(current.now);
+  });
+  afterEach(() => resetClock());
+  return { now: () => current.now(), advance: (ms) => current.advance(ms), set: (at) => current.set(at) };
+}
+
+let insertedUsers = 0;
+
+/** Inserts a bare user (a unique email, nothing else) straight into the table and returns its id. */
+export async function insertUser(prefix = "user"): Promise<string> {
+  const email = `${prefix}-${++insertedUsers}-${randomBytes(4).toString("hex")}@example.com`;
+  const [row] = await db.insert(users).values({ email }).returning({ id: users.id });
+  if (!row) throw new Error("user not inserted");
+  return row.id;
 }

@@ -20,7 +20,7 @@ import {
   loadAccountEncryptionFromEnv,
   resetAccountEncryption,
 } from "../../src/services/encryption.ts";
-import { useTestDatabase } from "../../src/testing/index.ts";
+import { insertUser, useTestDatabase } from "../../src/testing/index.ts";
 
 const database = useTestDatabase({ config: { poolMax: 20 } });
 
@@ -31,15 +31,8 @@ beforeEach(() => {
   configureAccountEncryption({ keys: { a: keyA }, currentKeyId: "a" });
 });
 
+const makeUser = () => insertUser("account-user");
 let counter = 0;
-async function makeUser(): Promise<string> {
-  const [user] = await db
-    .insert(users)
-    .values({ email: `account-user-${++counter}@example.com` })
-    .returning({ id: users.id });
-  if (!user) throw new Error("user not inserted");
-  return user.id;
-}
 
 /** A fresh provider identity, so tests never collide. */
 function identity() {

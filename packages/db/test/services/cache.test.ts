@@ -1,20 +1,12 @@
-import { afterEach, beforeEach, describe, expect, it } from "vitest";
-import { manualClock, resetClock, setClock } from "../../src/clock.ts";
+import { describe, expect, it } from "vitest";
 import { getPool, transaction } from "../../src/connection.ts";
 import { registry } from "../../src/metrics.ts";
 import * as CacheService from "../../src/services/cache.ts";
-import { expectDbError, useTestDatabase } from "../../src/testing/index.ts";
+import { expectDbError, useManualClock, useTestDatabase } from "../../src/testing/index.ts";
 
 const database = useTestDatabase({ config: { poolMax: 60 } });
 
-let clock: ReturnType<typeof manualClock>;
-beforeEach(() => {
-  clock = manualClock(new Date("2030-01-01T00:00:00.000Z"));
-  setClock(clock.now);
-});
-afterEach(() => {
-  resetClock();
-});
+const clock = useManualClock(new Date("2030-01-01T00:00:00.000Z"));
 
 async function rawCount(resourceType: string, key?: string): Promise<number> {
   const result =

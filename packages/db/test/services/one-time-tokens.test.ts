@@ -1,6 +1,5 @@
 import { eq, sql } from "drizzle-orm";
-import { afterEach, beforeEach, describe, expect, it } from "vitest";
-import { manualClock, resetClock, setClock } from "../../src/clock.ts";
+import { describe, expect, it } from "vitest";
 import { db, getPool, transaction } from "../../src/connection.ts";
 import type { Logger } from "../../src/logger.ts";
 import { registry } from "../../src/metrics.ts";
@@ -15,29 +14,13 @@ import {
   peek,
   verifyCode,
 } from "../../src/services/one-time-tokens.ts";
-import { expectDbError, useTestDatabase } from "../../src/testing/index.ts";
+import { expectDbError, insertUser, useManualClock, useTestDatabase } from "../../src/testing/index.ts";
 
 const database = useTestDatabase({ config: { poolMax: 60 } });
 
-let clock: ReturnType<typeof manualClock>;
-beforeEach(() => {
-  clock = manualClock(new Date("2030-01-01T00:00:00.000Z"));
-  setClock(clock.now);
-});
-afterEach(() => {
-  resetClock();
-});
+const clock = useManualClock(new Date("2030-01-01T00:00:00.000Z"));
 
-let seq = 0;
-async function makeUser(): Promise<string> {
-  seq += 1;
-  const [row] = await db
-    .insert(users)
-    .values({ email: `user${seq}-${Date.now()}@example.com` })
-    .returning({ id: users.id });
-  if (!row) throw new Error("no user");
-  return row.id;
-}
+const makeUser = () => insertUser("token-user");
 
 async function rowCount(): Promise<number> {
   const result = await database.admin<{ n: string }>("SELECT count(*) AS n FROM one_time_tokens");

@@ -21,7 +21,7 @@ import {
   sessionConfig,
   validate,
 } from "../../src/services/sessions.ts";
-import { useTestDatabase } from "../../src/testing/index.ts";
+import { insertUser, useTestDatabase } from "../../src/testing/index.ts";
 
 const database = useTestDatabase({ config: { poolMax: 20 } });
 
@@ -42,15 +42,7 @@ function useManualClock(start: Date = START) {
   return clock;
 }
 
-let emails = 0;
-async function makeUser(): Promise<string> {
-  const [user] = await db
-    .insert(users)
-    .values({ email: `session-user-${++emails}@example.com` })
-    .returning({ id: users.id });
-  if (!user) throw new Error("user not inserted");
-  return user.id;
-}
+const makeUser = () => insertUser("session-user");
 
 /** The stored row, read outside the services (node-postgres defaults: Date and Buffer). */
 async function storedRow(id: string) {
