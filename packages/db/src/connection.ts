@@ -117,6 +117,14 @@ export function getPool(): pg.Pool {
   return current().pool;
 }
 
+/**
+ * False behind a transaction-mode pooler: statements then go out unnamed, since the next transaction may run
+ * on a server connection that never prepared them. True otherwise (and before initializeDB()).
+ */
+export function usesNamedStatements(): boolean {
+  return state === undefined || !state.config.transactionPooler;
+}
+
 /** The configuration the pool was created with. */
 export function getDatabaseConfig(): DatabaseConfig {
   return current().config;

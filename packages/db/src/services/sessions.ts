@@ -3,16 +3,18 @@
 // A session expires after an idle timeout (sliding, refreshed at most once per refresh interval) and in any
 // case at an absolute lifetime after creation.
 import { isIP } from "node:net";
-import { and, type Column, desc, eq, getTableColumns, gt, ne, type SQL, sql } from "drizzle-orm";
+import { and, type Column, desc, eq, getTableColumns, gt, ne, sql } from "drizzle-orm";
 import { uuidv7 } from "uuidv7";
 import { z } from "zod";
 import { now } from "../clock.ts";
-import { db } from "../connection.ts";
+import { coalescer } from "../coalesce.ts";
+import { type DatabaseOrTransaction, db } from "../connection.ts";
 import { DbError, isDbError } from "../errors.ts";
 import { type Logger, noopLogger } from "../logger.ts";
 import { withMetrics } from "../metrics.ts";
 import { type Session, sessions } from "../schema/sessions.ts";
 import { users } from "../schema/users.ts";
+import { defineStatement, param, selectColumns } from "../statements.ts";
 import {
   deleteInBatches,
   generateSecret,
@@ -145,17 +147,6 @@ const { tokenHash: _tokenHash, ...publicSessionColumns } = getTableColumns(sessi
 
 type Columns = Record<string, Column>;
 
-/** `alias.column AS "prefixkey", ...` for raw SQL, so rows come back keyed by the schema's property names. */
-function selectList(alias: string, columns: Columns, prefix: string): SQL {
-  return sql.join(
-    Object.entries(columns).map(
-      ([key, column]) =>
-        sql`${sql.identifier(alias)}.${sql.identifier(column.name)} AS ${sql.identifier(prefix + key)}`,
-    ),
-    sql`, `,
-  );
-}
-
 /**
  * Reads the `prefix`ed properties of a raw row with each column's own driver mapping (raw `execute()` gives
  * timestamptz as text, exactly what the query builder would have converted).
@@ -253,7 +244,7 @@ export async function create(
                 ${expiresAt}::timestamptz, ${times.at}::timestamptz, ${times.at}::timestamptz
               FROM users u
               WHERE u.id = ${input.userId}::uuid AND u.deleted_at IS NULL
-              RETURNING ${selectList("sessions", publicSessionColumns, "")}`,
+              RETURNING ${selectColumns("sessions", publicSessionColumns)}`,
         )
         .catch((error: unknown) => {
           if (isDbError(error, "FOREIGN_KEY_VIOLATION")) throw userNotFound(error);
@@ -274,10 +265,123 @@ export async function create(
 // Columns validate() may rewrite; the answer takes them from the UPDATE's RETURNING when it ran.
 const TOUCHED: ReadonlySet<string> = new Set(["expiresAt", "lastAccessedAt", "updatedAt"]);
 
+/** What the validation statement binds: the tokens' digests and the instants of timesFor(). */
+interface ValidateParams extends Record<string, unknown> {
+  hashes: Buffer[];
+  at: Date;
+  absoluteCutoff: Date;
+  idleExpiry: Date;
+  absoluteSeconds: number;
+  refreshCutoff: Date;
+}
+
+/**
+ * Validation of one or several tokens in one statement, one round trip. All CTEs run on one snapshot:
+ *  - found: each digest (with its position n in the input) by the unique index on token_hash, joined with
+ *    the user. The equality is on a SHA-256 of 256 random bits, so timing reveals nothing usable, and no
+ *    comparison happens in JS.
+ *  - removed: an expired session (idle or absolute) is deleted in the same statement, whatever its status.
+ *  - touched: a live session of a live user is extended only when last_accessed_at is older than the refresh
+ *    interval; otherwise the row is not written at all. Its conditions are on `s`, not `f`, so under READ
+ *    COMMITTED a concurrent validate() or revoke() that updated the row first makes PostgreSQL re-check them
+ *    against the new version: the second request skips the write, a revoked row is not extended.
+ * The final SELECT cannot see the UPDATE's effect (same snapshot), so the rewritten columns come from
+ * touched's RETURNING when it ran.
+ */
+export const validateStatement = defineStatement<Record<string, unknown>, ValidateParams>(
+  "sessions_validate",
+  sql`
+    WITH found AS (
+      SELECT i.n, ${selectColumns("s", publicSessionColumns, "s.")}, ${selectColumns("u", publicUserColumns, "u.")},
+             (s.expires_at <= ${param("at")}::timestamptz
+              OR s.created_at <= ${param("absoluteCutoff")}::timestamptz) AS is_expired
+      FROM unnest(${param("hashes")}::bytea[]) WITH ORDINALITY AS i(token_hash, n)
+      JOIN sessions s ON s.token_hash = i.token_hash
+      JOIN users u ON u.id = s.user_id
+    ),
+    removed AS (
+      DELETE FROM sessions s
+      USING found f
+      WHERE s.id = f."s.id" AND f.is_expired
+      RETURNING s.id
+    ),
+    touched AS (
+      UPDATE sessions s
+      SET last_accessed_at = ${param("at")}::timestamptz,
+          expires_at = least(${param("idleExpiry")}::timestamptz,
+                             s.created_at + make_interval(secs => ${param("absoluteSeconds")}::float8))
+      FROM found f
+      WHERE s.id = f."s.id" AND NOT f.is_expired AND f."u.deletedAt" IS NULL
+        AND s.status = 'active'
+        AND (s.last_accessed_at IS NULL OR s.last_accessed_at <= ${param("refreshCutoff")}::timestamptz)
+      RETURNING s.id, s.expires_at, s.last_accessed_at, s.updated_at
+    )
+    SELECT f.n, ${sql.join(
+      [
+        ...Object.entries(publicSessionColumns).map(([key, column]) =>
+          TOUCHED.has(key)
+            ? sql`coalesce(t.${sql.identifier(column.name)}, f.${sql.identifier(`s.${key}`)}) AS ${sql.identifier(`s.${key}`)}`
+            : sql`f.${sql.identifier(`s.${key}`)}`,
+        ),
+        ...Object.keys(publicUserColumns).map((key) => sql`f.${sql.identifier(`u.${key}`)}`),
+      ],
+      sql`, `,
+    )}, f.is_expired,
+           EXISTS (SELECT 1 FROM removed r WHERE r.id = f."s.id") AS removed, t.id IS NOT NULL AS touched
+    FROM found f
+    LEFT JOIN touched t ON t.id = f."s.id"`,
+);
+
+/** The statement's parameters for these tokens under a configuration, at the clock's current instant. */
+export function validateParams(tokens: readonly string[], cfg: SessionConfig = config): ValidateParams {
+  const times = timesFor(cfg);
+  return {
+    hashes: tokens.map(sha256),
+    at: times.at,
+    absoluteCutoff: times.absoluteCutoff,
+    idleExpiry: times.idleExpiry,
+    absoluteSeconds: times.absoluteSeconds,
+    refreshCutoff: times.refreshCutoff,
+  };
+}
+
+/** Runs the validation statement for distinct tokens; one row (or undefined) per token, in input order. */
+async function validateMany(
+  tokens: readonly string[],
+  cfg: SessionConfig,
+  handle: DatabaseOrTransaction | undefined,
+): Promise<Array<Record<string, unknown> | undefined>> {
+  const result = await withMetrics("validate", "sessions", () =>
+    validateStatement.run(handle, validateParams(tokens, cfg)),
+  );
+  const rows = new Array<Record<string, unknown> | undefined>(tokens.length);
+  // n is the 1-based position in the unnested array (bigint, so text from the driver).
+  for (const row of result.rows) rows[Number(row.n) - 1] = row;
+  return rows;
+}
+
+// Validations outside a transaction, with the process-wide configuration, issued in the same tick share one
+// statement. A call with { tx } or a per-call config runs alone (its snapshot or lifetimes differ).
+const validateCoalesced = coalescer<string, Record<string, unknown> | undefined>({
+  key: (token) => token,
+  run: (tokens) => validateMany(tokens, config, undefined),
+});
+
+/** The `prefix`ed properties of a row, keyed without the prefix. */
+function pick<T>(row: Record<string, unknown>, keys: readonly string[], prefix: string): T {
+  const out: Record<string, unknown> = {};
+  for (const key of keys) out[key] = row[prefix + key];
+  return out as T;
+}
+
+const sessionKeys = Object.keys(publicSessionColumns);
+const userKeys = Object.keys(publicUserColumns);
+
 /**
  * Checks a session token and returns the live session with its user, or null. One SQL statement: it also
  * slides the expiry (at most once per refresh interval) and deletes the session if it has expired.
- * A malformed token returns null without touching the database.
+ * Concurrent calls in the same tick share that statement. A malformed token returns null without touching
+ * the database.
  * @throws DbError only for database failures (DATABASE_UNAVAILABLE, QUERY_TIMEOUT, ...).
  * @example const auth = await validate(cookieToken); if (!auth) return c.text("Unauthorized", 401);
  */
@@ -288,69 +392,19 @@ export async function validate(
 ): Promise<{ session: PublicSession; user: SessionUser } | null> {
   return await serviceCall("sessions.validate", logger, {}, async () => {
     if (!isWellFormedSecret(token)) return null;
-    const times = timesFor(configFor(options));
-    const handle = options.tx ?? db;
-    // One statement, one round trip. All CTEs run on one snapshot:
-    //  - found: the session by the unique index on token_hash (the equality is on a SHA-256 of 256 random
-    //    bits, so timing reveals nothing usable; no comparison happens in JS), joined with its user.
-    //  - removed: an expired session (idle or absolute) is deleted in the same statement, whatever its status.
-    //  - touched: a live session of a live user is extended only when last_accessed_at is older than the
-    //    refresh interval; otherwise the row is not written at all. Its conditions are on `s`, not `f`, so
-    //    under READ COMMITTED a concurrent validate() or revoke() that updated the row first makes PostgreSQL
-    //    re-check them against the new version: the second request skips the write, a revoked row is not
-    //    extended.
-    // The final SELECT cannot see the UPDATE's effect (same snapshot), so the rewritten columns come from
-    // touched's RETURNING when it ran.
-    const finalColumns = sql.join(
-      [
-        ...Object.entries(publicSessionColumns).map(([key, column]) =>
-          TOUCHED.has(key)
-            ? sql`coalesce(t.${sql.identifier(column.name)}, f.${sql.identifier(`s.${key}`)}) AS ${sql.identifier(`s.${key}`)}`
-            : sql`f.${sql.identifier(`s.${key}`)}`,
-        ),
-        ...Object.keys(publicUserColumns).map((key) => sql`f.${sql.identifier(`u.${key}`)}`),
-      ],
-      sql`, `,
-    );
-    const result = await withMetrics("validate", "sessions", () =>
-      handle.execute<Record<string, unknown>>(sql`
-        WITH found AS (
-          SELECT ${selectList("s", publicSessionColumns, "s.")}, ${selectList("u", publicUserColumns, "u.")},
-                 (s.expires_at <= ${times.at}::timestamptz OR s.created_at <= ${times.absoluteCutoff}::timestamptz) AS is_expired
-          FROM sessions s
-          JOIN users u ON u.id = s.user_id
-          WHERE s.token_hash = ${sha256(token)}::bytea
-        ),
-        removed AS (
-          DELETE FROM sessions s
-          USING found f
-          WHERE s.id = f."s.id" AND f.is_expired
-          RETURNING s.id
-        ),
-        touched AS (
-          UPDATE sessions s
-          SET last_accessed_at = ${times.at}::timestamptz,
-              expires_at = least(${times.idleExpiry}::timestamptz, s.created_at + make_interval(secs => ${times.absoluteSeconds}))
-          FROM found f
-          WHERE s.id = f."s.id" AND NOT f.is_expired AND f."u.deletedAt" IS NULL
-            AND s.status = 'active'
-            AND (s.last_accessed_at IS NULL OR s.last_accessed_at <= ${times.refreshCutoff}::timestamptz)
-          RETURNING s.id, s.expires_at, s.last_accessed_at, s.updated_at
-        )
-        SELECT ${finalColumns}, f.is_expired, (SELECT count(*) FROM removed)::int AS removed, t.id IS NOT NULL AS touched
-        FROM found f
-        LEFT JOIN touched t ON t.id = f."s.id"`),
-    );
-    const row = result.rows[0];
+    const row =
+      options.tx === undefined && options.config === undefined
+        ? await validateCoalesced(token)
+        : (await validateMany([token], configFor(options), options.tx))[0];
     if (!row) return null;
-    const session = fromRow<PublicSession>(publicSessionColumns, row, "s.");
+    const session = pick<PublicSession>(row, sessionKeys, "s.");
     if (row.removed) {
       logger.audit({ sessionId: session.id, userId: session.userId }, "expired session deleted");
       return null;
     }
     if (row.is_expired || session.status !== "active" || row["u.deletedAt"] !== null) return null;
     if (row.touched) logger.debug({ sessionId: session.id }, "session extended");
-    return { session, user: fromRow<SessionUser>(publicUserColumns, row, "u.") };
+    return { session, user: pick<SessionUser>(row, userKeys, "u.") };
   });
 }
 

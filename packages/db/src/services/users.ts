@@ -1,6 +1,6 @@
 // UsersService: creating, finding, listing, searching, updating, soft-deleting, restoring and purging users,
 // and their passwords. Callers never see password hashes: every function returns `PublicUser`.
-import { and, asc, desc, eq, gt, inArray, isNull, lt, or, type SQL, sql } from "drizzle-orm";
+import { and, asc, desc, eq, inArray, isNull, lt, type SQL, sql } from "drizzle-orm";
 import type { PgUpdateSetSource } from "drizzle-orm/pg-core";
 import { parsePhoneNumberFromString } from "libphonenumber-js";
 import { z } from "zod";
@@ -10,6 +10,7 @@ import { DbError, isDbError } from "../errors.ts";
 import { type Logger, noopLogger } from "../logger.ts";
 import { withMetrics } from "../metrics.ts";
 import { accounts, users } from "../schema/index.ts";
+import { defineStatement, param, type Statement, selectColumns } from "../statements.ts";
 import {
   deleteInBatches,
   noNul,
@@ -244,44 +245,109 @@ function decodeCursor(cursor: string): string {
 
 const LIKE_WILDCARD = /[%_\\]/;
 
-function listFilters(input: z.output<typeof listSchema>, includeDeleted: boolean): SQL[] {
-  const filters: SQL[] = [];
-  if (!includeDeleted) filters.push(isNull(users.deletedAt));
-  if (input.ids) {
-    // Patterns without wildcards are plain ids: `id = ANY` uses the primary key, whereas `id::text LIKE`
-    // can only scan. Only real wildcard patterns go through LIKE.
-    const exact = input.ids.filter((pattern) => !LIKE_WILDCARD.test(pattern) && UUID_TEXT.test(pattern));
-    const patterns = input.ids.filter((pattern) => !exact.includes(pattern));
-    const either: SQL[] = [];
-    if (exact.length > 0 || patterns.length === 0) {
-      either.push(sql`${users.id} = ANY (${sql.param(exact)}::uuid[])`);
-    }
-    if (patterns.length > 0) either.push(sql`${users.id}::text LIKE ANY (${sql.param(patterns)}::text[])`);
-    filters.push(either.length === 1 ? (either[0] as SQL) : (or(...either) as SQL));
-  }
-  // One array parameter each: a bitmap index scan runs the trigram index once per pattern and ORs the
-  // results, so `LIKE ANY` is served by users_email_trgm_idx / users_phone_number_trgm_idx.
-  if (input.emails) filters.push(sql`${users.email} LIKE ANY (${sql.param(input.emails)}::text[])`);
-  if (input.phoneNumbers) {
-    filters.push(sql`${users.phoneNumber} LIKE ANY (${sql.param(input.phoneNumbers)}::text[])`);
-  }
-  return filters;
+type ListInput = z.output<typeof listSchema>;
+
+/** The parameters of a list statement; which of them a statement uses depends on its shape. */
+interface ListParams extends Record<string, unknown> {
+  exactIds: string[];
+  idPatterns: string[];
+  emails: string[] | undefined;
+  phoneNumbers: string[] | undefined;
+  cursor: string | undefined;
+  limit: number;
 }
 
-function listQuery(input: z.output<typeof listSchema>, options: ReadOptions) {
-  const handle = options.tx ?? db;
-  const filters = listFilters(input, input.includeDeleted ?? options.includeDeleted ?? false);
-  if (input.cursor) filters.push(gt(users.id, decodeCursor(input.cursor)));
-  // Keyset pagination on the primary key: UUIDv7 ids sort in creation order, and `id > $cursor ORDER BY id`
-  // stays fast on any page, unlike OFFSET. One extra row tells whether there is a next page. The planner
-  // picks between a bitmap scan of the trigram index then a top-N sort (selective patterns) and walking the
-  // primary key while filtering (patterns most rows match); both are right for their case.
-  return handle
-    .select(publicUserColumns)
-    .from(users)
-    .where(and(...filters))
-    .orderBy(asc(users.id))
-    .limit(input.limit + 1);
+// One statement per shape of filter (at most 2 x 3 x 2 x 2 x 2 of them), compiled on first use.
+const listStatements = new Map<string, Statement<PublicUser, ListParams>>();
+
+/**
+ * The statement and parameters `list` runs for this input. Keyset pagination on the primary key: UUIDv7 ids
+ * sort in creation order, and `id > $cursor ORDER BY id` stays fast on any page, unlike OFFSET. One extra
+ * row tells whether there is a next page. The planner picks between a bitmap scan of the trigram index then a
+ * top-N sort (selective patterns) and walking the primary key while filtering (patterns most rows match);
+ * both are right for their case, which is why these statements are planned per call (prepare: false).
+ */
+function listQuery(input: ListInput, options: ReadOptions) {
+  const includeDeleted = input.includeDeleted ?? options.includeDeleted ?? false;
+  // Patterns without wildcards are plain ids: `id = ANY` uses the primary key, whereas `id::text LIKE` can
+  // only scan. Only real wildcard patterns go through LIKE. An empty list matches nothing (`= ANY('{}')`).
+  const exactIds =
+    input.ids?.filter((pattern) => !LIKE_WILDCARD.test(pattern) && UUID_TEXT.test(pattern)) ?? [];
+  const idPatterns = input.ids?.filter((pattern) => !exactIds.includes(pattern)) ?? [];
+  const params: ListParams = {
+    exactIds,
+    idPatterns,
+    emails: input.emails,
+    phoneNumbers: input.phoneNumbers,
+    cursor: input.cursor ? decodeCursor(input.cursor) : undefined,
+    limit: input.limit + 1,
+  };
+  const shape = {
+    deleted: includeDeleted,
+    exact: input.ids !== undefined && (exactIds.length > 0 || idPatterns.length === 0),
+    patterns: idPatterns.length > 0,
+    emails: input.emails !== undefined,
+    phones: input.phoneNumbers !== undefined,
+    cursor: params.cursor !== undefined,
+  };
+  const key = Object.entries(shape)
+    .filter(([, on]) => on)
+    .map(([name]) => name)
+    .join("_");
+  let statement = listStatements.get(key);
+  if (statement === undefined) {
+    const filters: SQL[] = [];
+    if (!shape.deleted) filters.push(sql`${users.deletedAt} IS NULL`);
+    const ids: SQL[] = [];
+    if (shape.exact) ids.push(sql`${users.id} = ANY (${param("exactIds")}::uuid[])`);
+    if (shape.patterns) ids.push(sql`${users.id}::text LIKE ANY (${param("idPatterns")}::text[])`);
+    if (ids.length > 0) filters.push(sql`(${sql.join(ids, sql` OR `)})`);
+    // One array parameter each: a bitmap index scan runs the trigram index once per pattern and ORs the
+    // results, so `LIKE ANY` is served by users_email_trgm_idx / users_phone_number_trgm_idx.
+    if (shape.emails) filters.push(sql`${users.email} LIKE ANY (${param("emails")}::text[])`);
+    if (shape.phones) filters.push(sql`${users.phoneNumber} LIKE ANY (${param("phoneNumbers")}::text[])`);
+    if (shape.cursor) filters.push(sql`${users.id} > ${param("cursor")}::uuid`);
+    const where = filters.length > 0 ? sql` WHERE ${sql.join(filters, sql` AND `)}` : sql``;
+    statement = defineStatement<PublicUser, ListParams>(
+      `users_list_${key || "all"}`,
+      sql`SELECT ${selectColumns("users", publicUserColumns)} FROM users${where}
+          ORDER BY ${users.id} LIMIT ${param("limit")}`,
+      { prepare: false },
+    );
+    listStatements.set(key, statement);
+  }
+  return { statement, params };
+}
+
+/** Point lookups by a unique column, active users only or any (then the active one first). */
+function lookupStatement(column: "id" | "email" | "phone_number", includeDeleted: boolean) {
+  const cast = column === "id" ? sql`::uuid` : sql``;
+  const match = sql`${sql.identifier(column)} = ${param("value")}${cast}`;
+  return defineStatement<PublicUser, { value: string }>(
+    `users_by_${column}${includeDeleted ? "_any" : ""}`,
+    includeDeleted
+      ? sql`SELECT ${selectColumns("users", publicUserColumns)} FROM users WHERE ${match}
+            ORDER BY deleted_at DESC NULLS FIRST, id DESC LIMIT 1`
+      : sql`SELECT ${selectColumns("users", publicUserColumns)} FROM users WHERE ${match} AND deleted_at IS NULL
+            LIMIT 1`,
+  );
+}
+
+const lookups = {
+  id: [lookupStatement("id", false), lookupStatement("id", true)],
+  email: [lookupStatement("email", false), lookupStatement("email", true)],
+  phone_number: [lookupStatement("phone_number", false), lookupStatement("phone_number", true)],
+} as const;
+
+/** The user whose `column` equals `value`; soft-deleted ones only with includeDeleted. */
+async function findOneBy(
+  column: keyof typeof lookups,
+  value: string,
+  options: ReadOptions,
+): Promise<PublicUser | null> {
+  const statement = lookups[column][options.includeDeleted ? 1 : 0];
+  const result = await withMetrics("select", "users", () => statement.run(options.tx, { value }));
+  return result.rows[0] ?? null;
 }
 
 // ---------------------------------------------------------------------------------------------------------
@@ -329,15 +395,7 @@ export async function findById(
   options: ReadOptions = {},
 ): Promise<PublicUser | null> {
   return await serviceCall("users.findById", logger, { userId: logId(id) }, async () => {
-    const userId = validate(idSchema, id);
-    const handle = options.tx ?? db;
-    const where = options.includeDeleted
-      ? eq(users.id, userId)
-      : and(eq(users.id, userId), isNull(users.deletedAt));
-    const [user] = await withMetrics("select", "users", () =>
-      handle.select(publicUserColumns).from(users).where(where).limit(1),
-    );
-    return user ?? null;
+    return await findOneBy("id", validate(idSchema, id), options);
   });
 }
 
@@ -354,7 +412,7 @@ export async function findByEmail(
 ): Promise<PublicUser | null> {
   return await serviceCall("users.findByEmail", logger, {}, async () => {
     const normalized = validate(emailSchema, email);
-    return await findOneBy(eq(users.email, normalized), options);
+    return await findOneBy("email", normalized, options);
   });
 }
 
@@ -370,27 +428,8 @@ export async function findByPhone(
 ): Promise<PublicUser | null> {
   return await serviceCall("users.findByPhone", logger, {}, async () => {
     const normalized = validate(phoneSchema, phoneNumber);
-    return await findOneBy(eq(users.phoneNumber, normalized), options);
+    return await findOneBy("phone_number", normalized, options);
   });
-}
-
-async function findOneBy(condition: SQL, options: ReadOptions): Promise<PublicUser | null> {
-  const handle = options.tx ?? db;
-  const [user] = await withMetrics("select", "users", () =>
-    options.includeDeleted
-      ? handle
-          .select(publicUserColumns)
-          .from(users)
-          .where(condition)
-          .orderBy(sql`${users.deletedAt} DESC NULLS FIRST`, desc(users.id))
-          .limit(1)
-      : handle
-          .select(publicUserColumns)
-          .from(users)
-          .where(and(condition, isNull(users.deletedAt)))
-          .limit(1),
-  );
-  return user ?? null;
 }
 
 /**
@@ -407,7 +446,8 @@ export async function list(
 ): Promise<UserPage> {
   return await serviceCall("users.list", logger, {}, async () => {
     const input = validate(listSchema, payload);
-    const rows = await withMetrics("select", "users", () => listQuery(input, options));
+    const { statement, params } = listQuery(input, options);
+    const { rows } = await withMetrics("select", "users", () => statement.run(options.tx, params));
     const page = rows.slice(0, input.limit);
     const last = page.at(-1);
     return { users: page, nextCursor: rows.length > input.limit && last ? encodeCursor(last.id) : null };
@@ -428,13 +468,8 @@ export async function explainList(
   return await serviceCall("users.explainList", logger, {}, async () => {
     const { analyze, ...rest } = payload;
     const input = validate(listSchema, rest);
-    const handle = options.tx ?? db;
-    const query = listQuery(input, options).getSQL();
-    const explain = analyze ? sql`EXPLAIN (ANALYZE, BUFFERS) ${query}` : sql`EXPLAIN ${query}`;
-    const result = await withMetrics("explain", "users", () =>
-      handle.execute<{ "QUERY PLAN": string }>(explain),
-    );
-    return result.rows.map((row) => row["QUERY PLAN"]);
+    const { statement, params } = listQuery(input, options);
+    return await withMetrics("explain", "users", () => statement.explain(options.tx, params, analyze));
   });
 }
 
