@@ -1,7 +1,7 @@
 // One-time tokens: links (256-bit secrets) and short numeric codes sent to an address, used at most once.
 // Only a SHA-256 digest is stored. "Use once" is always one conditional UPDATE ... RETURNING, never a read
 // followed by a write, so concurrent callers cannot both win (see /work/shared/pitfalls.md, "Auth semantics").
-import { and, desc, eq, getTableColumns, gt, inArray, isNull, lt, lte, or, sql } from "drizzle-orm";
+import { and, desc, eq, getTableColumns, gt, inArray, isNull, lt, lte, or, type SQL, sql } from "drizzle-orm";
 import { uuidv7 } from "uuidv7";
 import { z } from "zod";
 import { now } from "../clock.ts";
@@ -16,6 +16,7 @@ import {
   oneTimeTokenPurpose,
   oneTimeTokens,
 } from "../schema/index.ts";
+import { defineStatement, param, selectColumns } from "../statements.ts";
 import {
   constantTimeEqual,
   deleteInBatches,
@@ -119,35 +120,99 @@ export interface CleanupInput {
   maxBatches?: number | undefined;
 }
 
-/** Rows a new secret supersedes: live ones for the same user (or, without a user, the same address) and purpose. */
-function supersededBy(userId: string | null, sentTo: string, purpose: OneTimeTokenPurpose) {
-  return and(
-    userId === null
-      ? and(isNull(oneTimeTokens.userId), eq(oneTimeTokens.sentTo, sentTo))
-      : eq(oneTimeTokens.userId, userId),
-    eq(oneTimeTokens.purpose, purpose),
-    isNull(oneTimeTokens.usedAt),
-    isNull(oneTimeTokens.deletedAt),
-  );
-}
-
 /** The token has no user, or its user is not soft-deleted. */
 const ownerIsLive = sql`(${oneTimeTokens.userId} IS NULL OR EXISTS (SELECT 1 FROM users u WHERE u.id = ${oneTimeTokens.userId} AND u.deleted_at IS NULL))`;
 
 /**
  * A link token that can be used now: this secret and purpose, not used, not retired, not expired
- * (`expires_at > now` means still valid), and its user (if any) not deleted.
+ * (`expires_at > now` means still valid), and its user (if any) not deleted. Binds tokenHash, purpose, at.
  */
-function usableLinkToken(token: string, purpose: OneTimeTokenPurpose, at: Date) {
-  return and(
-    eq(oneTimeTokens.tokenHash, sha256(token)),
-    eq(oneTimeTokens.purpose, purpose),
-    isNull(oneTimeTokens.usedAt),
-    isNull(oneTimeTokens.deletedAt),
-    gt(oneTimeTokens.expiresAt, at),
-    ownerIsLive,
+const usableLinkToken = sql`token_hash = ${param("tokenHash")}::bytea
+  AND purpose = ${param("purpose")}::one_time_token_purpose
+  AND used_at IS NULL AND deleted_at IS NULL
+  AND expires_at > ${param("at")}::timestamptz
+  AND ${ownerIsLive}`;
+
+interface LinkTokenParams extends Record<string, unknown> {
+  tokenHash: Buffer;
+  purpose: OneTimeTokenPurpose;
+  at: Date;
+}
+
+const recordList = selectColumns(TABLE, recordColumns);
+
+/** node-postgres reads bigint as text; the record's attempts is a number. */
+function toRecord(row: Record<string, unknown>): OneTimeTokenRecord {
+  row.attempts = Number(row.attempts);
+  return row as OneTimeTokenRecord;
+}
+
+// One conditional UPDATE ... RETURNING: of concurrent callers, the first sets used_at; the others wait on its
+// row lock, re-check `used_at IS NULL` and get no row.
+const consumeStatement = defineStatement<Record<string, unknown>, LinkTokenParams>(
+  "one_time_tokens_consume",
+  sql`UPDATE one_time_tokens SET used_at = ${param("at")}::timestamptz WHERE ${usableLinkToken}
+      RETURNING ${recordList}`,
+);
+
+const peekStatement = defineStatement<Record<string, unknown>, LinkTokenParams>(
+  "one_time_tokens_peek",
+  sql`SELECT ${recordList} FROM one_time_tokens WHERE ${usableLinkToken} LIMIT 1`,
+);
+
+const lockStatement = defineStatement<Record<string, unknown>, { key: string }>(
+  "one_time_tokens_lock",
+  sql`SELECT pg_advisory_xact_lock(${param("key")}::bigint)`,
+);
+
+interface IssueParams extends Record<string, unknown> {
+  id: string;
+  userId: string | null;
+  purpose: OneTimeTokenPurpose;
+  sentTo: string;
+  tokenHash: Buffer;
+  expiresAt: Date;
+  at: Date;
+}
+
+/**
+ * Retires the live secrets a new one supersedes and inserts it, in one statement run under the issuing lock.
+ * `owner` yields the user id the new row belongs to, or no row (then nothing is written).
+ */
+function issueStatement(key: string, owner: SQL, superseded: SQL) {
+  return defineStatement<Record<string, unknown>, IssueParams>(
+    key,
+    sql`
+      WITH owner AS (${owner}),
+      retired AS (
+        UPDATE one_time_tokens SET deleted_at = ${param("at")}::timestamptz
+        WHERE ${superseded} AND purpose = ${param("purpose")}::one_time_token_purpose
+          AND used_at IS NULL AND deleted_at IS NULL AND EXISTS (SELECT 1 FROM owner)
+        RETURNING id
+      ),
+      inserted AS (
+        INSERT INTO one_time_tokens (id, user_id, purpose, token_hash, sent_to, expires_at)
+        SELECT ${param("id")}::uuid, owner.user_id, ${param("purpose")}::one_time_token_purpose,
+               ${param("tokenHash")}::bytea, ${param("sentTo")}, ${param("expiresAt")}::timestamptz
+        FROM owner
+        RETURNING ${recordList}
+      )
+      SELECT inserted.*, (SELECT count(*) FROM retired)::int AS invalidated FROM inserted`,
   );
 }
+
+// FOR SHARE waits for a concurrent soft delete of the user and then sees it, so a token can't be issued to a
+// user who is being deleted (softDelete retires tokens in its own transaction).
+const issueForUser = issueStatement(
+  "one_time_tokens_issue_user",
+  sql`SELECT id AS user_id FROM users WHERE id = ${param("userId")}::uuid AND deleted_at IS NULL FOR SHARE`,
+  sql`user_id = ${param("userId")}::uuid`,
+);
+const issueForAddress = issueStatement(
+  "one_time_tokens_issue_address",
+  sql`SELECT NULL::uuid AS user_id`,
+  sql`user_id IS NULL AND sent_to = ${param("sentTo")}`,
+);
 
 /**
  * Inserts one token row in a transaction after retiring the older live ones for the same target. A
@@ -170,30 +235,15 @@ async function issue(
   const lockKey = advisoryLockKey(`one_time_tokens:${target}:${row.purpose}`);
   return await transaction(
     async (tx) => {
-      await withMetrics("lock", TABLE, () =>
-        tx.execute(sql`SELECT pg_advisory_xact_lock(${lockKey}::bigint)`),
-      );
-      if (row.userId !== null) {
-        // FOR SHARE waits for a concurrent soft delete of this user and then sees it, so a token can't be
-        // issued to a user who is being deleted (softDelete retires tokens in its own transaction).
-        const owner = await withMetrics("select", "users", () =>
-          tx.execute(sql`SELECT 1 FROM users WHERE id = ${row.userId} AND deleted_at IS NULL FOR SHARE`),
-        );
-        if (owner.rows.length === 0) throw new DbError("NOT_FOUND", "No such user", { table: "users" });
-      }
-      const retired = await withMetrics("invalidate", TABLE, () =>
-        tx
-          .update(oneTimeTokens)
-          .set({ deletedAt: at })
-          .where(supersededBy(row.userId, row.sentTo, row.purpose))
-          .returning({ id: oneTimeTokens.id }),
-      );
-      const inserted = await withMetrics("insert", TABLE, () =>
-        tx.insert(oneTimeTokens).values(row).returning(recordColumns),
-      );
-      const record = inserted[0];
-      if (!record) throw new Error("INSERT ... RETURNING gave no row");
-      return { record, invalidated: retired.length };
+      // The lock comes first, in its own statement: the issuing statement then starts with a snapshot that
+      // includes whatever a concurrent issuer committed before releasing it, and retires that too.
+      await withMetrics("lock", TABLE, () => lockStatement.run(tx, { key: String(lockKey) }));
+      const statement = row.userId === null ? issueForAddress : issueForUser;
+      const result = await withMetrics("insert", TABLE, () => statement.run(tx, { ...row, at }));
+      const inserted = result.rows[0];
+      if (!inserted) throw new DbError("NOT_FOUND", "No such user", { table: "users" });
+      const { invalidated, ...record } = inserted;
+      return { record: toRecord(record), invalidated: Number(invalidated) };
     },
     { tx: options.tx },
   );
@@ -383,18 +433,10 @@ export async function consume(
   return await serviceCall("oneTimeTokens.consume", logger, { purpose }, async () => {
     const validPurpose = validate(purposeSchema, purpose);
     if (!isWellFormedSecret(token)) return null;
-    const handle = options.tx ?? db;
-    const at = now();
-    // One conditional UPDATE ... RETURNING: of concurrent callers, the first sets used_at; the others wait
-    // on its row lock, re-check `used_at IS NULL` and get no row. `expires_at > now` means still valid.
-    const [used] = await withMetrics("consume", TABLE, () =>
-      handle
-        .update(oneTimeTokens)
-        .set({ usedAt: at })
-        .where(usableLinkToken(token, validPurpose, at))
-        .returning(recordColumns),
-    );
-    if (!used) return null;
+    const params = { tokenHash: sha256(token), purpose: validPurpose, at: now() };
+    const result = await withMetrics("consume", TABLE, () => consumeStatement.run(options.tx, params));
+    if (!result.rows[0]) return null;
+    const used = toRecord(result.rows[0]);
     logger.audit({ tokenId: used.id, userId: used.userId, purpose: used.purpose }, "one-time token used");
     return used;
   });
@@ -414,16 +456,9 @@ export async function peek(
   return await serviceCall("oneTimeTokens.peek", logger, { purpose }, async () => {
     const validPurpose = validate(purposeSchema, purpose);
     if (!isWellFormedSecret(token)) return null;
-    const handle = options.tx ?? db;
-    const at = now();
-    const [found] = await withMetrics("select", TABLE, () =>
-      handle
-        .select(recordColumns)
-        .from(oneTimeTokens)
-        .where(usableLinkToken(token, validPurpose, at))
-        .limit(1),
-    );
-    return found ?? null;
+    const params = { tokenHash: sha256(token), purpose: validPurpose, at: now() };
+    const result = await withMetrics("select", TABLE, () => peekStatement.run(options.tx, params));
+    return result.rows[0] ? toRecord(result.rows[0]) : null;
   });
 }
 
