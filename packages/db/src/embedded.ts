@@ -84,13 +84,13 @@ async function binaries(): Promise<Binaries> {
   };
 }
 
-interface RunAs {
+export interface RunAs {
   uid?: number;
   gid?: number;
 }
 
-/** PostgreSQL will not run as root: use (and if needed create) the `postgres` OS user. */
-function runAs(): RunAs {
+/** PostgreSQL (and PgBouncer) will not run as root: use (and if needed create) the `postgres` OS user. */
+export function runAs(): RunAs {
   if (userInfo().uid !== 0) return {};
   const lookup = () => {
     try {

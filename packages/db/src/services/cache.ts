@@ -4,11 +4,13 @@
 import { sql } from "drizzle-orm";
 import { z } from "zod";
 import { now } from "../clock.ts";
+import { coalescer } from "../coalesce.ts";
 import { db } from "../connection.ts";
 import { DbError, isDbError } from "../errors.ts";
 import { type Logger, noopLogger } from "../logger.ts";
 import { withMetrics } from "../metrics.ts";
 import type { CacheEntry } from "../schema/index.ts";
+import { defineStatement, param } from "../statements.ts";
 import { deleteInBatches, noNul, type ServiceOptions, serviceCall, validate } from "./common.ts";
 
 const TABLE = "cache";
@@ -164,6 +166,127 @@ function expiry(at: Date, ttl: TtlOption): Date | null {
 
 // ---------------------------------------------------------------------------------------------------------
 
+// ---------------------------------------------------------------------------------------------------------
+// Statements: compiled once, prepared per connection (see statements.ts).
+
+interface KeyParams extends Record<string, unknown> {
+  type: string;
+  key: string;
+  at: Date;
+}
+
+// One statement: the data-modifying CTE always runs (even unreferenced) and removes the entry if it has
+// expired; the SELECT sees the snapshot from before that DELETE, so it filters expiry itself.
+const getStatement = defineStatement<{ value: unknown }, KeyParams>(
+  "cache_get",
+  sql`
+    WITH expired AS (
+      DELETE FROM cache
+      WHERE resource_type = ${param("type")} AND key = ${param("key")}
+        AND expires_at <= ${param("at")}::timestamptz
+      RETURNING 1
+    )
+    SELECT value FROM cache
+    WHERE resource_type = ${param("type")} AND key = ${param("key")}
+      AND (expires_at IS NULL OR expires_at > ${param("at")}::timestamptz)`,
+);
+
+// The same for many (resource type, key) pairs given as two parallel arrays; n is each pair's position.
+// Serves getMany and the coalesced get().
+const getBatchStatement = defineStatement<
+  { n: string; value: unknown },
+  { types: string[]; keys: string[]; at: Date }
+>(
+  "cache_get_batch",
+  sql`
+    WITH wanted AS (
+      SELECT * FROM unnest(${param("types")}::text[], ${param("keys")}::text[]) WITH ORDINALITY
+        AS w(resource_type, key, n)
+    ),
+    expired AS (
+      DELETE FROM cache c
+      USING wanted w
+      WHERE c.resource_type = w.resource_type AND c.key = w.key AND c.expires_at <= ${param("at")}::timestamptz
+      RETURNING 1
+    )
+    SELECT w.n, c.value FROM wanted w
+    JOIN cache c ON c.resource_type = w.resource_type AND c.key = w.key
+    WHERE c.expires_at IS NULL OR c.expires_at > ${param("at")}::timestamptz`,
+);
+
+// An upsert on the primary key; there is no updated_at trigger on this table, so it sets updated_at.
+const setStatement = defineStatement<never, KeyParams & { json: string; expiresAt: Date | null }>(
+  "cache_set",
+  sql`
+    INSERT INTO cache (resource_type, key, value, expires_at, created_at, updated_at)
+    VALUES (${param("type")}, ${param("key")}, ${param("json")}::jsonb, ${param("expiresAt")}::timestamptz,
+            ${param("at")}::timestamptz, ${param("at")}::timestamptz)
+    ON CONFLICT (resource_type, key) DO UPDATE
+    SET value = EXCLUDED.value, expires_at = EXCLUDED.expires_at, updated_at = EXCLUDED.updated_at`,
+);
+
+// One upsert: concurrent increments serialize on the row lock of ON CONFLICT DO UPDATE, each adding to the
+// value the previous one committed. An expired counter restarts its window. A value that is not a JSON number
+// is cast from a non-constant text ('not a counter: string'), so the cast fails (22P02) only for such rows; a
+// constant there would be folded, and fail, at plan time.
+const incrementStatement = defineStatement<
+  { value: number; expires_at: Date | null },
+  KeyParams & { step: number; expiresAt: Date | null }
+>(
+  "cache_increment",
+  sql`
+    INSERT INTO cache AS c (resource_type, key, value, expires_at, created_at, updated_at)
+    VALUES (${param("type")}, ${param("key")}, to_jsonb(${param("step")}::bigint),
+            ${param("expiresAt")}::timestamptz, ${param("at")}::timestamptz, ${param("at")}::timestamptz)
+    ON CONFLICT (resource_type, key) DO UPDATE SET
+      value = CASE
+        WHEN c.expires_at IS NOT NULL AND c.expires_at <= ${param("at")}::timestamptz THEN EXCLUDED.value
+        ELSE to_jsonb((CASE WHEN jsonb_typeof(c.value) = 'number' THEN c.value #>> '{}'
+                            ELSE 'not a counter: ' || jsonb_typeof(c.value) END)::bigint + ${param("step")}::bigint)
+      END,
+      expires_at = CASE
+        WHEN c.expires_at IS NOT NULL AND c.expires_at <= ${param("at")}::timestamptz THEN EXCLUDED.expires_at
+        ELSE c.expires_at
+      END,
+      updated_at = EXCLUDED.updated_at
+    RETURNING value, expires_at`,
+);
+
+// DELETE ... RETURNING is the use-once primitive: a concurrent taker waits on the row lock, finds the row
+// gone and gets nothing. An expired row is deleted as well but reported as absent.
+const takeStatement = defineStatement<{ value: unknown; live: boolean }, KeyParams>(
+  "cache_take",
+  sql`
+    DELETE FROM cache WHERE resource_type = ${param("type")} AND key = ${param("key")}
+    RETURNING value, (expires_at IS NULL OR expires_at > ${param("at")}::timestamptz) AS live`,
+);
+
+/** Values of live entries for (type, key) pairs, by position; expired ones are deleted on the way. */
+async function getBatch(
+  pairs: ReadonlyArray<{ type: string; key: string }>,
+  handle: ServiceOptions["tx"],
+): Promise<unknown[]> {
+  const at = now();
+  const values = new Array<unknown>(pairs.length).fill(null);
+  const first = pairs[0];
+  if (pairs.length === 1 && first) {
+    const result = await withMetrics("get", TABLE, () => getStatement.run(handle, { ...first, at }));
+    values[0] = result.rows[0]?.value ?? null;
+    return values;
+  }
+  const params = { types: pairs.map((pair) => pair.type), keys: pairs.map((pair) => pair.key), at };
+  const result = await withMetrics("get_many", TABLE, () => getBatchStatement.run(handle, params));
+  for (const row of result.rows) values[Number(row.n) - 1] = row.value;
+  return values;
+}
+
+// get() calls outside a transaction issued in the same tick are answered by one statement.
+const getCoalesced = coalescer<{ type: string; key: string }, unknown>({
+  key: (pair) => `${pair.type}\u0000${pair.key}`,
+  run: (pairs) => getBatch(pairs, undefined),
+  maxBatch: MAX_BATCH_KEYS,
+});
+
 /**
  * Reads a value; null when absent or expired. An expired entry is deleted by the same statement.
  * A stored `null` reads as null too (indistinguishable from absent).
@@ -179,23 +302,11 @@ export async function get<T = unknown>(
   return await serviceCall("cache.get", logger, { resourceType }, async () => {
     const type = validate(resourceTypeSchema, resourceType);
     const name = validate(keySchema, key);
-    const handle = options.tx ?? db;
-    const at = now();
-    // One statement: the data-modifying CTE always runs (even unreferenced) and removes the entry if it has
-    // expired; the SELECT sees the snapshot from before that DELETE, so it filters expiry itself.
-    const result = await withMetrics("get", TABLE, () =>
-      handle.execute<{ value: unknown }>(sql`
-        WITH expired AS (
-          DELETE FROM cache
-          WHERE resource_type = ${type} AND key = ${name} AND expires_at <= ${at}::timestamptz
-          RETURNING 1
-        )
-        SELECT value FROM cache
-        WHERE resource_type = ${type} AND key = ${name}
-          AND (expires_at IS NULL OR expires_at > ${at}::timestamptz)`),
-    );
-    const row = result.rows[0];
-    return row === undefined ? null : (decode(row.value) as T);
+    const pair = { type, key: name };
+    const value =
+      options.tx === undefined ? await getCoalesced(pair) : (await getBatch([pair], options.tx))[0];
+    // Decoded per caller: callers sharing a coalesced read must not share (and mutate) one object.
+    return value === null || value === undefined ? null : (decode(value) as T);
   });
 }
 
@@ -217,17 +328,9 @@ export async function set(
     const name = validate(keySchema, key);
     const parsedTtl = validate(ttlSchema, ttl);
     const json = serialize(value);
-    const handle = options.tx ?? db;
     const at = now();
-    const expiresAt = expiry(at, parsedTtl);
-    // An upsert on the primary key; there is no updated_at trigger on this table, so it sets updated_at.
-    await withMetrics("set", TABLE, () =>
-      handle.execute(sql`
-        INSERT INTO cache (resource_type, key, value, expires_at, created_at, updated_at)
-        VALUES (${type}, ${name}, ${json}::jsonb, ${expiresAt}::timestamptz, ${at}::timestamptz, ${at}::timestamptz)
-        ON CONFLICT (resource_type, key) DO UPDATE
-        SET value = EXCLUDED.value, expires_at = EXCLUDED.expires_at, updated_at = EXCLUDED.updated_at`),
-    );
+    const params = { type, key: name, json, at, expiresAt: expiry(at, parsedTtl) };
+    await withMetrics("set", TABLE, () => setStatement.run(options.tx, params));
   });
 }
 
@@ -275,22 +378,14 @@ export async function getMany<T = unknown>(
     const names = [...new Set(validate(keysSchema, keys))];
     const found = new Map<string, T>();
     if (names.length === 0) return found;
-    const handle = options.tx ?? db;
-    const at = now();
-    // `key = ANY($array)` keeps it one statement with one parameter, served by the primary key.
-    const result = await withMetrics("get_many", TABLE, () =>
-      handle.execute<{ key: string; value: unknown }>(sql`
-        WITH expired AS (
-          DELETE FROM cache
-          WHERE resource_type = ${type} AND key = ANY(${sql.param(names)}::text[])
-            AND expires_at <= ${at}::timestamptz
-          RETURNING 1
-        )
-        SELECT key, value FROM cache
-        WHERE resource_type = ${type} AND key = ANY(${sql.param(names)}::text[])
-          AND (expires_at IS NULL OR expires_at > ${at}::timestamptz)`),
+    const values = await getBatch(
+      names.map((key) => ({ type, key })),
+      options.tx,
     );
-    for (const row of result.rows) found.set(row.key, decode(row.value) as T);
+    names.forEach((key, index) => {
+      const value = values[index];
+      if (value !== null && value !== undefined) found.set(key, decode(value) as T);
+    });
     return found;
   });
 }
@@ -396,31 +491,10 @@ export async function increment(
     const name = validate(keySchema, key);
     const step = validate(incrementSchema, by);
     const parsedTtl = validate(ttlSchema, ttl);
-    const handle = options.tx ?? db;
     const at = now();
-    const expiresAt = expiry(at, parsedTtl);
-    // One upsert: concurrent increments serialize on the row lock of ON CONFLICT DO UPDATE, each adding to
-    // the value the previous one committed. An expired counter restarts its window. The window's end comes
-    // back as epoch milliseconds: Drizzle's node-postgres driver returns raw timestamptz as text. A value that is not a
-    // JSON number is cast from a non-constant text ('not a counter: string'), so the cast fails (22P02) only
-    // for such rows; a constant there would be folded, and fail, at plan time.
+    const params = { type, key: name, step, at, expiresAt: expiry(at, parsedTtl) };
     const result = await withMetrics("increment", TABLE, () =>
-      handle.execute<{ value: number; expires_ms: number | null }>(sql`
-        INSERT INTO cache AS c (resource_type, key, value, expires_at, created_at, updated_at)
-        VALUES (${type}, ${name}, to_jsonb(${step}::bigint), ${expiresAt}::timestamptz, ${at}::timestamptz,
-                ${at}::timestamptz)
-        ON CONFLICT (resource_type, key) DO UPDATE SET
-          value = CASE
-            WHEN c.expires_at IS NOT NULL AND c.expires_at <= ${at}::timestamptz THEN EXCLUDED.value
-            ELSE to_jsonb((CASE WHEN jsonb_typeof(c.value) = 'number' THEN c.value #>> '{}'
-                                ELSE 'not a counter: ' || jsonb_typeof(c.value) END)::bigint + ${step}::bigint)
-          END,
-          expires_at = CASE
-            WHEN c.expires_at IS NOT NULL AND c.expires_at <= ${at}::timestamptz THEN EXCLUDED.expires_at
-            ELSE c.expires_at
-          END,
-          updated_at = EXCLUDED.updated_at
-        RETURNING value, extract(epoch FROM expires_at)::float8 * 1000 AS expires_ms`),
+      incrementStatement.run(options.tx, params),
     ).catch((error: unknown) => {
       // 22P02 (not an integer) and 22003 (bigint overflow) arrive as INVALID_INPUT.
       if (isDbError(error, "INVALID_INPUT")) {
@@ -433,10 +507,7 @@ export async function increment(
     });
     const row = result.rows[0];
     if (!row) throw new Error("INSERT ... RETURNING gave no row");
-    return {
-      value: Number(row.value),
-      expiresAt: row.expires_ms === null ? null : new Date(Math.round(Number(row.expires_ms))),
-    };
+    return { value: Number(row.value), expiresAt: row.expires_at };
   });
 }
 
@@ -455,15 +526,8 @@ export async function take<T = unknown>(
   return await serviceCall("cache.take", logger, { resourceType }, async () => {
     const type = validate(resourceTypeSchema, resourceType);
     const name = validate(keySchema, key);
-    const handle = options.tx ?? db;
-    const at = now();
-    // DELETE ... RETURNING is the use-once primitive: a concurrent taker waits on the row lock, finds the
-    // row gone and gets nothing. An expired row is deleted as well but reported as absent.
-    const result = await withMetrics("take", TABLE, () =>
-      handle.execute<{ value: unknown; live: boolean }>(sql`
-        DELETE FROM cache WHERE resource_type = ${type} AND key = ${name}
-        RETURNING value, (expires_at IS NULL OR expires_at > ${at}::timestamptz) AS live`),
-    );
+    const params = { type, key: name, at: now() };
+    const result = await withMetrics("take", TABLE, () => takeStatement.run(options.tx, params));
     const row = result.rows[0];
     return row?.live === true ? (decode(row.value) as T) : null;
   });
