@@ -2,6 +2,7 @@
 // Apps import from here (and from the explicit subpaths in package.json), never from deep paths or drizzle-orm.
 export { and, asc, desc, eq, gt, gte, inArray, isNull, lt, lte, ne, or, sql } from "drizzle-orm";
 export { manualClock, now, resetClock, setClock } from "./clock.ts";
+export { coalescer } from "./coalesce.ts";
 export * from "./config.ts";
 export * from "./connection.ts";
 export * from "./errors.ts";
@@ -28,3 +29,11 @@ export type { PublicSession, SessionConfig, SessionUser } from "./services/sessi
 export * as SessionsService from "./services/sessions.ts";
 export type { PublicUser } from "./services/users.ts";
 export * as UsersService from "./services/users.ts";
+export {
+  definedStatements,
+  defineStatement,
+  param,
+  type Statement,
+  type StatementOptions,
+  selectColumns,
+} from "./statements.ts";

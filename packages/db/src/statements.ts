@@ -97,11 +97,14 @@ export function defineStatement<
   return statement;
 }
 
-/** Every statement defined so far (the services define theirs at import), for benchmarks and tests. */
+/**
+ * Every statement defined so far (the services define theirs at import; list statements on first use of
+ * their shape): name, text and parameter order, for benchmarks and tests.
+ */
 export function definedStatements(): ReadonlyArray<
-  Pick<Statement<pg.QueryResultRow, never>, "name" | "text">
+  Pick<Statement<pg.QueryResultRow, Record<string, unknown>>, "name" | "text" | "prepared" | "values">
 > {
-  return [...registry.values()].map(({ name, text }) => ({ name, text }));
+  return [...registry.values()];
 }
 
 /**

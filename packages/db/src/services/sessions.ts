@@ -3,7 +3,7 @@
 // A session expires after an idle timeout (sliding, refreshed at most once per refresh interval) and in any
 // case at an absolute lifetime after creation.
 import { isIP } from "node:net";
-import { and, type Column, desc, eq, getTableColumns, gt, ne, sql } from "drizzle-orm";
+import { and, type Column, desc, eq, getTableColumns, gt, ne, type SQL, sql } from "drizzle-orm";
 import { uuidv7 } from "uuidv7";
 import { z } from "zod";
 import { now } from "../clock.ts";
@@ -267,6 +267,9 @@ const TOUCHED: ReadonlySet<string> = new Set(["expiresAt", "lastAccessedAt", "up
 
 /** What the validation statement binds: the tokens' digests and the instants of timesFor(). */
 interface ValidateParams extends Record<string, unknown> {
+  /** The digest, for one token. */
+  hash: Buffer | undefined;
+  /** The digests, for a batch. */
   hashes: Buffer[];
   at: Date;
   absoluteCutoff: Date;
@@ -288,14 +291,15 @@ interface ValidateParams extends Record<string, unknown> {
  * The final SELECT cannot see the UPDATE's effect (same snapshot), so the rewritten columns come from
  * touched's RETURNING when it ran.
  */
-export const validateStatement = defineStatement<Record<string, unknown>, ValidateParams>(
-  "sessions_validate",
-  sql`
+function validateStatement(key: string, input: SQL) {
+  return defineStatement<Record<string, unknown>, ValidateParams>(
+    key,
+    sql`
     WITH found AS (
       SELECT i.n, ${selectColumns("s", publicSessionColumns, "s.")}, ${selectColumns("u", publicUserColumns, "u.")},
              (s.expires_at <= ${param("at")}::timestamptz
               OR s.created_at <= ${param("absoluteCutoff")}::timestamptz) AS is_expired
-      FROM unnest(${param("hashes")}::bytea[]) WITH ORDINALITY AS i(token_hash, n)
+      FROM ${input}
       JOIN sessions s ON s.token_hash = i.token_hash
       JOIN users u ON u.id = s.user_id
     ),
@@ -330,13 +334,29 @@ export const validateStatement = defineStatement<Record<string, unknown>, Valida
            EXISTS (SELECT 1 FROM removed r WHERE r.id = f."s.id") AS removed, t.id IS NOT NULL AS touched
     FROM found f
     LEFT JOIN touched t ON t.id = f."s.id"`,
+  );
+}
+
+// One token: a one-row input, so a generic plan's estimates equal a custom plan's and PostgreSQL keeps the
+// generic plan after five runs. With unnest() the generic plan assumes 10 rows, costs more than a custom
+// plan, and PostgreSQL would plan every call, which takes longer than running this statement.
+const validateOne = validateStatement(
+  "sessions_validate",
+  sql`(SELECT ${param("hash")}::bytea AS token_hash, 1 AS n) AS i`,
+);
+// Several tokens (a coalesced batch): planned per call, which the batch shares.
+const validateBatch = validateStatement(
+  "sessions_validate_batch",
+  sql`unnest(${param("hashes")}::bytea[]) WITH ORDINALITY AS i(token_hash, n)`,
 );
 
 /** The statement's parameters for these tokens under a configuration, at the clock's current instant. */
-export function validateParams(tokens: readonly string[], cfg: SessionConfig = config): ValidateParams {
+function validateParams(tokens: readonly string[], cfg: SessionConfig): ValidateParams {
   const times = timesFor(cfg);
+  const hashes = tokens.map(sha256);
   return {
-    hashes: tokens.map(sha256),
+    hash: hashes[0],
+    hashes,
     at: times.at,
     absoluteCutoff: times.absoluteCutoff,
     idleExpiry: times.idleExpiry,
@@ -352,10 +372,10 @@ async function validateMany(
   handle: DatabaseOrTransaction | undefined,
 ): Promise<Array<Record<string, unknown> | undefined>> {
   const result = await withMetrics("validate", "sessions", () =>
-    validateStatement.run(handle, validateParams(tokens, cfg)),
+    (tokens.length === 1 ? validateOne : validateBatch).run(handle, validateParams(tokens, cfg)),
   );
   const rows = new Array<Record<string, unknown> | undefined>(tokens.length);
-  // n is the 1-based position in the unnested array (bigint, so text from the driver).
+  // n is the 1-based position of the token in the input (bigint from unnest, so text from the driver).
   for (const row of result.rows) rows[Number(row.n) - 1] = row;
   return rows;
 }
