@@ -175,13 +175,52 @@ export async function transaction<T>(
   options: TransactionOptions = {},
 ): Promise<T> {
   const { tx: outer, ...config } = options;
+  const drizzleConfig = Object.keys(config).length > 0 ? config : undefined;
   if (outer && isTransaction(outer)) return await fn(outer);
-  const active = current();
   // Another Database than ours (a caller's own drizzle instance): open the transaction there.
-  if (outer && outer !== db && outer !== active.db) {
-    return await outer.transaction(fn, Object.keys(config).length > 0 ? config : undefined);
-  }
-  const { pool } = active;
+  if (outer && outer !== db && outer !== current().db) return await outer.transaction(fn, drizzleConfig);
+  return await onPooledClient((client, own) =>
+    drizzleFor(client).transaction((tx) => own(() => fn(tx)), drizzleConfig),
+  );
+}
+
+/**
+ * A transaction for code that only runs compiled statements (statements.ts): plain BEGIN/COMMIT on a pooled
+ * client, with the same guarantees as transaction() but without building Drizzle objects on a hot path.
+ * `fn` gets the client (or, with `{ tx }`, that transaction) to pass to `Statement.run`.
+ * @throws DbError as transaction() does.
+ */
+export async function statementTransaction<T>(
+  fn: (handle: Transaction | pg.PoolClient) => Promise<T>,
+  options: { tx?: DatabaseOrTransaction | undefined } = {},
+): Promise<T> {
+  const outer = options.tx;
+  if (outer && isTransaction(outer)) return await fn(outer);
+  if (outer && outer !== db && outer !== current().db) return await outer.transaction(fn);
+  return await onPooledClient(async (client, own) => {
+    await client.query("BEGIN");
+    let result: T;
+    try {
+      result = await own(() => fn(client));
+    } catch (error) {
+      await client.query("ROLLBACK");
+      throw error;
+    }
+    await client.query("COMMIT");
+    return result;
+  });
+}
+
+/**
+ * Checks out a client, runs `body` on it and releases it. `body` wraps the caller's own code in `own`, so a
+ * failure there is told apart from BEGIN/COMMIT/ROLLBACK failing: the caller's error is what gets reported
+ * (even when the rollback after it failed too), and a client whose connection broke is destroyed instead of
+ * returning to the pool.
+ */
+async function onPooledClient<T>(
+  body: (client: pg.PoolClient, own: <R>(work: () => Promise<R>) => Promise<R>) => Promise<T>,
+): Promise<T> {
+  const { pool } = current();
   let client: pg.PoolClient;
   try {
     client = await pool.connect();
@@ -198,28 +237,24 @@ export async function transaction<T>(
 
   let fnError: unknown;
   let fnFailed = false;
+  const own = async <R>(work: () => Promise<R>): Promise<R> => {
+    try {
+      return await work();
+    } catch (error) {
+      fnFailed = true;
+      fnError = error;
+      throw error;
+    }
+  };
   let releaseWith: Error | undefined;
   try {
-    const session = drizzle({ client, schema });
-    return await session.transaction(
-      async (tx) => {
-        try {
-          return await fn(tx);
-        } catch (error) {
-          fnFailed = true;
-          fnError = error;
-          throw error;
-        }
-      },
-      Object.keys(config).length > 0 ? config : undefined,
-    );
+    return await body(client, own);
   } catch (error) {
     // `error` is fn's own error when ROLLBACK worked; otherwise BEGIN, COMMIT or ROLLBACK failed.
     const infrastructure = !fnFailed || error !== fnError;
     if (connectionError !== undefined || (infrastructure && isConnectionLevelError(error))) {
       releaseWith = error instanceof Error ? error : new Error(String(error));
     }
-    // Report what went wrong first: fn's error, even when the rollback after it failed too.
     const reported = fnFailed ? fnError : error;
     throw reported instanceof DbError || fnFailed ? toDbErrorIfDatabase(reported) : toDbError(reported);
   } finally {
@@ -227,6 +262,19 @@ export async function transaction<T>(
     // release(error) destroys the client instead of returning it to the pool.
     client.release(releaseWith ?? (connectionError instanceof Error ? connectionError : undefined));
   }
+}
+
+// Building a Drizzle instance walks the whole schema (tens of microseconds); pooled clients are reused, so
+// each gets one for its lifetime.
+const drizzleByClient = new WeakMap<pg.PoolClient, Database>();
+
+function drizzleFor(client: pg.PoolClient): Database {
+  let found = drizzleByClient.get(client);
+  if (found === undefined) {
+    found = drizzle({ client, schema });
+    drizzleByClient.set(client, found);
+  }
+  return found;
 }
 
 /** Errors thrown by callers' own code pass through untouched; database errors become DbError. */

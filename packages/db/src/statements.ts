@@ -16,6 +16,12 @@ const dialect = new PgDialect();
 /** What node-postgres can run a query on: the pool, or the client a transaction holds. */
 type Queryable = Pick<pg.Pool, "query"> | Pick<pg.ClientBase, "query">;
 
+/**
+ * Where a statement runs: the pool (undefined or `db`), a Drizzle transaction or database, or a client
+ * checked out by statementTransaction().
+ */
+export type StatementTarget = DatabaseOrTransaction | pg.ClientBase | undefined;
+
 /** A statement compiled once; `run` binds values by placeholder name. */
 export interface Statement<Row extends pg.QueryResultRow, Params extends Record<string, unknown>> {
   /** The name the statement is prepared under on each connection (`rdb_` + its key). */
@@ -27,9 +33,9 @@ export interface Statement<Row extends pg.QueryResultRow, Params extends Record<
   /** The values in `$n` order for these parameters (what a raw node-postgres caller would send). */
   values(params: Params): unknown[];
   /** Runs on the pool (no handle, or `db`) or on the transaction's client. Errors are node-postgres errors. */
-  run(handle: DatabaseOrTransaction | undefined, params: Params): Promise<pg.QueryResult<Row>>;
+  run(handle: StatementTarget, params: Params): Promise<pg.QueryResult<Row>>;
   /** The plan PostgreSQL picks for these parameters, one line per element. */
-  explain(handle: DatabaseOrTransaction | undefined, params: Params, analyze?: boolean): Promise<string[]>;
+  explain(handle: StatementTarget, params: Params, analyze?: boolean): Promise<string[]>;
 }
 
 export interface StatementOptions {
@@ -111,8 +117,10 @@ export function definedStatements(): ReadonlyArray<
  * The node-postgres object behind a handle: our pool for `db`, otherwise the client Drizzle's session holds
  * (a transaction's checked-out client, or a caller's own pool).
  */
-function queryable(handle: DatabaseOrTransaction | undefined): Queryable {
+function queryable(handle: StatementTarget): Queryable {
   if (handle === undefined || handle === db) return getPool();
+  // A node-postgres client has a query() method; a Drizzle handle's `query` is its relational API object.
+  if (typeof (handle as { query?: unknown }).query === "function") return handle as pg.ClientBase;
   if (handle === getDB()) return getPool();
   const client = (handle as unknown as { session?: { client?: Queryable } }).session?.client;
   if (!client || typeof client.query !== "function") {

@@ -5,7 +5,7 @@ import { and, desc, eq, getTableColumns, gt, inArray, isNull, lt, lte, or, type 
 import { uuidv7 } from "uuidv7";
 import { z } from "zod";
 import { now } from "../clock.ts";
-import { type DatabaseOrTransaction, db, transaction } from "../connection.ts";
+import { type DatabaseOrTransaction, db, statementTransaction } from "../connection.ts";
 import { DbError } from "../errors.ts";
 import { advisoryLockKey } from "../locks.ts";
 import { type Logger, noopLogger } from "../logger.ts";
@@ -233,7 +233,7 @@ async function issue(
 ): Promise<{ record: OneTimeTokenRecord; invalidated: number }> {
   const target = row.userId === null ? `to:${row.sentTo}` : `user:${row.userId}`;
   const lockKey = advisoryLockKey(`one_time_tokens:${target}:${row.purpose}`);
-  return await transaction(
+  return await statementTransaction(
     async (tx) => {
       // The lock comes first, in its own statement: the issuing statement then starts with a snapshot that
       // includes whatever a concurrent issuer committed before releasing it, and retires that too.

@@ -1,0 +1,121 @@
+// The measuring loop: closed-loop workers for a bounded time, per-operation latency from the monotonic clock,
+// and the helpers that repeat measurements, interleave variants and take medians.
+
+/** One operation under test; `i` is unique across the whole run, so ops can pick distinct keys from it. */
+export type Op = (i: number) => Promise<unknown>;
+
+export interface MeasureOptions {
+  /** Workers; each awaits its operation before starting the next (a closed loop, like real clients). */
+  concurrency: number;
+  /** How long operations are recorded. */
+  durationMs: number;
+  /** Operations run but not recorded first (JIT, prepared statements, pool connections). */
+  warmupMs: number;
+}
+
+export interface Measurement {
+  ops: number;
+  opsPerSec: number;
+  p50Ms: number;
+  p99Ms: number;
+}
+
+// Global, not per call: an operation that consumes what it touches (a one-time token, a cache take) never
+// sees the same i twice, across variants and repetitions.
+let counter = 0;
+
+// Nanoseconds since this module loaded: small enough to stay exact as a double.
+const origin = process.hrtime.bigint();
+const nowNs = (): number => Number(process.hrtime.bigint() - origin);
+
+/** The value at quantile `q` (0..1) of sorted samples, nearest rank. */
+export function quantile(sorted: ArrayLike<number>, q: number): number {
+  if (sorted.length === 0) return Number.NaN;
+  const rank = Math.min(sorted.length - 1, Math.max(0, Math.ceil(q * sorted.length) - 1));
+  return sorted[rank] ?? Number.NaN;
+}
+
+export function median(values: number[]): number {
+  return quantile(Float64Array.from(values).sort(), 0.5);
+}
+
+/**
+ * Runs `fn` from `concurrency` workers for warm-up plus duration. Only operations started after the warm-up
+ * are recorded, and throughput is their count over the time from the end of the warm-up to the last of them
+ * finishing. The first error stops every worker and is thrown.
+ */
+export async function measure(fn: Op, options: MeasureOptions): Promise<Measurement> {
+  const start = nowNs();
+  const recordFrom = start + options.warmupMs * 1e6;
+  const stopAt = recordFrom + options.durationMs * 1e6;
+  const latencies: number[] = [];
+  let lastEnd = recordFrom;
+  let failure: { error: unknown } | undefined;
+
+  const worker = async (): Promise<void> => {
+    while (failure === undefined) {
+      const began = nowNs();
+      if (began >= stopAt) return;
+      try {
+        await fn(counter++);
+      } catch (error) {
+        failure ??= { error };
+        return;
+      }
+      const ended = nowNs();
+      if (began >= recordFrom) {
+        latencies.push((ended - began) / 1e6);
+        if (ended > lastEnd) lastEnd = ended;
+      }
+    }
+  };
+  await Promise.all(Array.from({ length: options.concurrency }, worker));
+  if (failure) throw failure.error;
+
+  const sorted = Float64Array.from(latencies).sort();
+  const seconds = (lastEnd - recordFrom) / 1e9;
+  return {
+    ops: sorted.length,
+    opsPerSec: seconds > 0 ? sorted.length / seconds : 0,
+    p50Ms: quantile(sorted, 0.5),
+    p99Ms: quantile(sorted, 0.99),
+  };
+}
+
+export interface RepeatOptions extends MeasureOptions {
+  reps: number;
+}
+
+/** Medians over repetitions of each of ops/s, p50 and p99 (each taken on its own). */
+export function medianOf(runs: Measurement[]): Measurement {
+  return {
+    ops: median(runs.map((r) => r.ops)),
+    opsPerSec: median(runs.map((r) => r.opsPerSec)),
+    p50Ms: median(runs.map((r) => r.p50Ms)),
+    p99Ms: median(runs.map((r) => r.p99Ms)),
+  };
+}
+
+/**
+ * Measures several variants of one operation `reps` times, interleaved (A B C, B C A, C A B, ...), so slow
+ * drift (autovacuum, checkpoints, a noisy neighbour) hits every variant alike and none always runs first.
+ * Returns the median measurement of each variant, keyed like `variants`.
+ */
+export async function compareInterleaved<K extends string>(
+  variants: Record<K, Op>,
+  options: RepeatOptions,
+): Promise<Record<K, Measurement>> {
+  const names = Object.keys(variants) as K[];
+  const runs = new Map<K, Measurement[]>(names.map((name) => [name, []]));
+  for (let rep = 0; rep < options.reps; rep++) {
+    for (let k = 0; k < names.length; k++) {
+      const name = names[(rep + k) % names.length] as K;
+      const result = await measure(variants[name], options);
+      runs.get(name)?.push(result);
+    }
+  }
+  return Object.fromEntries(names.map((name) => [name, medianOf(runs.get(name) ?? [])])) as Record<
+    K,
+    Measurement
+  >;
+}

@@ -1,0 +1,174 @@
+// The results of a run: the JSON file, the chart, and (full runs only) BENCHMARKS.md at the repository root.
+import { execFileSync } from "node:child_process";
+import { mkdir, writeFile } from "node:fs/promises";
+import os from "node:os";
+import path from "node:path";
+import { serviceVsFloorSvg } from "./chart.ts";
+import { table } from "./format.ts";
+import { HTTP_HEADERS, type HttpRow, httpCells } from "./http.ts";
+import { PASSWORD_HEADERS, type PasswordSection, passwordCells } from "./passwords.ts";
+import { REDIS_HEADERS, type RedisSection, redisCells } from "./redis.ts";
+import type { SeedSizes } from "./seed.ts";
+import { COMPARISON_HEADERS, type ComparisonRow, comparisonCells } from "./service-vs-floor.ts";
+
+/** A section's result, or why it failed. */
+export type Outcome<T> = { ok: true; value: T } | { ok: false; error: string };
+
+export interface Meta {
+  date: string;
+  mode: "full" | "quick";
+  machine: { cpu: string; cores: number; memoryGiB: number; os: string };
+  postgres: { version: string; source: string };
+  bun: string;
+  node: string;
+  seed: SeedSizes;
+  harness: { reps: number; durationMs: number; warmupMs: number; concurrencies: number[]; poolSize: number };
+  http: { connections: number[]; durationSec: number; warmupSec: number; poolSize: number };
+  passwordIterations: number;
+  wallSeconds?: number;
+}
+
+export interface BenchResults {
+  meta: Meta;
+  serviceVsFloor: Outcome<ComparisonRow[]>;
+  cacheVsRedis: Outcome<RedisSection>;
+  http: Outcome<HttpRow[]>;
+  passwords: Outcome<PasswordSection>;
+}
+
+/** Where the chart's bars come from: the concurrency the targets are stated at. */
+export const CHART_CONCURRENCY = 16;
+
+function nodeVersion(): string {
+  try {
+    return execFileSync("node", ["--version"], { encoding: "utf8" }).trim();
+  } catch {
+    return "not installed";
+  }
+}
+
+export function machineMeta(): Pick<Meta, "machine" | "bun" | "node"> {
+  const cpus = os.cpus();
+  return {
+    machine: {
+      cpu: cpus[0]?.model.trim() ?? "unknown",
+      cores: cpus.length,
+      memoryGiB: Math.round((os.totalmem() / 2 ** 30) * 10) / 10,
+      os: `${os.type()} ${os.release()} ${os.arch()}`,
+    },
+    bun: Bun.version,
+    node: nodeVersion(),
+  };
+}
+
+const count = (n: number) => n.toLocaleString("en-US");
+
+function describeHarness(meta: Meta): string {
+  const h = meta.harness;
+  return (
+    `${h.reps} repetition(s) of ${h.durationMs / 1000} s after ${h.warmupMs / 1000} s warm-up per variant, ` +
+    `variants interleaved, medians; concurrency ${h.concurrencies.join(", ")}; pools of ${h.poolSize}`
+  );
+}
+
+function sectionBody<T>(outcome: Outcome<T>, render: (value: T) => string): string {
+  return outcome.ok ? render(outcome.value) : `Failed: ${outcome.error}`;
+}
+
+function redisBody(section: RedisSection): string {
+  if ("skipped" in section) return section.skipped;
+  return [
+    `Redis ${section.version} on loopback (no persistence), ioredis on one connection, without and with ` +
+      "auto-pipelining. `pg before` sends one named prepared statement per call (the floor of section 1, " +
+      "i.e. the cache before coalescing); `pg service` is CacheService, whose reads issued in the same tick " +
+      "share one statement. Ratios are PostgreSQL's throughput over Redis'.",
+    "",
+    table(REDIS_HEADERS, section.rows.map(redisCells)),
+  ].join("\n");
+}
+
+/** BENCHMARKS.md: one table per section, with the machine and versions, and how to read and rerun it. */
+export function markdown(results: BenchResults, links: { json: string; svg: string }): string {
+  const { meta } = results;
+  const lines = [
+    "# Benchmarks",
+    "",
+    "Written by `bun run bench` (full mode); rerun it to refresh this file, or `bun run bench --quick` for a " +
+      "short smoke run that leaves this file alone. How to read: every ratio compares two things measured in " +
+      "the same run on the same machine (`service/floor` 1.00x means the service costs nothing over raw " +
+      "node-postgres); absolute numbers depend on the machine. Raw numbers: " +
+      `[results.json](${links.json}); chart: [service-vs-floor.svg](${links.svg}).`,
+    "",
+    "| | |",
+    "|---|---|",
+    `| date | ${meta.date} |`,
+    `| machine | ${meta.machine.cpu}, ${meta.machine.cores} cores, ${meta.machine.memoryGiB} GiB, ${meta.machine.os} |`,
+    `| PostgreSQL | ${meta.postgres.version} (${meta.postgres.source}, loopback) |`,
+    `| Bun | ${meta.bun} |`,
+    `| Node | ${meta.node} |`,
+    `| mode | ${meta.mode}: ${describeHarness(meta)} |`,
+    `| seed | ${count(meta.seed.users)} users with one live session each, ${count(meta.seed.oneTimeTokens)} one-time tokens, ${count(meta.seed.cacheEntries)} cache entries |`,
+    `| wall time | ${meta.wallSeconds === undefined ? "n/a" : `${Math.round(meta.wallSeconds)} s`} |`,
+    "",
+    "## 1-2. Hot paths: service vs floor vs naive Drizzle",
+    "",
+    "Floor: the same SQL sent by raw node-postgres as a named prepared statement. Naive: the obvious Drizzle " +
+      "code (query builder per call, relational queries). Latencies in milliseconds.",
+    "",
+    `![service vs floor at concurrency ${CHART_CONCURRENCY}](${links.svg})`,
+    "",
+    sectionBody(results.serviceVsFloor, (rows) => table(COMPARISON_HEADERS, rows.map(comparisonCells))),
+    "",
+    "## 3. Cache vs Redis",
+    "",
+    sectionBody(results.cacheVsRedis, redisBody),
+    "",
+    "## 4. HTTP: GET /v1/auth/session",
+    "",
+    `autocannon (in the bench process, on the same machine) with Bearer tokens of seeded sessions, ` +
+      `${meta.http.durationSec} s per run after ${meta.http.warmupSec} s warm-up. The API and the raw-pg floor ` +
+      `each have a pool of ${meta.http.poolSize}. \`API / this\` is the API's requests/s over that server's.`,
+    "",
+    sectionBody(results.http, (rows) => table(HTTP_HEADERS, rows.flatMap(httpCells))),
+    "",
+    "## 5. Password hashing",
+    "",
+    sectionBody(results.passwords, (section) =>
+      [
+        `argon2 parameters of the stored hash: \`${section.parameters}\`.`,
+        "",
+        table(PASSWORD_HEADERS, passwordCells(section)),
+        "",
+        section.note,
+      ].join("\n"),
+    ),
+    "",
+  ];
+  return lines.join("\n");
+}
+
+/** Writes results.json and the chart to `dir`, and BENCHMARKS.md to `markdownPath` when given. */
+export async function writeResults(
+  results: BenchResults,
+  dir: string,
+  markdownPath: string | undefined,
+): Promise<string[]> {
+  await mkdir(dir, { recursive: true });
+  const jsonPath = path.join(dir, "results.json");
+  const svgPath = path.join(dir, "service-vs-floor.svg");
+  await writeFile(jsonPath, `${JSON.stringify(results, null, 2)}\n`);
+  const rows = results.serviceVsFloor.ok ? results.serviceVsFloor.value : [];
+  const subtitle = `${results.meta.machine.cores} cores, PostgreSQL ${results.meta.postgres.version}, ${results.meta.date.slice(0, 10)}`;
+  await writeFile(svgPath, serviceVsFloorSvg(rows, CHART_CONCURRENCY, subtitle));
+  const written = [jsonPath, svgPath];
+  if (markdownPath) {
+    const base = path.dirname(markdownPath);
+    const links = {
+      json: path.relative(base, jsonPath).split(path.sep).join("/"),
+      svg: path.relative(base, svgPath).split(path.sep).join("/"),
+    };
+    await writeFile(markdownPath, markdown(results, links));
+    written.push(markdownPath);
+  }
+  return written;
+}

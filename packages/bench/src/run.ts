@@ -1,0 +1,142 @@
+// `bun run bench [--quick]`: starts PostgreSQL (or uses BENCH_DATABASE_URL), seeds it, runs the five sections
+// and writes the results. The exit code reports breakage only (a server that did not start, a failed query, a
+// wrong answer); the numbers themselves are never judged.
+import path from "node:path";
+import { fileURLToPath } from "node:url";
+import { openBenchDatabase } from "./database.ts";
+import { HTTP_POOL_SIZE, type HttpRow, httpSection } from "./http.ts";
+import { type PasswordSection, passwordSection, printPasswords } from "./passwords.ts";
+import { cacheVsRedis, type RedisSection } from "./redis.ts";
+import { type BenchResults, type Meta, machineMeta, type Outcome, writeResults } from "./report.ts";
+import { createResources } from "./resources.ts";
+import { FULL_SEED, QUICK_SEED, seed } from "./seed.ts";
+import { type ComparisonRow, openVariants, POOL_SIZE, serviceVsFloor } from "./service-vs-floor.ts";
+
+const quick = process.argv.includes("--quick");
+const repoRoot = fileURLToPath(new URL("../../..", import.meta.url));
+const resultsDir = fileURLToPath(new URL(quick ? "../results/quick" : "../results", import.meta.url));
+
+const CONCURRENCIES = [1, 16, 64];
+const HARNESS = quick
+  ? { reps: 1, durationMs: 300, warmupMs: 100 }
+  : { reps: 5, durationMs: 2000, warmupMs: 500 };
+const HTTP = quick
+  ? { connections: [16, 64], durationSec: 2, warmupSec: 1 }
+  : { connections: [16, 64], durationSec: 10, warmupSec: 2 };
+const PASSWORD_ITERATIONS = quick ? 3 : 20;
+
+const print = (text: string) => console.log(text);
+const resources = createResources();
+let failed = false;
+
+// `bun run` forwards a terminal's Ctrl-C to us although the terminal already sent it to our process group, so
+// one key press arrives twice: only a signal well after the first one means "exit now, skip the cleanup".
+const FORCE_EXIT_AFTER_MS = 2000;
+let firstSignalAt: number | undefined;
+const interrupted = () => firstSignalAt !== undefined;
+function onSignal(signal: string): void {
+  if (firstSignalAt !== undefined) {
+    // Children still get SIGKILL from their exit hooks.
+    if (Date.now() - firstSignalAt > FORCE_EXIT_AFTER_MS) process.exit(130);
+    return;
+  }
+  firstSignalAt = Date.now();
+  console.error(`\n${signal}: stopping everything the bench started...`);
+  void resources.closeAll().finally(() => process.exit(130));
+}
+
+/** Runs one section, printing its title; a failure is recorded and reported, and the next section runs. */
+async function section<T>(title: string, run: () => Promise<T>): Promise<Outcome<T>> {
+  if (interrupted()) return { ok: false, error: "interrupted" };
+  print(`\n## ${title}\n`);
+  try {
+    return { ok: true, value: await run() };
+  } catch (error) {
+    failed = true;
+    // After Ctrl-C the servers are going away under the section: that is not news.
+    if (interrupted()) return { ok: false, error: "interrupted" };
+    const message = error instanceof Error ? (error.stack ?? error.message) : String(error);
+    console.error(`FAILED: ${title}\n${message}`);
+    return { ok: false, error: error instanceof Error ? error.message : String(error) };
+  }
+}
+
+async function main(): Promise<void> {
+  const started = performance.now();
+  const sizes = quick ? QUICK_SEED : FULL_SEED;
+  print(`# bench (${quick ? "quick" : "full"} mode)`);
+  if (quick) print(`quick mode: seeding ${sizes.users.toLocaleString("en-US")} users instead of 100,000`);
+
+  const database = await openBenchDatabase(process.env.BENCH_DATABASE_URL || undefined);
+  resources.defer("the bench database", () => database.close());
+  print(`PostgreSQL ${database.serverVersion} (${database.source}), migrated`);
+
+  const seedStarted = performance.now();
+  const fixture = await seed(database.url, sizes);
+  print(
+    `seeded ${sizes.users} users and sessions, ${sizes.oneTimeTokens} one-time tokens, ` +
+      `${sizes.cacheEntries} cache entries in ${((performance.now() - seedStarted) / 1000).toFixed(1)} s`,
+  );
+
+  const variants = openVariants(database.url, fixture, resources);
+  const meta: Meta = {
+    date: new Date().toISOString(),
+    mode: quick ? "quick" : "full",
+    ...machineMeta(),
+    postgres: { version: database.serverVersion, source: database.source },
+    seed: sizes,
+    harness: { ...HARNESS, concurrencies: CONCURRENCIES, poolSize: POOL_SIZE },
+    http: { ...HTTP, poolSize: HTTP_POOL_SIZE },
+    passwordIterations: PASSWORD_ITERATIONS,
+  };
+
+  const comparison: Outcome<ComparisonRow[]> = await section("1-2. Service vs floor vs naive", () =>
+    serviceVsFloor(variants.paths, CONCURRENCIES, HARNESS, print),
+  );
+  const redis: Outcome<RedisSection> = await section("3. Cache vs Redis", async () => {
+    const result = await cacheVsRedis(variants.paths, fixture, CONCURRENCIES, HARNESS, resources, print);
+    if ("skipped" in result) print(result.skipped);
+    return result;
+  });
+  const http: Outcome<HttpRow[]> = await section("4. HTTP: GET /v1/auth/session", () =>
+    httpSection(database.url, fixture.sessionTokens, HTTP, resources, print),
+  );
+  const passwords: Outcome<PasswordSection> = await section("5. Password hashing", async () => {
+    // The last seeded user: not among the sessions the HTTP load used.
+    const user = fixture.users.at(-1);
+    if (!user) throw new Error("no users were seeded");
+    const result = await passwordSection(user, PASSWORD_ITERATIONS, meta.machine.cores, variants.floorPool);
+    printPasswords(result, print);
+    return result;
+  });
+
+  meta.wallSeconds = (performance.now() - started) / 1000;
+  const results: BenchResults = { meta, serviceVsFloor: comparison, cacheVsRedis: redis, http, passwords };
+  if (interrupted()) return;
+  if (failed && !quick) {
+    print("\nNot writing results: a section failed (see above).");
+    return;
+  }
+  const written = await writeResults(
+    results,
+    resultsDir,
+    quick ? undefined : path.join(repoRoot, "BENCHMARKS.md"),
+  );
+  print(`\nwrote ${written.map((file) => path.relative(repoRoot, file)).join(", ")}`);
+  print(`wall time ${meta.wallSeconds.toFixed(0)} s`);
+}
+
+process.on("SIGINT", () => onSignal("SIGINT"));
+process.on("SIGTERM", () => onSignal("SIGTERM"));
+
+try {
+  await main();
+} catch (error) {
+  failed = true;
+  if (!interrupted()) {
+    console.error(`bench failed: ${error instanceof Error ? (error.stack ?? error.message) : String(error)}`);
+  }
+} finally {
+  await resources.closeAll();
+}
+process.exit(interrupted() ? 130 : failed ? 1 : 0);

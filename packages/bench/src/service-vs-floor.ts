@@ -1,0 +1,134 @@
+// Sections 1 and 2: each hot path through the @repo/db services, beside its floor (the same SQL as a raw
+// node-postgres named prepared statement) and its naive baseline (the obvious Drizzle code), each on its own
+// pool of the same size, measured interleaved at several concurrencies.
+import { databaseConfigFromUrl, disconnectDB, initializeDB } from "@repo/db";
+import * as schema from "@repo/db/schema";
+import { drizzle, type NodePgDatabase } from "drizzle-orm/node-postgres";
+import pg from "pg";
+import { msText, opsText, ratio, ratioText, table } from "./format.ts";
+import { compareInterleaved, type Measurement, type RepeatOptions } from "./harness.ts";
+import { type HotPath, hotPaths } from "./hot-paths.ts";
+import type { Resources } from "./resources.ts";
+import type { Fixture } from "./seed.ts";
+
+/** Connections per pool; the service, the floor and the naive variant each get this many. */
+export const POOL_SIZE = 16;
+
+export interface Variants {
+  paths: HotPath[];
+  floorPool: pg.Pool;
+  naiveDb: NodePgDatabase<typeof schema>;
+}
+
+/** A raw pool like the service's: same size and idle timeout, so no variant reconnects more than another. */
+function rawPool(url: string, idleTimeoutMs: number): pg.Pool {
+  const pool = new pg.Pool({
+    connectionString: url,
+    max: POOL_SIZE,
+    idleTimeoutMillis: idleTimeoutMs,
+    connectionTimeoutMillis: 10_000,
+  });
+  // An idle client whose backend dies would otherwise crash the process; the pool drops it by itself.
+  pool.on("error", () => {});
+  return pool;
+}
+
+/** Opens the three pools (registering their closing) and builds the hot paths on them. */
+export function openVariants(url: string, fixture: Fixture, resources: Resources): Variants {
+  const config = databaseConfigFromUrl(url, { poolMax: POOL_SIZE });
+  initializeDB(config);
+  resources.defer("the service pool", disconnectDB);
+  const floorPool = rawPool(url, config.idleTimeoutMs);
+  resources.defer("the floor pool", () => floorPool.end());
+  const naivePool = rawPool(url, config.idleTimeoutMs);
+  resources.defer("the naive pool", () => naivePool.end());
+  const naiveDb = drizzle({ client: naivePool, schema });
+  return { paths: hotPaths({ fixture, floorPool, naiveDb }), floorPool, naiveDb };
+}
+
+export interface ComparisonRow {
+  operation: string;
+  concurrency: number;
+  service: Measurement;
+  floor: Measurement;
+  naive: Measurement;
+  /** Throughput of the service over the floor's (target: at least 0.9 at concurrency 16). */
+  serviceToFloor: number;
+  /** p99 latency of the service over the floor's (target: at most 1.2). */
+  p99ServiceToFloor: number;
+  /** Throughput of the service over the naive baseline's (target: at least 2). */
+  serviceToNaive: number;
+}
+
+/** Measures one hot path at one concurrency, the three variants interleaved. */
+async function compare(path: HotPath, concurrency: number, options: Omit<RepeatOptions, "concurrency">) {
+  const m = await compareInterleaved(
+    { service: path.service, floor: path.floor, naive: path.naive },
+    { ...options, concurrency },
+  );
+  return {
+    operation: path.name,
+    concurrency,
+    service: m.service,
+    floor: m.floor,
+    naive: m.naive,
+    serviceToFloor: ratio(m.service.opsPerSec, m.floor.opsPerSec),
+    p99ServiceToFloor: ratio(m.service.p99Ms, m.floor.p99Ms),
+    serviceToNaive: ratio(m.service.opsPerSec, m.naive.opsPerSec),
+  } satisfies ComparisonRow;
+}
+
+export const COMPARISON_HEADERS = [
+  "operation",
+  "conc",
+  "floor ops/s",
+  "service ops/s",
+  "naive ops/s",
+  "service/floor",
+  "service/naive",
+  "floor p50 ms",
+  "service p50 ms",
+  "floor p99 ms",
+  "service p99 ms",
+  "naive p99 ms",
+  "p99 service/floor",
+];
+
+export function comparisonCells(row: ComparisonRow): string[] {
+  return [
+    row.operation,
+    String(row.concurrency),
+    opsText(row.floor.opsPerSec),
+    opsText(row.service.opsPerSec),
+    opsText(row.naive.opsPerSec),
+    ratioText(row.serviceToFloor),
+    ratioText(row.serviceToNaive),
+    msText(row.floor.p50Ms),
+    msText(row.service.p50Ms),
+    msText(row.floor.p99Ms),
+    msText(row.service.p99Ms),
+    msText(row.naive.p99Ms),
+    ratioText(row.p99ServiceToFloor),
+  ];
+}
+
+/** Runs every hot path at every concurrency, printing each path's rows as soon as they are measured. */
+export async function serviceVsFloor(
+  paths: HotPath[],
+  concurrencies: number[],
+  options: Omit<RepeatOptions, "concurrency">,
+  print: (text: string) => void,
+): Promise<ComparisonRow[]> {
+  const rows: ComparisonRow[] = [];
+  for (const path of paths) {
+    const pathRows: ComparisonRow[] = [];
+    for (const concurrency of concurrencies) {
+      // Progress on stderr, so stdout keeps only the tables.
+      process.stderr.write(`measuring ${path.name} at concurrency ${concurrency}...\n`);
+      pathRows.push(await compare(path, concurrency, options));
+    }
+    print(table(COMPARISON_HEADERS, pathRows.map(comparisonCells)));
+    rows.push(...pathRows);
+  }
+  return rows;
+}
