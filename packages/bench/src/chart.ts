@@ -78,7 +78,8 @@ export function serviceVsFloorSvg(rows: ComparisonRow[], concurrency: number, su
         );
   const height = TOP + Math.max(1, shown.length) * groupHeight + 16;
   return [
-    `<svg xmlns="http://www.w3.org/2000/svg" width="${WIDTH}" height="${height}" viewBox="0 0 ${WIDTH} ${height}" font-family="system-ui, -apple-system, Segoe UI, Helvetica, Arial, sans-serif">`,
+    `<svg xmlns="http://www.w3.org/2000/svg" role="img" width="${WIDTH}" height="${height}" viewBox="0 0 ${WIDTH} ${height}" font-family="system-ui, -apple-system, Segoe UI, Helvetica, Arial, sans-serif">`,
+    `<title>Hot paths at concurrency ${concurrency}: service vs floor vs naive Drizzle throughput</title>`,
     "<style>.title{font-size:18px;font-weight:600}.name{font-size:13px;font-weight:600}.small{font-size:12px;fill:#333}</style>",
     `<rect width="${WIDTH}" height="${height}" fill="#ffffff"/>`,
     text(

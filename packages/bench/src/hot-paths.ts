@@ -162,9 +162,11 @@ export function hotPaths(ctx: HotPathContext): HotPath[] {
     {
       name: "users.list %@domain",
       service: () => UsersService.list(listInput),
+      // The service sends a lone `%suffix` pattern as a prefix pattern on reverse(email); so does the floor.
       floor: async () => {
-        await statement("rdb_users_list_emails", () => UsersService.list(listInput));
-        return await runFloor(floorPool, "rdb_users_list_emails", { emails: [pattern], limit: 51 });
+        await statement("rdb_users_list_emailSuffix", () => UsersService.list(listInput));
+        const emailReversedPrefix = `${[...pattern.slice(1)].reverse().join("")}%`;
+        return await runFloor(floorPool, "rdb_users_list_emailSuffix", { emailReversedPrefix, limit: 51 });
       },
       naive: () =>
         naiveDb

@@ -172,16 +172,18 @@ function literal(value: string): string {
   return `'${value.replaceAll("'", "''")}'`;
 }
 
-async function waitUntilReady(
+/** Polls `url` with `SELECT 1` until it answers; fails early when `exited` gives the server's exit reason. */
+export async function waitUntilReady(
   adminUrl: string,
   timeoutMs: number,
   exited: () => string | undefined,
+  what = "PostgreSQL",
 ): Promise<void> {
   const deadline = Date.now() + timeoutMs;
   let lastError: unknown;
   while (Date.now() < deadline) {
     const exitReason = exited();
-    if (exitReason !== undefined) throw new Error(`PostgreSQL exited during start-up: ${exitReason}`);
+    if (exitReason !== undefined) throw new Error(`${what} exited during start-up: ${exitReason}`);
     const client = new pg.Client({ connectionString: adminUrl, connectionTimeoutMillis: 1000 });
     client.on("error", () => {});
     try {
@@ -195,7 +197,7 @@ async function waitUntilReady(
       await new Promise((resolve) => setTimeout(resolve, 100));
     }
   }
-  throw new Error(`PostgreSQL did not accept connections within ${timeoutMs} ms: ${String(lastError)}`);
+  throw new Error(`${what} did not accept connections within ${timeoutMs} ms: ${String(lastError)}`);
 }
 
 /** Creates the application role and database when missing (idempotent). */

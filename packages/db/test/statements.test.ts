@@ -182,6 +182,22 @@ describe("coalescing", () => {
     expect(expired.rowCount).toBe(0);
   });
 
+  it("stores 20 writes issued in one tick with one statement; of two writes to one key the last wins", async () => {
+    const before = await queriesOf("set_many", "cache");
+    await Promise.all([
+      ...Array.from({ length: 20 }, (_, i) => CacheService.set("co-set", `k${i}`, { i }, { ttlSeconds: 60 })),
+      CacheService.set("co-set", "k3", "second write", { ttlSeconds: 5 }),
+    ]);
+    expect(await queriesOf("set_many", "cache")).toBe(before + 1);
+    const stored = await database.admin<{ key: string; value: unknown; ttl: number }>(
+      `SELECT key, value, extract(epoch FROM expires_at - updated_at)::int AS ttl
+       FROM cache WHERE resource_type = 'co-set' ORDER BY key`,
+    );
+    expect(stored.rows).toHaveLength(20);
+    expect(stored.rows.find((row) => row.key === "k3")).toEqual({ key: "k3", value: "second write", ttl: 5 });
+    expect(stored.rows.find((row) => row.key === "k7")).toEqual({ key: "k7", value: { i: 7 }, ttl: 60 });
+  });
+
   it("rejects every caller of a failed batch and keeps batches under maxBatch", async () => {
     const sizes: number[] = [];
     const load = coalescer<number, number>({

@@ -38,6 +38,10 @@ export const users = pgTable(
     // Trigram indexes serve `LIKE ANY` patterns with leading wildcards (`%@example.com`).
     index("users_email_trgm_idx").using("gin", t.email.op("gin_trgm_ops")),
     index("users_phone_number_trgm_idx").using("gin", t.phoneNumber.op("gin_trgm_ops")),
+    // The reversed address in byte order serves domain filters (`%@example.com`) as a range scan: a suffix
+    // pattern becomes a prefix pattern on reverse(email). The trigram index also matches it, but its
+    // trigrams of ".example", ".com" are in most rows, so it reads most of the index to find a few.
+    index("users_email_reversed_idx").on(sql`reverse("email") text_pattern_ops`),
     index("users_search_vector_idx").using("gin", t.searchVector),
     // Purging soft-deleted users scans by deletion time.
     index("users_deleted_at_idx").on(t.deletedAt).where(sql`"deleted_at" IS NOT NULL`),

@@ -225,6 +225,32 @@ const setStatement = defineStatement<never, KeyParams & { json: string; expiresA
     SET value = EXCLUDED.value, expires_at = EXCLUDED.expires_at, updated_at = EXCLUDED.updated_at`,
 );
 
+/** One entry to store, serialized and with its expiry already computed. */
+interface SetEntry {
+  type: string;
+  key: string;
+  json: string;
+  expiresAt: Date | null;
+}
+
+// Many upserts in one statement, as parallel arrays; rows are written in array order (n), which setBatch
+// sorts by key so that concurrent batches lock rows in one order and cannot deadlock each other.
+const setBatchStatement = defineStatement<
+  never,
+  { types: string[]; keys: string[]; values: string[]; expires: Array<Date | null>; at: Date }
+>(
+  "cache_set_batch",
+  sql`
+    INSERT INTO cache (resource_type, key, value, expires_at, created_at, updated_at)
+    SELECT e.resource_type, e.key, e.value::jsonb, e.expires_at, ${param("at")}::timestamptz,
+           ${param("at")}::timestamptz
+    FROM unnest(${param("types")}::text[], ${param("keys")}::text[], ${param("values")}::text[],
+                ${param("expires")}::timestamptz[]) WITH ORDINALITY AS e(resource_type, key, value, expires_at, n)
+    ORDER BY e.n
+    ON CONFLICT (resource_type, key) DO UPDATE
+    SET value = EXCLUDED.value, expires_at = EXCLUDED.expires_at, updated_at = EXCLUDED.updated_at`,
+);
+
 // One upsert: concurrent increments serialize on the row lock of ON CONFLICT DO UPDATE, each adding to the
 // value the previous one committed. An expired counter restarts its window. A value that is not a JSON number
 // is cast from a non-constant text ('not a counter: string'), so the cast fails (22P02) only for such rows; a
@@ -288,6 +314,46 @@ const getCoalesced = coalescer<{ type: string; key: string }, unknown>({
 });
 
 /**
+ * Stores entries in one statement. When a key appears more than once, the last entry wins (PostgreSQL
+ * refuses an upsert that would update one row twice).
+ */
+async function setBatch(entries: readonly SetEntry[], handle: ServiceOptions["tx"]): Promise<void> {
+  const byKey = new Map<string, SetEntry>();
+  for (const entry of entries) byKey.set(`${entry.type}\u0000${entry.key}`, entry);
+  const distinct = [...byKey.values()];
+  const at = now();
+  const first = distinct[0];
+  if (distinct.length === 1 && first) {
+    await withMetrics("set", TABLE, () => setStatement.run(handle, { ...first, at }));
+    return;
+  }
+  distinct.sort((a, b) => (a.type === b.type ? compare(a.key, b.key) : compare(a.type, b.type)));
+  const params = {
+    types: distinct.map((entry) => entry.type),
+    keys: distinct.map((entry) => entry.key),
+    values: distinct.map((entry) => entry.json),
+    expires: distinct.map((entry) => entry.expiresAt),
+    at,
+  };
+  await withMetrics("set_many", TABLE, () => setBatchStatement.run(handle, params));
+}
+
+const compare = (a: string, b: string) => (a < b ? -1 : a > b ? 1 : 0);
+
+// set() calls outside a transaction issued in the same tick are stored by one statement. Each call is its own
+// entry (sequence-numbered) so that setBatch, not the coalescer, decides between writes to one key: the
+// last issued wins, as if they had run one after the other.
+let setSequence = 0;
+const setCoalesced = coalescer<SetEntry, void>({
+  key: () => String(++setSequence),
+  run: async (entries) => {
+    await setBatch(entries, undefined);
+    return entries.map(() => undefined);
+  },
+  maxBatch: MAX_BATCH_KEYS,
+});
+
+/**
  * Reads a value; null when absent or expired. An expired entry is deleted by the same statement.
  * A stored `null` reads as null too (indistinguishable from absent).
  * @throws DbError VALIDATION_FAILED (bad resourceType or key).
@@ -328,9 +394,9 @@ export async function set(
     const name = validate(keySchema, key);
     const parsedTtl = validate(ttlSchema, ttl);
     const json = serialize(value);
-    const at = now();
-    const params = { type, key: name, json, at, expiresAt: expiry(at, parsedTtl) };
-    await withMetrics("set", TABLE, () => setStatement.run(options.tx, params));
+    const entry = { type, key: name, json, expiresAt: expiry(now(), parsedTtl) };
+    if (options.tx === undefined) await setCoalesced(entry);
+    else await setBatch([entry], options.tx);
   });
 }
 
@@ -407,30 +473,15 @@ export async function setMany(
     const type = validate(resourceTypeSchema, resourceType);
     const parsed = validate(entriesSchema, entries);
     const parsedTtl = validate(ttlSchema, ttl);
-    // PostgreSQL refuses an INSERT ... ON CONFLICT that would update the same row twice: dedupe first.
-    const byKey = new Map<string, string>();
     let bytes = 0;
-    for (const entry of parsed) {
+    const expiresAt = expiry(now(), parsedTtl);
+    const batch = parsed.map((entry): SetEntry => {
       const json = serialize(entry.value);
       bytes += Buffer.byteLength(json, "utf8");
-      byKey.set(entry.key, json);
-    }
+      return { type, key: entry.key, json, expiresAt };
+    });
     if (bytes > MAX_BATCH_BYTES) throw invalidValue("entries", `the batch exceeds ${MAX_BATCH_BYTES} bytes`);
-    if (byKey.size === 0) return;
-    const handle = options.tx ?? db;
-    const at = now();
-    const expiresAt = expiry(at, parsedTtl);
-    // One multi-row upsert: two parallel arrays unnested into rows.
-    await withMetrics("set_many", TABLE, () =>
-      handle.execute(sql`
-        INSERT INTO cache (resource_type, key, value, expires_at, created_at, updated_at)
-        SELECT ${type}, entry.key, entry.value::jsonb, ${expiresAt}::timestamptz, ${at}::timestamptz,
-               ${at}::timestamptz
-        FROM unnest(${sql.param([...byKey.keys()])}::text[], ${sql.param([...byKey.values()])}::text[])
-          AS entry(key, value)
-        ON CONFLICT (resource_type, key) DO UPDATE
-        SET value = EXCLUDED.value, expires_at = EXCLUDED.expires_at, updated_at = EXCLUDED.updated_at`),
-    );
+    if (batch.length > 0) await setBatch(batch, options.tx);
   });
 }
 

@@ -165,13 +165,17 @@ const lockStatement = defineStatement<Record<string, unknown>, { key: string }>(
   sql`SELECT pg_advisory_xact_lock(${param("key")}::bigint)`,
 );
 
-interface IssueParams extends Record<string, unknown> {
+/** The row a new secret becomes. */
+interface IssuedRow {
   id: string;
   userId: string | null;
   purpose: OneTimeTokenPurpose;
   sentTo: string;
   tokenHash: Buffer;
   expiresAt: Date;
+}
+
+interface IssueParams extends IssuedRow, Record<string, unknown> {
   at: Date;
 }
 
@@ -220,14 +224,7 @@ const issueForAddress = issueStatement(
  * per target and purpose is ever live.
  */
 async function issue(
-  row: {
-    id: string;
-    userId: string | null;
-    purpose: OneTimeTokenPurpose;
-    sentTo: string;
-    tokenHash: Buffer;
-    expiresAt: Date;
-  },
+  row: IssuedRow,
   at: Date,
   options: ServiceOptions,
 ): Promise<{ record: OneTimeTokenRecord; invalidated: number }> {

@@ -252,12 +252,14 @@ interface ListParams extends Record<string, unknown> {
   exactIds: string[];
   idPatterns: string[];
   emails: string[] | undefined;
+  /** A lone suffix pattern's text reversed, then `%`: a prefix pattern on reverse(email). */
+  emailReversedPrefix: string | undefined;
   phoneNumbers: string[] | undefined;
   cursor: string | undefined;
   limit: number;
 }
 
-// One statement per shape of filter (at most 2 x 3 x 2 x 2 x 2 of them), compiled on first use.
+// One statement per shape of filter (at most 2 x 3 x 3 x 2 x 2 of them), compiled on first use.
 const listStatements = new Map<string, Statement<PublicUser, ListParams>>();
 
 /**
@@ -274,10 +276,15 @@ function listQuery(input: ListInput, options: ReadOptions) {
   const exactIds =
     input.ids?.filter((pattern) => !LIKE_WILDCARD.test(pattern) && UUID_TEXT.test(pattern)) ?? [];
   const idPatterns = input.ids?.filter((pattern) => !exactIds.includes(pattern)) ?? [];
+  // One pattern that is a wildcard then plain text (`%@example.com`) is a suffix: reversed, it is a prefix
+  // that users_email_reversed_idx serves as a range scan, far faster than the trigram index for domains.
+  const only = input.emails?.length === 1 ? input.emails[0] : undefined;
+  const suffix = only !== undefined && /^%[^%_\\]+$/.test(only) ? only.slice(1) : undefined;
   const params: ListParams = {
     exactIds,
     idPatterns,
     emails: input.emails,
+    emailReversedPrefix: suffix === undefined ? undefined : `${[...suffix].reverse().join("")}%`,
     phoneNumbers: input.phoneNumbers,
     cursor: input.cursor ? decodeCursor(input.cursor) : undefined,
     limit: input.limit + 1,
@@ -286,7 +293,8 @@ function listQuery(input: ListInput, options: ReadOptions) {
     deleted: includeDeleted,
     exact: input.ids !== undefined && (exactIds.length > 0 || idPatterns.length === 0),
     patterns: idPatterns.length > 0,
-    emails: input.emails !== undefined,
+    emails: input.emails !== undefined && suffix === undefined,
+    emailSuffix: suffix !== undefined,
     phones: input.phoneNumbers !== undefined,
     cursor: params.cursor !== undefined,
   };
@@ -305,6 +313,7 @@ function listQuery(input: ListInput, options: ReadOptions) {
     // One array parameter each: a bitmap index scan runs the trigram index once per pattern and ORs the
     // results, so `LIKE ANY` is served by users_email_trgm_idx / users_phone_number_trgm_idx.
     if (shape.emails) filters.push(sql`${users.email} LIKE ANY (${param("emails")}::text[])`);
+    if (shape.emailSuffix) filters.push(sql`reverse(${users.email}) LIKE ${param("emailReversedPrefix")}`);
     if (shape.phones) filters.push(sql`${users.phoneNumber} LIKE ANY (${param("phoneNumbers")}::text[])`);
     if (shape.cursor) filters.push(sql`${users.id} > ${param("cursor")}::uuid`);
     const where = filters.length > 0 ? sql` WHERE ${sql.join(filters, sql` AND `)}` : sql``;

@@ -6,8 +6,7 @@ import { existsSync } from "node:fs";
 import { chmod, chown, mkdtemp, rm, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import path from "node:path";
-import pg from "pg";
-import { freePort, runAs } from "../embedded.ts";
+import { freePort, runAs, waitUntilReady } from "../embedded.ts";
 
 const CANDIDATES = ["/usr/sbin/pgbouncer", "/usr/bin/pgbouncer", "/usr/local/bin/pgbouncer"];
 
@@ -93,23 +92,12 @@ export async function startPgBouncer(
     await exited;
     await rm(dir, { recursive: true, force: true });
   };
-  const deadline = Date.now() + 10_000;
-  for (;;) {
-    const client = new pg.Client({ connectionString: url.toString(), connectionTimeoutMillis: 1000 });
-    client.on("error", () => {});
-    try {
-      await client.connect();
-      await client.query("SELECT 1");
-      await client.end();
-      break;
-    } catch (error) {
-      await client.end().catch(() => {});
-      if (child.exitCode !== null || Date.now() > deadline) {
-        await stop();
-        throw new Error(`PgBouncer did not start: ${String(error)}\n${output}`);
-      }
-      await new Promise((resolve) => setTimeout(resolve, 100));
-    }
+  try {
+    const exitReason = () => (child.exitCode === null ? undefined : `exit code ${child.exitCode}`);
+    await waitUntilReady(url.toString(), 10_000, exitReason, "PgBouncer");
+  } catch (error) {
+    await stop();
+    throw new Error(`${(error as Error).message}\n${output}`);
   }
   return { url: url.toString(), version, stop };
 }

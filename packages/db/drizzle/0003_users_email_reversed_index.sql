@@ -1,0 +1,1 @@
+CREATE INDEX "users_email_reversed_idx" ON "users" USING btree (reverse("email") text_pattern_ops);
