@@ -162,11 +162,13 @@ export function hotPaths(ctx: HotPathContext): HotPath[] {
     {
       name: "users.list %@domain",
       service: () => UsersService.list(listInput),
-      // The service sends a lone `%suffix` pattern as a prefix pattern on reverse(email); so does the floor.
+      // The service sends a lone `%suffix` pattern as a byte range of reverse(email); so does the floor.
       floor: async () => {
         await statement("rdb_users_list_emailSuffix", () => UsersService.list(listInput));
-        const emailReversedPrefix = `${[...pattern.slice(1)].reverse().join("")}%`;
-        return await runFloor(floorPool, "rdb_users_list_emailSuffix", { emailReversedPrefix, limit: 51 });
+        const from = [...pattern.slice(1)].reverse().join("");
+        const to = from.slice(0, -1) + String.fromCharCode(from.charCodeAt(from.length - 1) + 1);
+        const params = { emailReversedFrom: from, emailReversedTo: to, limit: 51 };
+        return await runFloor(floorPool, "rdb_users_list_emailSuffix", params);
       },
       naive: () =>
         naiveDb

@@ -49,13 +49,13 @@ export interface StatementOptions {
 
 const registry = new Map<string, Statement<pg.QueryResultRow, Record<string, unknown>>>();
 
-/** `sql.placeholder(name)`, typed: the parameters a statement binds at run time. */
+/** `sql.placeholder(name)`: a value bound each time the statement runs. */
 export const param = (name: string): Placeholder => sql.placeholder(name);
 
 /**
  * Compiles `query` (built with `param(...)` for every per-call value) into a named statement.
- * @throws DbError CONFIG_INVALID when `key` is reused for another text, or the query embeds a literal value
- *   (per-call values must be placeholders, or the text would vary).
+ * @throws DbError CONFIG_INVALID when `key` is reused for another text or is over 59 bytes, or the query
+ *   embeds a literal value (per-call values must be placeholders, or the text would vary).
  * @example const byId = defineStatement<{ id: string }, { id: string }>("users_by_id", sql`SELECT id FROM users WHERE id = ${param("id")}::uuid`);
  */
 export function defineStatement<
@@ -64,6 +64,10 @@ export function defineStatement<
 >(key: string, query: SQL, options: StatementOptions = {}): Statement<Row, Params> {
   const prepared = options.prepare ?? true;
   const name = `rdb_${key}`;
+  // PostgreSQL cuts identifiers at 63 bytes: two long names could then collide on one connection.
+  if (Buffer.byteLength(name) > 63) {
+    throw new DbError("CONFIG_INVALID", `Statement name ${name} is longer than PostgreSQL's 63 bytes`);
+  }
   const compiled = dialect.sqlToQuery(query);
   const order = compiled.params.map((value, index) => {
     if (!is(value, Placeholder)) {

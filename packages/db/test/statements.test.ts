@@ -1,5 +1,6 @@
 // Compiled hot-path statements: prepared under a name on each connection, unnamed behind a transaction-mode
 // pooler (proved through a real PgBouncer when it is installed), and coalesced when issued in the same tick.
+import { sql } from "drizzle-orm";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { coalescer } from "../src/coalesce.ts";
 import { databaseConfigFromUrl } from "../src/config.ts";
@@ -10,7 +11,7 @@ import * as CacheService from "../src/services/cache.ts";
 import * as OneTimeTokensService from "../src/services/one-time-tokens.ts";
 import * as SessionsService from "../src/services/sessions.ts";
 import * as UsersService from "../src/services/users.ts";
-import { definedStatements } from "../src/statements.ts";
+import { definedStatements, defineStatement, param } from "../src/statements.ts";
 import { insertUser, useManualClock, useTestDatabase } from "../src/testing/index.ts";
 import { findPgBouncer, type PgBouncer, startPgBouncer } from "../src/testing/pgbouncer.ts";
 
@@ -112,6 +113,40 @@ describe("named statements", () => {
       await disconnectDB();
       initializeDB(database.config);
     }
+  });
+});
+
+describe("defineStatement", () => {
+  it("runs an application's own statement on the pool and inside a transaction", async () => {
+    const lastSignIn = defineStatement<{ lastSignInAt: Date | null }, { id: string }>(
+      "test_last_sign_in",
+      sql`SELECT last_sign_in_at AS "lastSignInAt" FROM users WHERE id = ${param("id")}::uuid`,
+    );
+    const id = await insertUser("own");
+    await database.admin("UPDATE users SET last_sign_in_at = '2030-01-02T03:04:05Z' WHERE id = $1", [id]);
+    expect((await lastSignIn.run(undefined, { id })).rows).toEqual([
+      { lastSignInAt: new Date("2030-01-02T03:04:05Z") },
+    ]);
+    const inside = await transaction(async (tx) => (await lastSignIn.run(tx, { id })).rowCount);
+    expect(inside).toBe(1);
+  });
+
+  it("refuses a reused key with another text, a literal value, and a name PostgreSQL would cut", () => {
+    const text = sql`SELECT ${param("n")}::int AS n`;
+    defineStatement("test_twice", text);
+    expect(() => defineStatement("test_twice", text)).not.toThrow();
+    const refused = (fn: () => unknown) => {
+      try {
+        fn();
+      } catch (error) {
+        return isDbError(error, "CONFIG_INVALID");
+      }
+      return false;
+    };
+    expect(refused(() => defineStatement("test_twice", sql`SELECT ${param("n")}::bigint AS n`))).toBe(true);
+    expect(refused(() => defineStatement("test_literal", sql`SELECT ${42}::int AS n`))).toBe(true);
+    expect(refused(() => defineStatement("x".repeat(60), text))).toBe(true);
+    expect(definedStatements().some((s) => s.name === "rdb_test_literal")).toBe(false);
   });
 });
 

@@ -252,8 +252,9 @@ interface ListParams extends Record<string, unknown> {
   exactIds: string[];
   idPatterns: string[];
   emails: string[] | undefined;
-  /** A lone suffix pattern's text reversed, then `%`: a prefix pattern on reverse(email). */
-  emailReversedPrefix: string | undefined;
+  /** A lone suffix pattern's text reversed (a prefix of reverse(email)), and the bound just past it. */
+  emailReversedFrom: string | undefined;
+  emailReversedTo: string | undefined;
   phoneNumbers: string[] | undefined;
   cursor: string | undefined;
   limit: number;
@@ -267,7 +268,7 @@ const listStatements = new Map<string, Statement<PublicUser, ListParams>>();
  * sort in creation order, and `id > $cursor ORDER BY id` stays fast on any page, unlike OFFSET. One extra
  * row tells whether there is a next page. The planner picks between a bitmap scan of the trigram index then a
  * top-N sort (selective patterns) and walking the primary key while filtering (patterns most rows match);
- * both are right for their case, which is why these statements are planned per call (prepare: false).
+ * both are right for their case, which is why statements with LIKE patterns are planned per call.
  */
 function listQuery(input: ListInput, options: ReadOptions) {
   const includeDeleted = input.includeDeleted ?? options.includeDeleted ?? false;
@@ -276,15 +277,24 @@ function listQuery(input: ListInput, options: ReadOptions) {
   const exactIds =
     input.ids?.filter((pattern) => !LIKE_WILDCARD.test(pattern) && UUID_TEXT.test(pattern)) ?? [];
   const idPatterns = input.ids?.filter((pattern) => !exactIds.includes(pattern)) ?? [];
-  // One pattern that is a wildcard then plain text (`%@example.com`) is a suffix: reversed, it is a prefix
-  // that users_email_reversed_idx serves as a range scan, far faster than the trigram index for domains.
+  // One pattern that is a wildcard then plain ASCII text (`%@example.com`) is a suffix: reversed, it is a
+  // prefix, i.e. the byte range [prefix, prefix with its last byte + 1) of reverse(email), which
+  // users_email_reversed_idx serves as a range scan, far faster than the trigram index for domains. As
+  // explicit bounds (not LIKE) the range is an index condition in a generic plan too.
   const only = input.emails?.length === 1 ? input.emails[0] : undefined;
-  const suffix = only !== undefined && /^%[^%_\\]+$/.test(only) ? only.slice(1) : undefined;
+  const suffix =
+    only !== undefined && /^%[\x20-\x7e]+$/.test(only) && !/[%_\\]/.test(only.slice(1))
+      ? [...only.slice(1)].reverse().join("")
+      : undefined;
   const params: ListParams = {
     exactIds,
     idPatterns,
     emails: input.emails,
-    emailReversedPrefix: suffix === undefined ? undefined : `${[...suffix].reverse().join("")}%`,
+    emailReversedFrom: suffix,
+    emailReversedTo:
+      suffix === undefined
+        ? undefined
+        : suffix.slice(0, -1) + String.fromCharCode(suffix.charCodeAt(suffix.length - 1) + 1),
     phoneNumbers: input.phoneNumbers,
     cursor: input.cursor ? decodeCursor(input.cursor) : undefined,
     limit: input.limit + 1,
@@ -313,7 +323,11 @@ function listQuery(input: ListInput, options: ReadOptions) {
     // One array parameter each: a bitmap index scan runs the trigram index once per pattern and ORs the
     // results, so `LIKE ANY` is served by users_email_trgm_idx / users_phone_number_trgm_idx.
     if (shape.emails) filters.push(sql`${users.email} LIKE ANY (${param("emails")}::text[])`);
-    if (shape.emailSuffix) filters.push(sql`reverse(${users.email}) LIKE ${param("emailReversedPrefix")}`);
+    if (shape.emailSuffix) {
+      // ~>=~ and ~<~ compare bytes, as the index's text_pattern_ops does.
+      filters.push(sql`reverse(${users.email}) ~>=~ ${param("emailReversedFrom")}`);
+      filters.push(sql`reverse(${users.email}) ~<~ ${param("emailReversedTo")}`);
+    }
     if (shape.phones) filters.push(sql`${users.phoneNumber} LIKE ANY (${param("phoneNumbers")}::text[])`);
     if (shape.cursor) filters.push(sql`${users.id} > ${param("cursor")}::uuid`);
     const where = filters.length > 0 ? sql` WHERE ${sql.join(filters, sql` AND `)}` : sql``;
@@ -321,7 +335,8 @@ function listQuery(input: ListInput, options: ReadOptions) {
       `users_list_${key || "all"}`,
       sql`SELECT ${selectColumns("users", publicUserColumns)} FROM users${where}
           ORDER BY ${users.id} LIMIT ${param("limit")}`,
-      { prepare: false },
+      // LIKE ANY filters are planned per call; the rest (ids, the suffix range, the cursor) plan well generic.
+      { prepare: !(shape.patterns || shape.emails || shape.phones) },
     );
     listStatements.set(key, statement);
   }
