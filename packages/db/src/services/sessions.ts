@@ -3,13 +3,13 @@
 // A session expires after an idle timeout (sliding, refreshed at most once per refresh interval) and in any
 // case at an absolute lifetime after creation.
 import { isIP } from "node:net";
-import { and, type Column, desc, eq, getTableColumns, gt, ne, type SQL, sql } from "drizzle-orm";
+import { and, desc, eq, getTableColumns, gt, ne, type SQL, sql } from "drizzle-orm";
 import { uuidv7 } from "uuidv7";
 import { z } from "zod";
 import { now } from "../clock.ts";
 import { coalescer } from "../coalesce.ts";
 import { type DatabaseOrTransaction, db } from "../connection.ts";
-import { DbError, isDbError } from "../errors.ts";
+import { DbError, isDbError, toDbError } from "../errors.ts";
 import { type Logger, noopLogger } from "../logger.ts";
 import { withMetrics } from "../metrics.ts";
 import { type Session, sessions } from "../schema/sessions.ts";
@@ -145,21 +145,6 @@ export type SessionUser = PublicUser;
 
 const { tokenHash: _tokenHash, ...publicSessionColumns } = getTableColumns(sessions);
 
-type Columns = Record<string, Column>;
-
-/**
- * Reads the `prefix`ed properties of a raw row with each column's own driver mapping (raw `execute()` gives
- * timestamptz as text, exactly what the query builder would have converted).
- */
-function fromRow<T>(columns: Columns, row: Record<string, unknown>, prefix: string): T {
-  const out: Record<string, unknown> = {};
-  for (const [key, column] of Object.entries(columns)) {
-    const value = row[prefix + key];
-    out[key] = value === null || value === undefined ? null : column.mapFromDriverValue(value);
-  }
-  return out as T;
-}
-
 // ---------------------------------------------------------------------------------------------------------
 // Input
 
@@ -210,6 +195,21 @@ const cleanupInput = z.strictObject({
 // ---------------------------------------------------------------------------------------------------------
 // Service
 
+// INSERT ... SELECT from users in one statement: no check-then-insert race. created_at comes from the data
+// layer's clock because the absolute lifetime is measured from it; updated_at is left to the database, like
+// the set_updated_at trigger that maintains it.
+const createStatement = defineStatement<PublicSession, Record<string, unknown>>(
+  "sessions_create",
+  sql`INSERT INTO sessions (id, user_id, token_hash, status, auth_method, ip_address, user_agent, metadata,
+        expires_at, last_accessed_at, created_at)
+      SELECT ${param("id")}::uuid, u.id, ${param("tokenHash")}::bytea, 'active', ${param("authMethod")},
+        ${param("ipAddress")}::inet, ${param("userAgent")}, ${param("metadata")}::jsonb,
+        ${param("expiresAt")}::timestamptz, ${param("at")}::timestamptz, ${param("at")}::timestamptz
+      FROM users u
+      WHERE u.id = ${param("userId")}::uuid AND u.deleted_at IS NULL
+      RETURNING ${selectColumns("sessions", publicSessionColumns)}`,
+);
+
 /**
  * Creates a session for an existing, not deleted user and returns it with its token (shown to the client
  * once; only its SHA-256 is stored).
@@ -229,31 +229,26 @@ export async function create(
     const expiresAt = new Date(
       Math.min(times.idleExpiry.getTime(), times.at.getTime() + cfg.absoluteLifetimeMs),
     );
-    const handle = options.tx ?? db;
-    // INSERT ... SELECT from users in one statement: a missing or soft-deleted user inserts nothing (no
-    // check-then-insert race); a user hard-deleted meanwhile trips the foreign key instead. created_at comes
-    // from the data layer's clock because the absolute lifetime is measured from it; updated_at is left to
-    // the database, like the set_updated_at trigger that maintains it.
+    // A missing or soft-deleted user inserts nothing; one hard-deleted meanwhile trips the foreign key.
+    const params = {
+      id: uuidv7(),
+      userId: input.userId,
+      tokenHash: sha256(token),
+      authMethod: input.authMethod,
+      ipAddress: input.ipAddress ?? null,
+      userAgent: input.userAgent ?? null,
+      metadata: JSON.stringify(input.metadata ?? {}),
+      expiresAt,
+      at: times.at,
+    };
     const result = await withMetrics("insert", "sessions", () =>
-      handle
-        .execute<Record<string, unknown>>(
-          sql`INSERT INTO sessions (id, user_id, token_hash, status, auth_method, ip_address, user_agent,
-                metadata, expires_at, last_accessed_at, created_at)
-              SELECT ${uuidv7()}::uuid, u.id, ${sha256(token)}::bytea, 'active', ${input.authMethod},
-                ${input.ipAddress ?? null}::inet, ${input.userAgent ?? null}, ${JSON.stringify(input.metadata ?? {})}::jsonb,
-                ${expiresAt}::timestamptz, ${times.at}::timestamptz, ${times.at}::timestamptz
-              FROM users u
-              WHERE u.id = ${input.userId}::uuid AND u.deleted_at IS NULL
-              RETURNING ${selectColumns("sessions", publicSessionColumns)}`,
-        )
-        .catch((error: unknown) => {
-          if (isDbError(error, "FOREIGN_KEY_VIOLATION")) throw userNotFound(error);
-          throw error;
-        }),
+      createStatement.run(options.tx, params).catch((error: unknown) => {
+        if (isDbError(toDbError(error), "FOREIGN_KEY_VIOLATION")) throw userNotFound(error);
+        throw error;
+      }),
     );
-    const row = result.rows[0];
-    if (!row) throw userNotFound();
-    const session = fromRow<PublicSession>(publicSessionColumns, row, "");
+    const session = result.rows[0];
+    if (!session) throw userNotFound();
     logger.audit(
       { sessionId: session.id, userId: session.userId, authMethod: session.authMethod },
       "session created",
