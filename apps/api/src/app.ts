@@ -8,7 +8,7 @@ import { matchedRoutes, routePath } from "hono/route";
 import { backgroundTasks } from "./background.ts";
 import type { AppDeps, AppEnv, ResolvedDeps } from "./context.ts";
 import { ApiError, toErrorAnswer } from "./errors.ts";
-import { csrfGuard } from "./http.ts";
+import { csrfGuard, noStore } from "./http.ts";
 import { createHttpMetrics } from "./http-metrics.ts";
 import { adminRoutes } from "./routes/admin.ts";
 import { authRoutes } from "./routes/auth.ts";
@@ -65,6 +65,7 @@ export function createApp(input: AppDeps): Hono<AppEnv> {
       },
     }),
   );
+  app.use("/v1/*", noStore);
   app.use("/v1/*", csrfGuard);
 
   app.route("/", healthRoutes());

@@ -71,11 +71,34 @@ const schema = z.object({
     .regex(/^[A-Za-z0-9_-]{1,64}$/, { error: "SESSION_COOKIE_NAME must be letters, digits, _ or -" })
     .default("session"),
   RATE_LIMIT_WINDOW_SECONDS: z.coerce.number().int().min(1).max(86_400).default(900),
-  RATE_LIMIT_SIGN_IN_PER_ACCOUNT: z.coerce.number().int().min(1).default(10),
+  /** Failed sign-ins for one account from one client network (IPv4 address or IPv6 /64) per window. */
+  RATE_LIMIT_SIGN_IN_FAILURES_PER_ACCOUNT_NETWORK: z.coerce.number().int().min(1).default(10),
+  /** Failed sign-ins for one account from anywhere per window; past it, password sign-in needs a mailed link. */
+  RATE_LIMIT_SIGN_IN_FAILURES_PER_ACCOUNT: z.coerce.number().int().min(1).default(100),
+  /** Sign-in attempts from one client network per window, whatever the account. */
   RATE_LIMIT_SIGN_IN_PER_CLIENT: z.coerce.number().int().min(1).default(100),
+  /** Wrong current passwords per session per window (password change, account deletion). */
+  RATE_LIMIT_REAUTH_FAILURES_PER_SESSION: z.coerce.number().int().min(1).default(10),
   RATE_LIMIT_SIGN_UP_PER_CLIENT: z.coerce.number().int().min(1).default(20),
   RATE_LIMIT_EMAIL_PER_RECIPIENT: z.coerce.number().int().min(1).default(5),
   RATE_LIMIT_EMAIL_PER_CLIENT: z.coerce.number().int().min(1).default(50),
+  /**
+   * Sign-up gives a session at once and unverified accounts may sign in with their password. Off by default:
+   * an unverified account grants nothing (account pre-hijacking); see the README's security model.
+   */
+  SIGN_IN_BEFORE_EMAIL_VERIFICATION: z
+    .enum(["true", "false"], { error: "SIGN_IN_BEFORE_EMAIL_VERIFICATION must be true or false" })
+    .default("false")
+    .transform((value) => value === "true"),
+  /** Bearer token /metrics requires; unset: /metrics is open in development and test, 404 in production. */
+  METRICS_TOKEN: z.string().min(16, { error: "METRICS_TOKEN must be at least 16 characters" }).optional(),
+  /** A Pwned Passwords range API (k-anonymity): new passwords found in it are refused. Unset: no check. */
+  PASSWORD_BREACH_CHECK_URL: z
+    .url({ protocol: /^https?$/, error: "PASSWORD_BREACH_CHECK_URL must be an http(s) URL" })
+    .optional(),
+  PASSWORD_BREACH_CHECK_TIMEOUT_MS: z.coerce.number().int().min(100).max(30_000).default(2000),
+  /** Live sessions per user; creating one more revokes the oldest. */
+  SESSION_MAX_PER_USER: z.coerce.number().int().min(1).max(10_000).default(50),
   MAINTENANCE_INTERVAL_MS: z.coerce.number().int().min(1000).max(86_400_000).default(300_000),
 });
 
@@ -101,10 +124,15 @@ export class ConfigError extends Error {
 export function loadApiConfig(env: Record<string, string | undefined> = process.env): ApiConfig {
   const cleaned = Object.fromEntries(Object.entries(env).filter(([, value]) => value !== ""));
   const parsed = schema.safeParse(cleaned);
+  const problems: Record<string, string> = {};
   if (!parsed.success) {
-    const problems: Record<string, string> = {};
     for (const issue of parsed.error.issues) problems[String(issue.path[0])] = issue.message;
-    throw new ConfigError(problems);
   }
+  // Mailed links and the CSRF origin come from APP_URL: in production a default of localhost would mail links
+  // nobody can open and refuse the real site's requests, so it must be said.
+  if (cleaned.NODE_ENV === "production" && cleaned.APP_URL === undefined) {
+    problems.APP_URL = "is required in production (the public URL mailed links point at)";
+  }
+  if (!parsed.success || Object.keys(problems).length > 0) throw new ConfigError(problems);
   return parsed.data;
 }

@@ -10,9 +10,14 @@ export const API_ERRORS = {
   VALIDATION_FAILED: { status: 400, message: "The request is invalid" },
   INVALID_JSON: { status: 400, message: "The body is not valid JSON" },
   TOKEN_INVALID: { status: 400, message: "The link or token is invalid or expired" },
+  PASSWORD_TOO_WEAK: { status: 400, message: "The password is too weak" },
   INVALID_CREDENTIALS: { status: 401, message: "Invalid email or password" },
   UNAUTHENTICATED: { status: 401, message: "Sign in first" },
   FORBIDDEN: { status: 403, message: "Not allowed" },
+  REAUTHENTICATION_REQUIRED: {
+    status: 403,
+    message: "Confirm with your current password, or sign in again first (within 10 minutes)",
+  },
   CSRF_REJECTED: { status: 403, message: "Cross-site request rejected" },
   NOT_FOUND: { status: 404, message: "Not found" },
   EMAIL_TAKEN: { status: 409, message: "The email address is already in use" },
@@ -21,6 +26,11 @@ export const API_ERRORS = {
   PAYLOAD_TOO_LARGE: { status: 413, message: "The body is too large" },
   UNSUPPORTED_MEDIA_TYPE: { status: 415, message: "Send application/json" },
   RATE_LIMITED: { status: 429, message: "Too many requests; retry later" },
+  SIGN_IN_LINK_REQUIRED: {
+    status: 429,
+    message:
+      "Too many failed sign-ins for this account: password sign-in is paused. Use a sign-in link (the account's address has been sent one) or retry later",
+  },
   INTERNAL_ERROR: { status: 500, message: "Internal error" },
   SERVICE_UNAVAILABLE: { status: 503, message: "Temporarily unavailable; retry later" },
   // The database is busy or away: retry. The code says which, so clients and dashboards can tell them apart.
@@ -53,6 +63,7 @@ const PASSED_THROUGH = new Set<string>([
   "PHONE_TAKEN",
   "ACCOUNT_ALREADY_LINKED",
   "TOKEN_INVALID",
+  "PASSWORD_TOO_WEAK",
 ]);
 
 export class ApiError extends Error {
@@ -114,11 +125,13 @@ export function toErrorAnswer(error: unknown): ErrorAnswer {
     return answer(error.code, extra);
   }
   if (error instanceof DbError) {
+    // An unproven address grants nothing, and says nothing either: it answers like a wrong password.
+    if (error.code === "EMAIL_NOT_VERIFIED") return answer("INVALID_CREDENTIALS");
     if (UNAVAILABLE.has(error.code)) return answer(error.code as ApiErrorCode);
     if (PASSED_THROUGH.has(error.code)) {
       const code = error.code as ApiErrorCode;
-      // Validation messages name fields and rules, never values or SQL: safe to show.
-      if (code === "VALIDATION_FAILED") {
+      // Validation and password-policy messages name fields and rules, never values or SQL: safe to show.
+      if (code === "VALIDATION_FAILED" || code === "PASSWORD_TOO_WEAK") {
         return answer(code, { message: error.message, ...(error.details ? { details: error.details } : {}) });
       }
       return answer(code);

@@ -1,7 +1,7 @@
 // Request helpers shared by the routes: strict JSON bodies and queries, client address, rate limits,
 // the session cookie, and the session/CSRF middleware.
 
-import { createHash } from "node:crypto";
+import { createHash, timingSafeEqual } from "node:crypto";
 import { isIP } from "node:net";
 import { CacheService, SessionsService } from "@repo/db";
 import type { Context, MiddlewareHandler } from "hono";
@@ -10,6 +10,7 @@ import type { z } from "zod";
 import { allowedOrigins } from "./config.ts";
 import type { AppEnv } from "./context.ts";
 import { ApiError } from "./errors.ts";
+import { DEFAULT_MAX_JSON_DEPTH, parseJsonBody } from "./json.ts";
 
 function validationError(error: z.ZodError): ApiError {
   const details: Record<string, string> = {};
@@ -29,13 +30,31 @@ export async function readJson<S extends z.ZodType>(c: Context<AppEnv>, schema: 
   if (!/^application\/([a-z0-9.+-]+\+)?json\s*(;|$)/i.test(type))
     throw new ApiError("UNSUPPORTED_MEDIA_TYPE");
   const text = await c.req.text();
-  let body: unknown;
-  try {
-    body = JSON.parse(text);
-  } catch {
-    throw new ApiError("INVALID_JSON");
+  const body = parseJsonBody(text, DEFAULT_MAX_JSON_DEPTH);
+  if (!body.ok && body.reason === "invalid") throw new ApiError("INVALID_JSON");
+  if (!body.ok) {
+    const message = `is nested too deeply (at most ${DEFAULT_MAX_JSON_DEPTH} levels)`;
+    throw new ApiError("VALIDATION_FAILED", `Invalid input: body: ${message}`, {
+      details: { body: message },
+    });
   }
-  const parsed = schema.safeParse(body);
+  return parseWith(schema, body.value);
+}
+
+/**
+ * Validates with a zod schema. Nesting is bounded before this, but a schema that still throws (a recursion
+ * limit, a refine that fails on odd input) is bad input all the same: a 400, never a 500.
+ */
+function parseWith<S extends z.ZodType>(schema: S, value: unknown): z.output<S> {
+  let parsed: z.ZodSafeParseResult<z.output<S>>;
+  try {
+    parsed = schema.safeParse(value);
+  } catch (error) {
+    if (!(error instanceof RangeError)) throw error;
+    throw new ApiError("VALIDATION_FAILED", "Invalid input: body: cannot be validated", {
+      details: { body: "cannot be validated" },
+    });
+  }
   if (!parsed.success) throw validationError(parsed.error);
   return parsed.data;
 }
@@ -60,9 +79,46 @@ export function clientAddress(c: Context<AppEnv>): string {
       .map((entry) => entry.trim())
       .filter(Boolean);
     const entry = normalizeAddress(entries[entries.length - config.TRUST_PROXY]);
-    if (entry) return entry;
+    if (entry) return unmapIPv4(entry);
   }
-  return getClientAddress(c) ?? "unknown";
+  const socket = getClientAddress(c);
+  return socket && isIP(socket) ? unmapIPv4(socket) : (socket ?? "unknown");
+}
+
+/** `::ffff:192.0.2.1` (an IPv4 client on a dual-stack socket) is the IPv4 address it carries. */
+function unmapIPv4(address: string): string {
+  const mapped = /^::ffff:(\d+\.\d+\.\d+\.\d+)$/i.exec(address);
+  return mapped?.[1] && isIP(mapped[1]) === 4 ? mapped[1] : address;
+}
+
+/** The eight 16-bit groups of an IPv6 address (`::` expanded, a trailing dotted IPv4 part converted). */
+function ipv6Groups(address: string): number[] {
+  let text = address.toLowerCase();
+  const dotted = /(\d+)\.(\d+)\.(\d+)\.(\d+)$/.exec(text);
+  if (dotted) {
+    const [a, b, c, d] = dotted.slice(1).map(Number) as [number, number, number, number];
+    text = `${text.slice(0, dotted.index)}${((a << 8) | b).toString(16)}:${((c << 8) | d).toString(16)}`;
+  }
+  const [head = "", tail] = text.split("::");
+  const left = head ? head.split(":") : [];
+  const right = tail ? tail.split(":") : [];
+  const missing = tail === undefined ? 0 : 8 - left.length - right.length;
+  return [...left, ...Array<string>(missing).fill("0"), ...right].map((group) => Number.parseInt(group, 16));
+}
+
+/**
+ * The network a rate limit counts a client under: its IPv4 address, or the /64 prefix of its IPv6 address.
+ * One IPv6 subscriber is routinely given a whole /64 (18 quintillion addresses); keying the full address
+ * would give every attacker unlimited fresh buckets.
+ */
+export function clientNetwork(c: Context<AppEnv>): string {
+  const address = clientAddress(c);
+  if (isIP(address) !== 6) return address;
+  const prefix = ipv6Groups(address)
+    .slice(0, 4)
+    .map((group) => group.toString(16))
+    .join(":");
+  return `${prefix}::/64`;
 }
 
 /** An X-Forwarded-For entry as a bare IP (`1.2.3.4:567` and `[::1]:80` lose their port), or undefined. */
@@ -74,30 +130,80 @@ function normalizeAddress(entry: string | undefined): string | undefined {
   return isIP(candidate) ? candidate : undefined;
 }
 
+const sha256 = (value: string) => createHash("sha256").update(value, "utf8").digest();
+
+/** True when the request's `Authorization: Bearer` equals `expected`; constant time whatever the lengths. */
+export function bearerMatches(c: Context<AppEnv>, expected: string): boolean {
+  const match = /^Bearer\s+(\S+)$/i.exec(c.req.header("authorization") ?? "");
+  return match?.[1] !== undefined && timingSafeEqual(sha256(match[1]), sha256(expected));
+}
+
 /** A stable key for a rate-limit bucket that does not store the raw email in the cache. */
 export function digestKey(value: string): string {
   return createHash("sha256").update(value.trim().toLowerCase()).digest("base64url");
 }
 
+/** A fixed-window counter after one more hit: whether it is over its limit, and for how long. */
+export interface Hit {
+  value: number;
+  over: boolean;
+  /** Seconds until the window ends. */
+  retryAfter: number;
+}
+
 /**
- * Counts one hit in a fixed window shared by every process (CacheService.increment); over `limit` throws
- * RATE_LIMITED with Retry-After = seconds until the window ends.
+ * Counts `by` hits in a fixed window shared by every process (CacheService.increment, one atomic statement,
+ * so parallel requests cannot all slip under the limit) and says whether the count is over `limit`.
  */
+export async function countHit(
+  c: Context<AppEnv>,
+  bucket: string,
+  key: string,
+  limit: number,
+  by = 1,
+): Promise<Hit> {
+  const { config, clock } = c.var.deps;
+  const window = config.RATE_LIMIT_WINDOW_SECONDS;
+  const counter = await CacheService.increment(`rate:${bucket}`, key, by, { ttlSeconds: window }, c.var.log);
+  const ends = counter.expiresAt?.getTime() ?? clock().getTime() + window * 1000;
+  const retryAfter = Math.max(1, Math.ceil((ends - clock().getTime()) / 1000));
+  return { value: counter.value, over: counter.value > limit, retryAfter };
+}
+
+/** Forgets a counter (a success clears the failures it counted). */
+export async function clearHits(c: Context<AppEnv>, bucket: string, key: string): Promise<void> {
+  await CacheService.take(`rate:${bucket}`, key, c.var.log);
+}
+
+/** Counts one hit; over `limit` throws RATE_LIMITED with Retry-After = seconds until the window ends. */
 export async function rateLimit(
   c: Context<AppEnv>,
   bucket: string,
   key: string,
   limit: number,
 ): Promise<void> {
-  const { config, clock } = c.var.deps;
-  const window = config.RATE_LIMIT_WINDOW_SECONDS;
-  const counter = await CacheService.increment(`rate:${bucket}`, key, 1, { ttlSeconds: window }, c.var.log);
-  if (counter.value > limit) {
-    const ends = counter.expiresAt?.getTime() ?? clock().getTime() + window * 1000;
-    const retryAfter = Math.max(1, Math.ceil((ends - clock().getTime()) / 1000));
-    c.var.log.warn({ bucket, retryAfter }, "rate limited");
-    throw new ApiError("RATE_LIMITED", undefined, { retryAfter });
-  }
+  const hit = await countHit(c, bucket, key, limit);
+  if (hit.over) throw rateLimited(c, bucket, hit);
+}
+
+export function rateLimited(c: Context<AppEnv>, bucket: string, hit: Hit): ApiError {
+  c.var.log.warn({ bucket, retryAfter: hit.retryAfter }, "rate limited");
+  return new ApiError("RATE_LIMITED", undefined, { retryAfter: hit.retryAfter });
+}
+
+/**
+ * Counts one hit and says whether it is within `limit`, without failing the request: for limits whose answer
+ * must not differ (mails to an address, which would otherwise tell whether it has an account).
+ */
+export async function withinLimit(
+  c: Context<AppEnv>,
+  bucket: string,
+  key: string,
+  limit: number,
+): Promise<boolean> {
+  const hit = await countHit(c, bucket, key, limit);
+  if (hit.over) c.var.log.warn({ bucket }, "rate limited (silently)");
+  return !hit.over;
 }
 
 export function isSecure(c: Context<AppEnv>): boolean {
@@ -133,6 +239,24 @@ export function presentedToken(c: Context<AppEnv>): { token: string; via: "cooki
 }
 
 const UNSAFE = new Set(["POST", "PUT", "PATCH", "DELETE"]);
+
+/**
+ * Clients that are not browsers ask for the session token in the JSON body with `X-Auth-Mode: bearer` (and get
+ * no cookie); a request already authenticated with a bearer token is such a client too. Browsers get the
+ * HttpOnly cookie only, so script injected into the page cannot read the token from an answer.
+ */
+export function wantsBearer(c: Context<AppEnv>): boolean {
+  return (
+    c.req.header("x-auth-mode")?.trim().toLowerCase() === "bearer" ||
+    BEARER.test(c.req.header("authorization") ?? "")
+  );
+}
+
+/** Every /v1 answer is about one person or carries a credential: no shared or browser cache may keep it. */
+export const noStore: MiddlewareHandler<AppEnv> = async (c, next) => {
+  await next();
+  c.header("Cache-Control", "no-store");
+};
 /** Only a bearer token exempts a request from the origin check: browsers may replay Basic credentials. */
 const BEARER = /^Bearer\s+\S+$/i;
 
@@ -142,6 +266,12 @@ const BEARER = /^Bearer\s+\S+$/i;
  * too (login CSRF). Bearer-authenticated requests are not at risk: browsers never add that header.
  */
 export const csrfGuard: MiddlewareHandler<AppEnv> = async (c, next) => {
+  // `Origin: null` comes from sandboxed iframes, data: URLs and some redirects: an unsafe request with it is
+  // refused whatever credentials it carries, since no allowed origin can be told from it.
+  if (UNSAFE.has(c.req.method) && c.req.header("origin")?.trim() === "null") {
+    c.var.log.warn({ origin: "null" }, "cross-site request rejected");
+    throw new ApiError("CSRF_REJECTED");
+  }
   if (UNSAFE.has(c.req.method) && !BEARER.test(c.req.header("authorization") ?? "")) {
     const allowed = allowedOrigins(c.var.deps.config);
     const origin = c.req.header("origin");

@@ -7,6 +7,7 @@ import {
   initializeDB,
   loadAccountEncryptionFromEnv,
   loadDatabaseConfig,
+  loadOneTimeCodeKeyFromEnv,
   redactUrl,
   runMigrations,
   withAudit,
@@ -25,6 +26,7 @@ async function main(): Promise<void> {
   const pinoLogger = createLogger(config.LOG_LEVEL);
   const logger = withAudit(pinoLogger);
   if (process.env.ACCOUNT_ENCRYPTION_KEYS) loadAccountEncryptionFromEnv();
+  loadOneTimeCodeKeyFromEnv();
 
   let embedded: EmbeddedPostgres | undefined;
   const env = { ...process.env };

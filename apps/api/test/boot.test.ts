@@ -2,7 +2,7 @@ import { spawn } from "node:child_process";
 import { fileURLToPath } from "node:url";
 import { createTestDatabase, type TestDatabase } from "@repo/db/testing";
 import { afterAll, describe, expect, it } from "vitest";
-import { startApiProcess } from "./process.ts";
+import { scrapeMetrics, startApiProcess } from "./process.ts";
 
 const apiRoot = fileURLToPath(new URL("..", import.meta.url));
 const databases: TestDatabase[] = [];
@@ -21,7 +21,8 @@ describe("API process", () => {
       expect(await ready.json()).toMatchObject({ status: "ready" });
       const health = await fetch(`${api.base}/healthz`);
       expect(health.status).toBe(200);
-      const metrics = await (await fetch(`${api.base}/metrics`)).text();
+      expect((await fetch(`${api.base}/metrics`)).status).toBe(401);
+      const metrics = await scrapeMetrics(api.base);
       expect(metrics).toContain("db_connection_pool_size");
     } finally {
       expect(await api.stop()).toBe(0);

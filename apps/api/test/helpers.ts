@@ -16,6 +16,8 @@ export function testConfig(env: Record<string, string> = {}): ApiConfig {
     APP_URL,
     ADMIN_API_KEY: ADMIN_KEY,
     LOG_LEVEL: "debug",
+    // Many sign-ups per test file share one client address; tests of this limit set it themselves.
+    RATE_LIMIT_SIGN_UP_PER_CLIENT: "10000",
     ...env,
   });
 }
@@ -70,9 +72,12 @@ export async function call(
     cookie?: string;
     headers?: Record<string, string>;
     rawBody?: string;
+    /** Act as a browser: no `X-Auth-Mode: bearer`, so session tokens come as a cookie, not in the body. */
+    browser?: boolean;
   } = {},
 ) {
   const headers: Record<string, string> = {};
+  if (!options.browser && !options.cookie) headers["x-auth-mode"] = "bearer";
   if (options.body !== undefined || options.rawBody !== undefined)
     headers["content-type"] = "application/json";
   if (options.bearer) headers.authorization = `Bearer ${options.bearer}`;
@@ -106,9 +111,13 @@ export function uniqueEmail(prefix = "user"): string {
 
 export const PASSWORD = "correct horse battery staple";
 
-/** Signs up and returns the bearer token and user. */
+/** Signs up, follows the mailed verification link, and returns the bearer token and user. */
 export async function signUp(t: TestApp, email = uniqueEmail(), password = PASSWORD) {
   const res = await call(t, "POST", "/v1/auth/sign-up", { body: { email, password } });
-  if (res.status !== 201) throw new Error(`sign-up failed: ${res.status} ${res.text}`);
-  return { email, token: res.json.token as string, user: res.json.user, res };
+  if (res.status !== 202) throw new Error(`sign-up failed: ${res.status} ${res.text}`);
+  const verified = await call(t, "POST", "/v1/auth/email/verify", {
+    body: { token: t.tokenFromMail(email.toLowerCase()) },
+  });
+  if (verified.status !== 200) throw new Error(`verification failed: ${verified.status} ${verified.text}`);
+  return { email, token: verified.json.token as string, user: verified.json.user, res: verified };
 }

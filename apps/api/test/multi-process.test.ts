@@ -59,6 +59,6 @@ describe("several API processes", () => {
       statuses.push(response.status);
       if (response.status === 429) expect(Number(response.headers.get("retry-after"))).toBeGreaterThan(0);
     }
-    expect(statuses).toEqual([201, 201, 201, 201, 429, 429]);
+    expect(statuses).toEqual([202, 202, 202, 202, 429, 429]);
   });
 });

@@ -113,7 +113,8 @@ describe("change password", () => {
     });
     expect(res.status).toBe(200);
     expect(res.json.token).not.toBe(token);
-    expect(res.headers.get("set-cookie")).toContain(`__Host-session=${res.json.token}`);
+    // A bearer client gets the new token in the body, and no cookie.
+    expect(res.headers.get("set-cookie")).toBeNull();
     expect((await call(t, "GET", "/v1/auth/session", { bearer: token })).status).toBe(401);
     expect((await call(t, "GET", "/v1/auth/session", { bearer: other.json.token })).status).toBe(401);
     const current = await call(t, "GET", "/v1/auth/session", { bearer: res.json.token });
@@ -123,8 +124,8 @@ describe("change password", () => {
 });
 
 describe("change password limits", () => {
-  it("counts current-password checks against the account's sign-in limit", async () => {
-    const limited = makeApp({ env: { RATE_LIMIT_SIGN_IN_PER_ACCOUNT: "2" } });
+  it("counts wrong current passwords per session", async () => {
+    const limited = makeApp({ env: { RATE_LIMIT_REAUTH_FAILURES_PER_SESSION: "2" } });
     const { token } = await signUp(limited);
     const statuses: number[] = [];
     for (let i = 0; i < 3; i++) {
@@ -156,14 +157,25 @@ describe("magic link", () => {
     expect(again.status).toBe(400);
   });
 
-  it("resend mails a fresh verification link", async () => {
-    const { email, token } = await signUp(t);
-    const first = t.tokenFromMail(email);
-    const res = await call(t, "POST", "/v1/auth/email/verify/resend", { bearer: token });
+  it("resend mails a fresh verification link (to a signed-in, unverified account)", async () => {
+    const open = makeApp({ env: { SIGN_IN_BEFORE_EMAIL_VERIFICATION: "true" } });
+    const email = uniqueEmail("resend");
+    const { json } = await call(open, "POST", "/v1/auth/sign-up", { body: { email, password: PASSWORD } });
+    const first = open.tokenFromMail(email);
+    const res = await call(open, "POST", "/v1/auth/email/verify/resend", { bearer: json.token });
     expect(res.status).toBe(202);
-    const second = t.tokenFromMail(email);
+    const second = open.tokenFromMail(email);
     expect(second).not.toBe(first);
-    expect((await call(t, "POST", "/v1/auth/email/verify", { body: { token: first } })).status).toBe(400);
-    expect((await call(t, "POST", "/v1/auth/email/verify", { body: { token: second } })).status).toBe(200);
+    expect((await call(open, "POST", "/v1/auth/email/verify", { body: { token: first } })).status).toBe(400);
+    expect((await call(open, "POST", "/v1/auth/email/verify", { body: { token: second } })).status).toBe(200);
+    // The password chosen at sign-up survives its own verification.
+    expect(
+      (await call(open, "POST", "/v1/auth/sign-in", { body: { email, password: PASSWORD } })).status,
+    ).toBe(200);
+    const done = await call(open, "POST", "/v1/auth/email/verify/resend", {
+      bearer: (await call(open, "POST", "/v1/auth/sign-in", { body: { email, password: PASSWORD } })).json
+        .token,
+    });
+    expect(done.json).toEqual({ status: "already_verified" });
   });
 });

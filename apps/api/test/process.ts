@@ -6,6 +6,16 @@ import { freePort } from "@repo/db/embedded";
 
 const apiRoot = fileURLToPath(new URL("..", import.meta.url));
 
+/** The METRICS_TOKEN every test process gets: /metrics answers 404 in production without one. */
+export const METRICS_TOKEN = "test-metrics-token-0123456789";
+
+/** GET /metrics of a test process, with its token. */
+export async function scrapeMetrics(base: string): Promise<string> {
+  const response = await fetch(`${base}/metrics`, { headers: { authorization: `Bearer ${METRICS_TOKEN}` } });
+  if (response.status !== 200) throw new Error(`/metrics answered ${response.status}`);
+  return await response.text();
+}
+
 export interface ApiProcess {
   child: ChildProcess;
   base: string;
@@ -28,6 +38,8 @@ export async function startApiProcess(env: Record<string, string>): Promise<ApiP
       PORT: String(port),
       HOST: "127.0.0.1",
       NODE_ENV: "production",
+      APP_URL: "http://app.test",
+      METRICS_TOKEN,
       LOG_LEVEL: "warn",
       ...env,
     },

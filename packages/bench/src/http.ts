@@ -79,7 +79,7 @@ async function startServers(databaseUrl: string, resources: Resources): Promise<
     "api",
     ["src/index.ts"],
     apiRoot,
-    { ...dbEnv, NODE_ENV: "production", LOG_LEVEL: "warn" },
+    { ...dbEnv, NODE_ENV: "production", APP_URL: "http://127.0.0.1", LOG_LEVEL: "warn" },
     { path: "/readyz", status: 200 },
     resources,
   );

@@ -28,6 +28,10 @@ export const ERROR_CODES = {
   ACCOUNT_ALREADY_LINKED: { retryable: false },
   INVALID_CREDENTIALS: { retryable: false },
   TOKEN_INVALID: { retryable: false },
+  /** A new password is too common, contains the email's local part, or appears in a breach corpus. */
+  PASSWORD_TOO_WEAK: { retryable: false },
+  /** The password matched, but the account's email address is not proven yet (it grants nothing). */
+  EMAIL_NOT_VERIFIED: { retryable: false },
   DECRYPTION_FAILED: { retryable: false },
   UNKNOWN_ENCRYPTION_KEY: { retryable: false },
 } as const satisfies Record<string, { retryable: boolean }>;

@@ -23,11 +23,16 @@ export {
   loadAccountEncryptionFromEnv,
   resetAccountEncryption,
 } from "./services/encryption.ts";
-export type { OneTimeTokenRecord } from "./services/one-time-tokens.ts";
 export * as OneTimeTokensService from "./services/one-time-tokens.ts";
+export {
+  CODE_KEY_MIN_BYTES,
+  configureOneTimeCodes,
+  loadOneTimeCodeKeyFromEnv,
+  type OneTimeTokenRecord,
+} from "./services/one-time-tokens.ts";
 export type { PublicSession, SessionConfig, SessionUser } from "./services/sessions.ts";
 export * as SessionsService from "./services/sessions.ts";
-export type { PublicUser } from "./services/users.ts";
+export type { PreparedPassword, PublicUser } from "./services/users.ts";
 export * as UsersService from "./services/users.ts";
 export {
   definedStatements,

@@ -1,26 +1,17 @@
 // /v1/admin: user administration behind ADMIN_API_KEY (Authorization: Bearer <key>). Without a key
 // configured the routes do not exist (404).
-import { createHash, timingSafeEqual } from "node:crypto";
 import { SessionsService, UsersService } from "@repo/db";
 import { Hono, type MiddlewareHandler } from "hono";
 import { z } from "zod";
 import type { AppEnv } from "../context.ts";
 import { ApiError } from "../errors.ts";
-import { readQuery } from "../http.ts";
+import { bearerMatches, readQuery } from "../http.ts";
 import { userView } from "./auth.ts";
-
-const digest = (value: string) => createHash("sha256").update(value, "utf8").digest();
-
-/** Constant time whatever the lengths: both sides are hashed to 32 bytes first. */
-function keyMatches(presented: string, expected: string): boolean {
-  return timingSafeEqual(digest(presented), digest(expected));
-}
 
 const adminKey: MiddlewareHandler<AppEnv> = async (c, next) => {
   const expected = c.var.deps.config.ADMIN_API_KEY;
   if (!expected) throw new ApiError("NOT_FOUND");
-  const match = /^Bearer\s+(\S+)$/i.exec(c.req.header("authorization") ?? "");
-  if (!match?.[1] || !keyMatches(match[1], expected)) throw new ApiError("UNAUTHENTICATED");
+  if (!bearerMatches(c, expected)) throw new ApiError("UNAUTHENTICATED");
   await next();
 };
 

@@ -1,10 +1,10 @@
 // /v1/auth: sign-up, sign-in/out, sessions, email verification, password reset/change and magic links.
 import {
+  isDbError,
   OneTimeTokensService,
   type PublicSession,
   type PublicUser,
   SessionsService,
-  type Transaction,
   transaction,
   UsersService,
 } from "@repo/db";
@@ -13,14 +13,20 @@ import { z } from "zod";
 import type { AppEnv } from "../context.ts";
 import { ApiError } from "../errors.ts";
 import {
+  clearHits,
   clearSessionCookie,
   clientAddress,
+  clientNetwork,
+  countHit,
   digestKey,
   presentedToken,
   rateLimit,
+  rateLimited,
   readJson,
   requireSession,
   setSessionCookie,
+  wantsBearer,
+  withinLimit,
 } from "../http.ts";
 
 const email = z.string().trim().min(3).max(254);
@@ -75,6 +81,11 @@ function link(c: Context<AppEnv>, path: string, secret: string): string {
   return url.toString();
 }
 
+/** The app's own address, for mails that send the reader there. */
+function appHome(c: Context<AppEnv>): string {
+  return c.var.deps.config.APP_URL;
+}
+
 /** Sends after the response: the answer neither waits for nor depends on delivery. */
 function sendInBackground(c: Context<AppEnv>, to: string, subject: string, text: string): void {
   const { mailer, tasks } = c.var.deps;
@@ -99,69 +110,190 @@ async function endPresentedSession(c: Context<AppEnv>): Promise<void> {
   if (auth) await SessionsService.revoke(auth.session.id, c.var.log);
 }
 
-async function signedIn(
+/**
+ * The answer that starts a session: browsers get only the HttpOnly cookie; clients that asked for a bearer
+ * token (X-Auth-Mode: bearer) get it in the body and no cookie.
+ */
+function signedIn(
   c: Context<AppEnv>,
   result: { session: PublicSession; token: string },
   user: PublicUser,
   status: 200 | 201 = 200,
 ) {
+  const answer = { user: userView(user), session: sessionView(result.session) };
+  if (wantsBearer(c)) return c.json({ ...answer, token: result.token }, status);
   setSessionCookie(c, result.token, result.session.expiresAt);
-  return c.json({ user: userView(user), session: sessionView(result.session), token: result.token }, status);
+  return c.json(answer, status);
 }
+
+/** The breach check of new passwords, when PASSWORD_BREACH_CHECK_URL is set. */
+function passwordOptions(c: Context<AppEnv>) {
+  const { config } = c.var.deps;
+  return config.PASSWORD_BREACH_CHECK_URL
+    ? {
+        breachCheck: {
+          url: config.PASSWORD_BREACH_CHECK_URL,
+          timeoutMs: config.PASSWORD_BREACH_CHECK_TIMEOUT_MS,
+        },
+      }
+    : {};
+}
+
+/** SessionsService options carrying the configured cap of live sessions per user. */
+function sessionOptions(c: Context<AppEnv>) {
+  return { config: { maxPerUser: c.var.deps.config.SESSION_MAX_PER_USER } };
+}
+
+const CHECK_EMAIL = { status: "check_email" } as const;
+/** How recent a sign-in must be to delete an account that has no password. */
+const RECENT_SIGN_IN_MS = 10 * 60_000;
 
 export function authRoutes(): Hono<AppEnv> {
   const auth = new Hono<AppEnv>();
 
+  /**
+   * Sign-up. By default it grants nothing before the address is proven: the answer is the same 202 for a new
+   * address, one with an unverified account and one with a verified account, and only a mail differs (a
+   * verification link, or a notice to the owner). The password is hashed before any transaction opens.
+   */
   auth.post("/sign-up", async (c) => {
     const body = await readJson(c, signUpBody);
     const { config } = c.var.deps;
-    await rateLimit(c, "sign-up:client", clientAddress(c), config.RATE_LIMIT_SIGN_UP_PER_CLIENT);
     const log = c.var.log;
-    // User, session and verification token commit together or not at all.
-    const { user, session, verification } = await transaction(async (tx: Transaction) => {
-      const user = await UsersService.create(
-        { email: body.email, password: body.password, firstName: body.firstName, lastName: body.lastName },
-        log,
-        { tx },
-      );
-      const session = await SessionsService.create(sessionInput(c, user.id, "password"), log, { tx });
-      const verification = await OneTimeTokensService.create(
-        { userId: user.id, purpose: "email_verification", sentTo: user.email ?? body.email },
-        log,
-        { tx },
-      );
-      return { user, session, verification };
-    });
-    await endPresentedSession(c);
-    sendInBackground(
-      c,
-      verification.record.sentTo,
-      "Verify your email address",
-      `Welcome! Confirm your email address by opening this link:\n\n${link(c, "/verify-email", verification.token)}\n`,
+    await rateLimit(c, "sign-up:client", clientNetwork(c), config.RATE_LIMIT_SIGN_UP_PER_CLIENT);
+    const password = await UsersService.preparePassword(
+      { password: body.password, email: body.email },
+      log,
+      passwordOptions(c),
     );
-    return signedIn(c, session, user, 201);
+    const registration = await UsersService.register(
+      { email: body.email, password, firstName: body.firstName, lastName: body.lastName },
+      log,
+      { passwordBeforeVerification: config.SIGN_IN_BEFORE_EMAIL_VERIFICATION },
+    );
+    const to = registration.user.email ?? body.email;
+    // Per recipient, silently: a 429 here would differ between addresses with and without an account.
+    if (await withinLimit(c, "email:recipient", digestKey(to), config.RATE_LIMIT_EMAIL_PER_RECIPIENT)) {
+      if (registration.verification) {
+        sendInBackground(
+          c,
+          to,
+          "Confirm your email address",
+          `Someone (hopefully you) signed up with this address. To finish, open this link within a day:\n\n${link(c, "/verify-email", registration.verification.token)}\n\nIf it was not you, ignore this message: nothing happens without this link.\n`,
+        );
+      } else {
+        sendInBackground(
+          c,
+          to,
+          "Someone tried to sign up with your address",
+          `Someone tried to create an account with this address, which already has one. Nothing changed.\n\nIf it was you, sign in at ${appHome(c)}, or reset your password there if you forgot it.\nIf it was not you, you can ignore this message.\n`,
+        );
+      }
+    }
+    if (config.SIGN_IN_BEFORE_EMAIL_VERIFICATION && registration.outcome === "created") {
+      const session = await SessionsService.create(
+        sessionInput(c, registration.user.id, "password"),
+        log,
+        sessionOptions(c),
+      );
+      await endPresentedSession(c);
+      return signedIn(c, session, registration.user, 201);
+    }
+    return c.json(CHECK_EMAIL, 202);
   });
 
+  /**
+   * Password sign-in. Failures are counted per (account, client network) (a tight limit) and per account (a
+   * loose cap, past which password sign-in for that account needs a mailed link). Each attempt reserves a
+   * failure before the password is checked, so parallel guesses cannot slip under a limit; a success gives
+   * its reservation back and clears that network's failures. Someone failing from other networks therefore
+   * never blocks the owner's correct password from theirs.
+   */
   auth.post("/sign-in", async (c) => {
     const body = await readJson(c, signInBody);
-    const { config } = c.var.deps;
-    await rateLimit(c, "sign-in:client", clientAddress(c), config.RATE_LIMIT_SIGN_IN_PER_CLIENT);
-    await rateLimit(c, "sign-in:account", digestKey(body.email), config.RATE_LIMIT_SIGN_IN_PER_ACCOUNT);
+    const { config, tasks, mailer } = c.var.deps;
+    const log = c.var.log;
+    const network = clientNetwork(c);
+    const account = digestKey(body.email);
+    const pair = `${account}:${network}`;
+    await rateLimit(c, "sign-in:client", network, config.RATE_LIMIT_SIGN_IN_PER_CLIENT);
+    const pairHit = await countHit(
+      c,
+      "sign-in:failures:pair",
+      pair,
+      config.RATE_LIMIT_SIGN_IN_FAILURES_PER_ACCOUNT_NETWORK,
+    );
+    if (pairHit.over) throw rateLimited(c, "sign-in:failures:pair", pairHit);
+    const accountHit = await countHit(
+      c,
+      "sign-in:failures:account",
+      account,
+      config.RATE_LIMIT_SIGN_IN_FAILURES_PER_ACCOUNT,
+    );
+    if (accountHit.over) {
+      // The same answer for every address, with or without an account; the owner (if any) gets a link once,
+      // when the cap is first crossed.
+      if (accountHit.value === config.RATE_LIMIT_SIGN_IN_FAILURES_PER_ACCOUNT + 1) {
+        tasks.run("sign-in-link", log, async () => {
+          const user = await UsersService.findByEmail(body.email, log).catch(() => null);
+          if (!user?.email) return;
+          const { token } = await OneTimeTokensService.create(
+            { userId: user.id, purpose: "magic_link", sentTo: user.email },
+            log,
+          );
+          await mailer.send({
+            to: user.email,
+            subject: "Many failed sign-ins on your account",
+            text: `Someone tried many wrong passwords on your account, so password sign-in is paused for a while. Your password was not changed.\n\nTo sign in now, open this link within 15 minutes:\n\n${link(c, "/magic-link", token)}\n\nIf you did not try to sign in, consider resetting your password at ${appHome(c)}.\n`,
+          });
+        });
+      }
+      throw new ApiError("SIGN_IN_LINK_REQUIRED", undefined, { retryAfter: accountHit.retryAfter });
+    }
     let user: PublicUser;
     try {
-      user = await UsersService.verifyPassword({ email: body.email, password: body.password }, c.var.log);
+      user = await UsersService.verifyPassword({ email: body.email, password: body.password }, log, {
+        requireVerifiedEmail: !config.SIGN_IN_BEFORE_EMAIL_VERIFICATION,
+      });
     } catch (error) {
-      // A malformed email answers exactly like a wrong password: nothing tells which addresses exist.
-      if (error instanceof Error && "code" in error && error.code === "VALIDATION_FAILED") {
+      if (isDbError(error, "EMAIL_NOT_VERIFIED")) {
+        // The right password for an unproven address: it answers like a wrong one (an unverified account
+        // grants nothing), and the address gets a fresh link, at most as often as the recipient limit allows.
+        if (await withinLimit(c, "email:recipient", account, config.RATE_LIMIT_EMAIL_PER_RECIPIENT)) {
+          tasks.run("verification", log, async () => {
+            const sent = await UsersService.sendVerification({ email: body.email }, log);
+            if (!sent) return;
+            await mailer.send({
+              to: sent.record.sentTo,
+              subject: "Confirm your email address",
+              text: `Someone tried to sign in with this address, which is not confirmed yet. To confirm it and sign in, open this link within a day:\n\n${link(c, "/verify-email", sent.token)}\n\nIf it was not you, ignore this message.\n`,
+            });
+          });
+        }
         throw new ApiError("INVALID_CREDENTIALS");
       }
+      // A malformed email answers exactly like a wrong password: nothing tells which addresses exist.
+      if (isDbError(error, "VALIDATION_FAILED")) throw new ApiError("INVALID_CREDENTIALS");
       throw error;
     }
+    // A success: this network's failures are forgotten and the account's reserved failure given back.
+    await clearHits(c, "sign-in:failures:pair", pair);
+    await countHit(
+      c,
+      "sign-in:failures:account",
+      account,
+      config.RATE_LIMIT_SIGN_IN_FAILURES_PER_ACCOUNT,
+      -1,
+    );
     await endPresentedSession(c);
-    const session = await SessionsService.create(sessionInput(c, user.id, "password"), c.var.log);
+    const session = await SessionsService.create(
+      sessionInput(c, user.id, "password"),
+      log,
+      sessionOptions(c),
+    );
     const updated = await UsersService.update(
       { id: user.id, patch: { lastSignInAt: c.var.deps.clock() } },
-      c.var.log,
+      log,
     );
     return signedIn(c, session, updated);
   });
@@ -185,10 +317,8 @@ export function authRoutes(): Hono<AppEnv> {
     const parsed = sessionIdParam.safeParse(c.req.param("id"));
     if (!parsed.success) throw new ApiError("NOT_FOUND");
     const id = parsed.data.toLowerCase();
-    // Only the caller's own sessions: someone else's id answers exactly like an unknown one.
-    const own = await SessionsService.listForUser(c.var.user.id, c.var.log);
-    if (!own.some((session) => session.id === id)) throw new ApiError("NOT_FOUND");
-    await SessionsService.revoke(id, c.var.log);
+    // One UPDATE scoped to the caller: someone else's id is NOT_FOUND, exactly like an unknown one.
+    await SessionsService.revoke(id, c.var.log, { userId: c.var.user.id });
     if (id === c.var.session.id) clearSessionCookie(c);
     return c.body(null, 204);
   });
@@ -201,20 +331,27 @@ export function authRoutes(): Hono<AppEnv> {
     return c.json({ revoked });
   });
 
+  /**
+   * The verification link: proves the address, sets the password its sign-up chose, and signs the user in.
+   * When it is the first proof, every session and token set up before it ends (UsersService.useEmailLink).
+   */
   auth.post("/email/verify", async (c) => {
     const body = await readJson(c, tokenBody);
     const log = c.var.log;
-    const at = c.var.deps.clock();
-    // Consume and mark verified in one transaction: a failed update gives the token back.
-    const user = await transaction(async (tx) => {
-      const record = await OneTimeTokensService.consume(body.token, "email_verification", log, { tx });
-      if (!record?.userId) throw new ApiError("TOKEN_INVALID");
-      const current = await UsersService.findById(record.userId, log, { tx });
-      // The address changed since the link was sent: the link proves nothing about the new one.
-      if (!current || current.email !== record.sentTo) throw new ApiError("TOKEN_INVALID");
-      return await UsersService.update({ id: current.id, patch: { emailVerifiedAt: at } }, log, { tx });
+    const { user, session } = await transaction(async (tx) => {
+      const { user } = await UsersService.useEmailLink(
+        { token: body.token, purpose: "email_verification", signIn: true },
+        log,
+        { tx },
+      );
+      const session = await SessionsService.create(sessionInput(c, user.id, "email_verification"), log, {
+        tx,
+        ...sessionOptions(c),
+      });
+      return { user, session };
     });
-    return c.json({ user: userView(user) });
+    await endPresentedSession(c);
+    return signedIn(c, session, user);
   });
 
   auth.post("/email/verify/resend", requireSession, async (c) => {
@@ -223,17 +360,15 @@ export function authRoutes(): Hono<AppEnv> {
     if (!user.email)
       throw new ApiError("VALIDATION_FAILED", "Invalid input: the account has no email address");
     if (user.emailVerifiedAt) return c.json({ status: "already_verified" });
-    await rateLimit(c, "email:client", clientAddress(c), config.RATE_LIMIT_EMAIL_PER_CLIENT);
+    await rateLimit(c, "email:client", clientNetwork(c), config.RATE_LIMIT_EMAIL_PER_CLIENT);
     await rateLimit(c, "email:recipient", digestKey(user.email), config.RATE_LIMIT_EMAIL_PER_RECIPIENT);
-    const { token: secret } = await OneTimeTokensService.create(
-      { userId: user.id, purpose: "email_verification", sentTo: user.email },
-      c.var.log,
-    );
+    const sent = await UsersService.sendVerification({ userId: user.id }, c.var.log);
+    if (!sent) return c.json({ status: "already_verified" });
     sendInBackground(
       c,
-      user.email,
-      "Verify your email address",
-      `Confirm your email address by opening this link:\n\n${link(c, "/verify-email", secret)}\n`,
+      sent.record.sentTo,
+      "Confirm your email address",
+      `Confirm your email address by opening this link within a day:\n\n${link(c, "/verify-email", sent.token)}\n`,
     );
     return c.json({ status: "sent" }, 202);
   });
@@ -243,13 +378,13 @@ export function authRoutes(): Hono<AppEnv> {
     const body = await readJson(c, emailBody);
     const log = c.var.log;
     const { config, mailer, tasks } = c.var.deps;
-    await rateLimit(c, "email:client", clientAddress(c), config.RATE_LIMIT_EMAIL_PER_CLIENT);
+    await rateLimit(c, "email:client", clientNetwork(c), config.RATE_LIMIT_EMAIL_PER_CLIENT);
     await rateLimit(c, "email:recipient", digestKey(body.email), config.RATE_LIMIT_EMAIL_PER_RECIPIENT);
     // The lookup, the token and the mail happen after the response, so neither the answer nor its timing
     // says whether the address has an account.
     tasks.run(purpose, log, async () => {
       const user = await UsersService.findByEmail(body.email, log).catch((error: unknown) => {
-        if (error instanceof Error && "code" in error && error.code === "VALIDATION_FAILED") return null;
+        if (isDbError(error, "VALIDATION_FAILED")) return null;
         throw error;
       });
       if (!user?.email) return;
@@ -277,22 +412,34 @@ export function authRoutes(): Hono<AppEnv> {
   auth.post("/password/forgot", linkRequest("password_reset"));
   auth.post("/magic-link", linkRequest("magic_link"));
 
+  /**
+   * Reset: the token is checked cheaply first (no argon2 for a dead link), the new password checked and hashed
+   * outside any transaction, then one transaction uses the token (which must have been sent to the user's
+   * current address), sets the password, ends every session and retires every other token.
+   */
   auth.post("/password/reset", async (c) => {
     const body = await readJson(c, resetBody);
     const log = c.var.log;
-    // One transaction: use the token, set the password, end every session and retire the user's other
-    // live tokens. Of concurrent resets with one token, exactly one consumes it; a failure undoes it all.
-    const user = await transaction(async (tx) => {
-      const record = await OneTimeTokensService.consume(body.token, "password_reset", log, { tx });
-      if (!record?.userId) throw new ApiError("TOKEN_INVALID");
-      const user = await UsersService.setPassword({ id: record.userId, password: body.password }, log, {
-        tx,
-      });
-      await SessionsService.revokeAllForUser({ userId: user.id }, log, { tx });
-      await OneTimeTokensService.invalidateForUser(user.id, {}, log, { tx });
-      return user;
-    });
+    const pending = await OneTimeTokensService.peek(body.token, "password_reset", log);
+    if (!pending?.userId) throw new ApiError("TOKEN_INVALID");
+    const password = await UsersService.preparePassword(
+      { password: body.password, email: pending.sentTo },
+      log,
+      passwordOptions(c),
+    );
+    const { user } = await UsersService.useEmailLink(
+      { token: body.token, purpose: "password_reset", newPassword: password },
+      log,
+    );
     clearSessionCookie(c);
+    if (user.email) {
+      sendInBackground(
+        c,
+        user.email,
+        "Your password was reset",
+        `The password of your account was just reset with a link mailed to this address, and every session was signed out.\n\nIf it was not you, reset it again at ${appHome(c)} and check your mailbox's security.\n`,
+      );
+    }
     return c.json({ user: userView(user) });
   });
 
@@ -300,44 +447,48 @@ export function authRoutes(): Hono<AppEnv> {
     const body = await readJson(c, changeBody);
     const log = c.var.log;
     const current = c.var.user;
-    if (!current.email) throw new ApiError("INVALID_CREDENTIALS");
-    // The current-password check is a sign-in attempt: a stolen session must not get unlimited guesses.
-    await rateLimit(
-      c,
-      "sign-in:account",
-      digestKey(current.email),
-      c.var.deps.config.RATE_LIMIT_SIGN_IN_PER_ACCOUNT,
+    await confirmPassword(c, body.currentPassword);
+    const password = await UsersService.preparePassword(
+      { password: body.newPassword, email: current.email },
+      log,
+      passwordOptions(c),
     );
-    await UsersService.verifyPassword({ email: current.email, password: body.currentPassword }, log);
-    // Keep only this session, under a new token: whoever held the old one (or any other) is out.
+    // Keep only this session, under a new token: whoever held the old one (or any other) is out, and every
+    // pending link (reset, magic link, verification) dies with the old password.
     const rotated = await transaction(async (tx) => {
-      await UsersService.setPassword({ id: current.id, password: body.newPassword }, log, { tx });
+      await UsersService.setPassword({ id: current.id, password }, log, { tx });
       await SessionsService.revokeAllForUser({ userId: current.id, except: c.var.session.id }, log, { tx });
-      await OneTimeTokensService.invalidateForUser(current.id, { purpose: "password_reset" }, log, { tx });
+      await OneTimeTokensService.invalidateForUser(current.id, {}, log, { tx });
       return await SessionsService.rotate(c.var.sessionToken, log, { tx });
     });
+    if (current.email) {
+      sendInBackground(
+        c,
+        current.email,
+        "Your password was changed",
+        `The password of your account was just changed, and every other session was signed out.\n\nIf it was not you, reset your password at ${appHome(c)} now.\n`,
+      );
+    }
+    if (c.var.authVia === "bearer") {
+      return c.json({ user: userView(current), session: sessionView(rotated.session), token: rotated.token });
+    }
     return signedIn(c, rotated, current);
   });
 
   auth.post("/magic-link/verify", async (c) => {
     const body = await readJson(c, tokenBody);
     const log = c.var.log;
-    const at = c.var.deps.clock();
     const { user, session } = await transaction(async (tx) => {
-      const record = await OneTimeTokensService.consume(body.token, "magic_link", log, { tx });
-      if (!record?.userId) throw new ApiError("TOKEN_INVALID");
-      const found = await UsersService.findById(record.userId, log, { tx });
-      if (!found || found.email !== record.sentTo) throw new ApiError("TOKEN_INVALID");
-      // Following the link proves the address.
-      const user = await UsersService.update(
-        {
-          id: found.id,
-          patch: { lastSignInAt: at, ...(found.emailVerifiedAt ? {} : { emailVerifiedAt: at }) },
-        },
+      // Following the link proves the address; if it is the first proof, what was set up before it ends.
+      const { user } = await UsersService.useEmailLink(
+        { token: body.token, purpose: "magic_link", signIn: true },
         log,
         { tx },
       );
-      const session = await SessionsService.create(sessionInput(c, user.id, "magic_link"), log, { tx });
+      const session = await SessionsService.create(sessionInput(c, user.id, "magic_link"), log, {
+        tx,
+        ...sessionOptions(c),
+      });
       return { user, session };
     });
     await endPresentedSession(c);
@@ -345,4 +496,33 @@ export function authRoutes(): Hono<AppEnv> {
   });
 
   return auth;
+}
+
+/**
+ * Checks the signed-in user's current password before a sensitive change. Wrong answers are counted per
+ * session (a stolen session gets a few guesses, not unlimited ones) and never against the account's sign-in
+ * limits, so nobody can lock the owner out of their own settings.
+ * @throws ApiError RATE_LIMITED, INVALID_CREDENTIALS.
+ */
+export async function confirmPassword(c: Context<AppEnv>, password: string): Promise<void> {
+  const { config } = c.var.deps;
+  const key = c.var.session.id;
+  const hit = await countHit(c, "reauth:session", key, config.RATE_LIMIT_REAUTH_FAILURES_PER_SESSION);
+  if (hit.over) throw rateLimited(c, "reauth:session", hit);
+  const email = c.var.user.email;
+  try {
+    if (!email) throw new ApiError("INVALID_CREDENTIALS");
+    await UsersService.verifyPassword({ email, password }, c.var.log);
+  } catch (error) {
+    if (isDbError(error, "EMAIL_NOT_VERIFIED") || isDbError(error, "VALIDATION_FAILED")) {
+      throw new ApiError("INVALID_CREDENTIALS");
+    }
+    throw error;
+  }
+  await clearHits(c, "reauth:session", key);
+}
+
+/** True when the current session was created by a sign-in within the last ten minutes. */
+export function signedInRecently(c: Context<AppEnv>): boolean {
+  return c.var.deps.clock().getTime() - c.var.session.createdAt.getTime() <= RECENT_SIGN_IN_MS;
 }

@@ -2,6 +2,8 @@
 import { getPool, isSchemaCurrent } from "@repo/db";
 import { Hono } from "hono";
 import type { AppEnv } from "../context.ts";
+import { ApiError } from "../errors.ts";
+import { bearerMatches } from "../http.ts";
 
 export function healthRoutes(): Hono<AppEnv> {
   const health = new Hono<AppEnv>();
@@ -26,7 +28,15 @@ export function healthRoutes(): Hono<AppEnv> {
     }
   });
 
+  // Metrics move with what requests did (a reset mailed, a password checked), so anyone who can read them
+  // learns which addresses have accounts: with METRICS_TOKEN they need it; without, production hides them.
   health.get("/metrics", async (c) => {
+    const { config } = c.var.deps;
+    if (config.METRICS_TOKEN) {
+      if (!bearerMatches(c, config.METRICS_TOKEN)) throw new ApiError("UNAUTHENTICATED");
+    } else if (config.NODE_ENV === "production") {
+      throw new ApiError("NOT_FOUND");
+    }
     const registry = c.var.deps.metrics.merged;
     return c.text(await registry.metrics(), 200, { "content-type": registry.contentType });
   });

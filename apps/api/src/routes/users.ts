@@ -3,8 +3,9 @@ import { UsersService } from "@repo/db";
 import { Hono } from "hono";
 import { z } from "zod";
 import type { AppEnv } from "../context.ts";
+import { ApiError } from "../errors.ts";
 import { clearSessionCookie, readJson, requireSession } from "../http.ts";
-import { userView } from "./auth.ts";
+import { confirmPassword, signedInRecently, userView } from "./auth.ts";
 
 const patchBody = z
   .strictObject({
@@ -16,6 +17,8 @@ const patchBody = z
   .refine((patch) => Object.values(patch).some((value) => value !== undefined), {
     message: "the patch changes nothing",
   });
+
+const deleteBody = z.strictObject({ password: z.string().min(1).max(1024).optional() });
 
 export function userRoutes(): Hono<AppEnv> {
   const users = new Hono<AppEnv>();
@@ -29,8 +32,18 @@ export function userRoutes(): Hono<AppEnv> {
     return c.json({ user: userView(user) });
   });
 
-  // Soft delete: the user's sessions and tokens end in the same transaction (UsersService.softDelete).
+  // Soft delete: the user's sessions, tokens and linked provider accounts end in the same transaction
+  // (UsersService.softDelete). A stolen session alone must not be enough: the current password is required,
+  // or for an account without one, a sign-in within the last ten minutes.
   users.delete("/me", async (c) => {
+    const hasBody = (c.req.header("content-length") ?? "0") !== "0" || c.req.header("content-type");
+    const body = hasBody ? await readJson(c, deleteBody) : {};
+    if (await UsersService.hasPassword(c.var.user.id, c.var.log)) {
+      if (body.password === undefined) throw new ApiError("REAUTHENTICATION_REQUIRED");
+      await confirmPassword(c, body.password);
+    } else if (!signedInRecently(c)) {
+      throw new ApiError("REAUTHENTICATION_REQUIRED");
+    }
     await UsersService.softDelete(c.var.user.id, c.var.log);
     clearSessionCookie(c);
     return c.body(null, 204);

@@ -4,7 +4,7 @@
 import { db, sql, transaction } from "@repo/db";
 import { useTestDatabase } from "@repo/db/testing";
 import { describe, expect, it } from "vitest";
-import { call, makeApp, type TestApp, uniqueEmail } from "../helpers.ts";
+import { call, makeApp, signUp, type TestApp, uniqueEmail } from "../helpers.ts";
 
 const database = useTestDatabase({ config: { poolMax: 60, connectionTimeoutMs: 10_000 } });
 const PARALLEL = 50;
@@ -15,10 +15,8 @@ const env = {
 };
 
 async function signedUp(t: TestApp, password = "original password 0") {
-  const email = uniqueEmail("race");
-  const res = await call(t, "POST", "/v1/auth/sign-up", { body: { email, password } });
-  expect(res.status).toBe(201);
-  return { email, id: res.json.user.id as string };
+  const { email, user } = await signUp(t, uniqueEmail("race"), password);
+  return { email, id: user.id as string };
 }
 
 describe("drill concurrency", () => {

@@ -26,6 +26,11 @@ export const oneTimeTokens = pgTable(
     sentTo: text("sent_to").notNull(),
     expiresAt: timestamptz("expires_at").notNull(),
     usedAt: timestamptz("used_at"),
+    /**
+     * For a sign-up's email verification link: the argon2 hash of the password that registration chose. It is
+     * set on the user only when this link is used, so each registration's link confirms its own password.
+     */
+    passwordHash: text("password_hash"),
     /** Failed verification attempts, for short codes. */
     attempts: bigint("attempts", { mode: "number" }).notNull().default(0),
     deletedAt: timestamptz("deleted_at"),

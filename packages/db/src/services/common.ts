@@ -94,6 +94,8 @@ export async function serviceCall<T>(
       "INVALID_CREDENTIALS",
       "TOKEN_INVALID",
       "ACCOUNT_ALREADY_LINKED",
+      "PASSWORD_TOO_WEAK",
+      "EMAIL_NOT_VERIFIED",
     ];
     const logged = { operation, code: typed.code, ...safeFields(fields) };
     if (expected.includes(typed.code)) logger.warn(logged, `${operation} rejected`);

@@ -1,6 +1,7 @@
 // One-time tokens: links (256-bit secrets) and short numeric codes sent to an address, used at most once.
 // Only a SHA-256 digest is stored. "Use once" is always one conditional UPDATE ... RETURNING, never a read
 // followed by a write, so concurrent callers cannot both win (see /work/shared/pitfalls.md, "Auth semantics").
+import { createHmac } from "node:crypto";
 import { and, desc, eq, getTableColumns, gt, inArray, isNull, lt, lte, or, type SQL, sql } from "drizzle-orm";
 import { uuidv7 } from "uuidv7";
 import { z } from "zod";
@@ -29,13 +30,18 @@ import {
   uuidSchema,
   validate,
 } from "./common.ts";
+import { type PreparedPassword, preparedFromHash, preparedHash } from "./passwords.ts";
 
 const TABLE = "one_time_tokens";
 
-/** A token row as callers see it: everything but the digest. */
-export type OneTimeTokenRecord = Omit<OneTimeToken, "tokenHash">;
+/** A token row as callers see it: everything but the digest and a registration's password hash. */
+export type OneTimeTokenRecord = Omit<OneTimeToken, "tokenHash" | "passwordHash">;
 
-const { tokenHash: _tokenHash, ...recordColumns } = getTableColumns(oneTimeTokens);
+const {
+  tokenHash: _tokenHash,
+  passwordHash: _passwordHash,
+  ...recordColumns
+} = getTableColumns(oneTimeTokens);
 
 const MINUTE = 60_000;
 const HOUR = 60 * MINUTE;
@@ -99,9 +105,14 @@ export interface CreateTokenInput {
   sentTo: string;
   /** Lifetime; defaults per purpose (DEFAULT_TOKEN_TTL_MS), at most MAX_TOKEN_TTL_MS. */
   ttlMs?: number | undefined;
+  /**
+   * An email verification link only: the password this link confirms (a sign-up's choice). It becomes the
+   * user's password when the link is used as the first proof of the address (UsersService.useEmailLink).
+   */
+  password?: PreparedPassword | undefined;
 }
 
-export interface CreateCodeInput extends Omit<CreateTokenInput, "ttlMs"> {
+export interface CreateCodeInput extends Omit<CreateTokenInput, "ttlMs" | "password"> {
   /** Lifetime; default DEFAULT_CODE_TTL_MS (10 minutes), at most MAX_CODE_TTL_MS. */
   ttlMs?: number | undefined;
   /** 4 to 10; default 6. */
@@ -148,11 +159,12 @@ function toRecord(row: Record<string, unknown>): OneTimeTokenRecord {
 }
 
 // One conditional UPDATE ... RETURNING: of concurrent callers, the first sets used_at; the others wait on its
-// row lock, re-check `used_at IS NULL` and get no row.
+// row lock, re-check `used_at IS NULL` and get no row. The registration's password hash comes back beside the
+// record for useLink(); consume() drops it.
 const consumeStatement = defineStatement<Record<string, unknown>, LinkTokenParams>(
   "one_time_tokens_consume",
   sql`UPDATE one_time_tokens SET used_at = ${param("at")}::timestamptz WHERE ${usableLinkToken}
-      RETURNING ${recordList}`,
+      RETURNING ${recordList}, password_hash AS "registrationHash"`,
 );
 
 const peekStatement = defineStatement<Record<string, unknown>, LinkTokenParams>(
@@ -173,6 +185,7 @@ interface IssuedRow {
   sentTo: string;
   tokenHash: Buffer;
   expiresAt: Date;
+  passwordHash: string | null;
 }
 
 interface IssueParams extends IssuedRow, Record<string, unknown> {
@@ -195,9 +208,10 @@ function issueStatement(key: string, owner: SQL, superseded: SQL) {
         RETURNING id
       ),
       inserted AS (
-        INSERT INTO one_time_tokens (id, user_id, purpose, token_hash, sent_to, expires_at)
+        INSERT INTO one_time_tokens (id, user_id, purpose, token_hash, sent_to, expires_at, password_hash)
         SELECT ${param("id")}::uuid, owner.user_id, ${param("purpose")}::one_time_token_purpose,
-               ${param("tokenHash")}::bytea, ${param("sentTo")}, ${param("expiresAt")}::timestamptz
+               ${param("tokenHash")}::bytea, ${param("sentTo")}, ${param("expiresAt")}::timestamptz,
+               ${param("passwordHash")}::text
         FROM owner
         RETURNING ${recordList}
       )
@@ -258,7 +272,17 @@ export async function create(
   options: ServiceOptions = {},
 ): Promise<{ token: string; record: OneTimeTokenRecord }> {
   return await serviceCall("oneTimeTokens.create", logger, { userId: input?.userId }, async () => {
-    const parsed = validate(createSchema, input);
+    const { password, ...rest } = input ?? {};
+    const parsed = validate(createSchema, rest);
+    if (password !== undefined && parsed.purpose !== "email_verification") {
+      throw new DbError(
+        "VALIDATION_FAILED",
+        "Invalid input: password: only an email verification link carries one",
+        {
+          details: { password: "only an email verification link carries one" },
+        },
+      );
+    }
     const at = now();
     const token = generateSecret();
     const { record, invalidated } = await issue(
@@ -269,6 +293,7 @@ export async function create(
         sentTo: parsed.sentTo,
         tokenHash: sha256(token),
         expiresAt: new Date(at.getTime() + (parsed.ttlMs ?? DEFAULT_TOKEN_TTL_MS[parsed.purpose])),
+        passwordHash: password === undefined ? null : preparedHash(password),
       },
       at,
       options,
@@ -282,9 +307,9 @@ export async function create(
 }
 
 /**
- * Issues a short numeric code, retiring older live codes and tokens of the same target. Codes collide, and
- * token_hash is unique, so the digest is sha256(`${rowId}:${code}`) with the row's own id.
- * @throws DbError VALIDATION_FAILED (bad input), NOT_FOUND (unknown or deleted userId).
+ * Issues a short numeric code, retiring older live codes and tokens of the same target. What is stored is
+ * HMAC-SHA-256(`${rowId}:${code}`) under the key of configureOneTimeCodes() / ONE_TIME_CODE_KEY.
+ * @throws DbError VALIDATION_FAILED (bad input), NOT_FOUND (unknown or deleted userId), CONFIG_INVALID (no key).
  * @example const { code } = await createCode({ purpose: "phone_verification", sentTo: "+14155550123" });
  */
 export async function createCode(
@@ -294,6 +319,7 @@ export async function createCode(
 ): Promise<{ code: string; record: OneTimeTokenRecord }> {
   return await serviceCall("oneTimeTokens.createCode", logger, { userId: input?.userId }, async () => {
     const parsed = validate(createCodeSchema, input);
+    requireCodeKey();
     const at = now();
     const id = uuidv7();
     const code = generateNumericCode(parsed.digits);
@@ -305,6 +331,7 @@ export async function createCode(
         sentTo: parsed.sentTo,
         tokenHash: codeDigest(id, code),
         expiresAt: new Date(at.getTime() + (parsed.ttlMs ?? DEFAULT_CODE_TTL_MS)),
+        passwordHash: null,
       },
       at,
       options,
@@ -317,8 +344,59 @@ export async function createCode(
   });
 }
 
+// ---------------------------------------------------------------------------------------------------------
+// The key of numeric codes. A code has 10^4..10^10 values: a plain or salted SHA-256 of it is reversed by
+// trying them all in milliseconds by anyone who can read the table (a backup, a replica, a leaked dump). An
+// HMAC under a key kept in the application's configuration, never in the database, is not.
+
+/** The shortest ONE_TIME_CODE_KEY accepted, in bytes (UTF-8). */
+export const CODE_KEY_MIN_BYTES = 32;
+let codeKey: Buffer | undefined;
+
+/**
+ * Sets the server-side key numeric codes are stored under (HMAC-SHA-256), or removes it with `null`. Codes
+ * issued under another key no longer verify (they live minutes: rotate by changing the key).
+ * @throws DbError CONFIG_INVALID for a key shorter than 32 bytes.
+ * @example configureOneTimeCodes({ key: process.env.ONE_TIME_CODE_KEY! });
+ */
+export function configureOneTimeCodes(config: { key: string | Buffer } | null): void {
+  if (config === null) {
+    codeKey = undefined;
+    return;
+  }
+  const key = typeof config.key === "string" ? Buffer.from(config.key, "utf8") : Buffer.from(config.key);
+  if (key.length < CODE_KEY_MIN_BYTES) {
+    throw new DbError("CONFIG_INVALID", `ONE_TIME_CODE_KEY must be at least ${CODE_KEY_MIN_BYTES} bytes`, {
+      details: { ONE_TIME_CODE_KEY: `must be at least ${CODE_KEY_MIN_BYTES} bytes` },
+    });
+  }
+  codeKey = key;
+}
+
+/**
+ * Reads ONE_TIME_CODE_KEY from the environment when set; returns whether a key is now configured.
+ * @throws DbError CONFIG_INVALID for a key shorter than 32 bytes.
+ * @example loadOneTimeCodeKeyFromEnv();
+ */
+export function loadOneTimeCodeKeyFromEnv(env: Record<string, string | undefined> = process.env): boolean {
+  const key = env.ONE_TIME_CODE_KEY;
+  if (key) configureOneTimeCodes({ key });
+  return codeKey !== undefined;
+}
+
+function requireCodeKey(): Buffer {
+  if (codeKey === undefined) {
+    throw new DbError(
+      "CONFIG_INVALID",
+      "Numeric codes need a server-side key: set ONE_TIME_CODE_KEY or call configureOneTimeCodes()",
+    );
+  }
+  return codeKey;
+}
+
+/** Codes collide and token_hash is unique, so the row's own id is part of what is authenticated. */
 function codeDigest(id: string, code: string): Buffer {
-  return sha256(`${id}:${code}`);
+  return createHmac("sha256", requireCodeKey()).update(`${id}:${code}`, "utf8").digest();
 }
 
 /**
@@ -335,6 +413,7 @@ export async function verifyCode(
 ): Promise<OneTimeTokenRecord | null> {
   return await serviceCall("oneTimeTokens.verifyCode", logger, { purpose: input?.purpose }, async () => {
     const parsed = validate(verifyCodeSchema, input);
+    requireCodeKey();
     const maxAttempts = validate(maxAttemptsSchema, options.maxAttempts ?? DEFAULT_MAX_ATTEMPTS);
     // Codes are digits only; anything else cannot match and costs no attempt.
     if (!/^[0-9]{4,10}$/.test(parsed.code)) return null;
@@ -429,12 +508,47 @@ export async function consume(
 ): Promise<OneTimeTokenRecord | null> {
   return await serviceCall("oneTimeTokens.consume", logger, { purpose }, async () => {
     const validPurpose = validate(purposeSchema, purpose);
-    if (!isWellFormedSecret(token)) return null;
-    const params = { tokenHash: sha256(token), purpose: validPurpose, at: now() };
-    const result = await withMetrics("consume", TABLE, () => consumeStatement.run(options.tx, params));
-    if (!result.rows[0]) return null;
-    const used = toRecord(result.rows[0]);
-    logger.audit({ tokenId: used.id, userId: used.userId, purpose: used.purpose }, "one-time token used");
+    const used = await consumeRow(token, validPurpose, options);
+    if (!used) return null;
+    logger.audit({ tokenId: used.record.id, userId: used.record.userId, purpose }, "one-time token used");
+    return used.record;
+  });
+}
+
+async function consumeRow(
+  token: string,
+  purpose: OneTimeTokenPurpose,
+  options: ServiceOptions,
+): Promise<{ record: OneTimeTokenRecord; password: PreparedPassword | null } | null> {
+  if (!isWellFormedSecret(token)) return null;
+  const params = { tokenHash: sha256(token), purpose, at: now() };
+  const result = await withMetrics("consume", TABLE, () => consumeStatement.run(options.tx, params));
+  const row = result.rows[0];
+  if (!row) return null;
+  const { registrationHash, ...record } = row;
+  return {
+    record: toRecord(record),
+    password: typeof registrationHash === "string" ? preparedFromHash(registrationHash) : null,
+  };
+}
+
+/**
+ * consume(), plus the password an email verification link confirms (null when it carries none). For
+ * UsersService.useEmailLink, which applies it; the hash stays opaque.
+ * @throws DbError VALIDATION_FAILED (unknown purpose).
+ * @example const used = await consumeLink(token, "email_verification", logger, { tx });
+ */
+export async function consumeLink(
+  token: string,
+  purpose: OneTimeTokenPurpose,
+  logger: Logger = noopLogger,
+  options: ServiceOptions = {},
+): Promise<{ record: OneTimeTokenRecord; password: PreparedPassword | null } | null> {
+  return await serviceCall("oneTimeTokens.consume", logger, { purpose }, async () => {
+    const used = await consumeRow(token, validate(purposeSchema, purpose), options);
+    if (used) {
+      logger.audit({ tokenId: used.record.id, userId: used.record.userId, purpose }, "one-time token used");
+    }
     return used;
   });
 }

@@ -122,3 +122,37 @@ export function needsRehash(stored: string): boolean {
     Number(time) < PASSWORD_HASH_POLICY.timeCost
   );
 }
+
+// ---------------------------------------------------------------------------------------------------------
+// Prepared passwords: hashed ahead of any transaction, opaque outside this package.
+
+/**
+ * A new password that passed the policy and has been hashed, ready to be stored. It is made before a
+ * transaction opens (argon2 takes tens of milliseconds; inside a transaction it would hold a pooled connection
+ * and any row lock for that long), then handed to `UsersService.create` / `setPassword` / `register`. The hash
+ * is not reachable from outside @repo/db: callers can pass it on, never read or forge it.
+ */
+export interface PreparedPassword {
+  readonly kind: "prepared-password";
+}
+
+const preparedHashes = new WeakMap<PreparedPassword, string>();
+
+/** Wraps a PHC string this package computed (or read from its own tables) as a PreparedPassword. */
+export function preparedFromHash(phc: string): PreparedPassword {
+  const prepared: PreparedPassword = Object.freeze({ kind: "prepared-password" as const });
+  preparedHashes.set(prepared, phc);
+  return prepared;
+}
+
+/** True for a PreparedPassword made by this package. */
+export function isPreparedPassword(value: unknown): value is PreparedPassword {
+  return typeof value === "object" && value !== null && preparedHashes.has(value as PreparedPassword);
+}
+
+/** The PHC string behind a PreparedPassword; throws for anything this package did not make. */
+export function preparedHash(prepared: PreparedPassword): string {
+  const phc = preparedHashes.get(prepared);
+  if (phc === undefined) throw new TypeError("not a PreparedPassword made by UsersService.preparePassword");
+  return phc;
+}

@@ -1,14 +1,15 @@
 // Sessions: opaque bearer tokens for signed-in users. The token is 256 random bits handed to the client once;
 // the database keeps only its SHA-256 (token_hash, unique index), so a leaked table holds no usable token.
 // A session expires after an idle timeout (sliding, refreshed at most once per refresh interval) and in any
-// case at an absolute lifetime after creation.
+// case at an absolute lifetime after creation. A user has at most maxPerUser live sessions: creating one more
+// revokes the oldest.
 import { isIP } from "node:net";
 import { and, desc, eq, getTableColumns, gt, ne, type SQL, sql } from "drizzle-orm";
 import { uuidv7 } from "uuidv7";
 import { z } from "zod";
 import { now } from "../clock.ts";
 import { coalescer } from "../coalesce.ts";
-import { type DatabaseOrTransaction, db } from "../connection.ts";
+import { type DatabaseOrTransaction, db, statementTransaction } from "../connection.ts";
 import { DbError, isDbError, toDbError } from "../errors.ts";
 import { type Logger, noopLogger } from "../logger.ts";
 import { withMetrics } from "../metrics.ts";
@@ -44,16 +45,22 @@ export interface SessionConfig {
    * write an hour, not one per request. Default 1 hour. Must be shorter than the idle timeout.
    */
   refreshIntervalMs: number;
+  /**
+   * Live sessions (active, not expired) a user may have at once; creating one more revokes the oldest, so
+   * a leaked password or a sign-in loop cannot pile up sessions without bound. Default 50, 1 to 10,000.
+   */
+  maxPerUser: number;
 }
 
 const HOUR = 60 * 60 * 1000;
 const DAY = 24 * HOUR;
 
-/** The defaults: idle 7 days, absolute 30 days, refresh 1 hour. */
+/** The defaults: idle 7 days, absolute 30 days, refresh 1 hour, 50 live sessions per user. */
 export const DEFAULT_SESSION_CONFIG: Readonly<SessionConfig> = Object.freeze({
   idleTimeoutMs: 7 * DAY,
   absoluteLifetimeMs: 30 * DAY,
   refreshIntervalMs: HOUR,
+  maxPerUser: 50,
 });
 
 const duration = z
@@ -62,7 +69,12 @@ const duration = z
   .positive()
   .max(10 * 366 * DAY);
 const configSchema = z
-  .object({ idleTimeoutMs: duration, absoluteLifetimeMs: duration, refreshIntervalMs: duration })
+  .object({
+    idleTimeoutMs: duration,
+    absoluteLifetimeMs: duration,
+    refreshIntervalMs: duration,
+    maxPerUser: z.number().int().min(1).max(10_000),
+  })
   .refine((c) => c.refreshIntervalMs < c.idleTimeoutMs, {
     path: ["refreshIntervalMs"],
     message: "must be shorter than idleTimeoutMs",
@@ -90,8 +102,9 @@ function checkedConfig(candidate: SessionConfig): Readonly<SessionConfig> {
 
 /**
  * Changes the process-wide session configuration; omitted fields keep their current value.
- * @throws DbError CONFIG_INVALID for non-positive durations, refresh >= idle, or idle > absolute.
- * @example configureSessions({ idleTimeoutMs: 24 * 60 * 60 * 1000 });
+ * @throws DbError CONFIG_INVALID for non-positive durations, refresh >= idle, idle > absolute, or maxPerUser
+ *   outside 1..10,000.
+ * @example configureSessions({ idleTimeoutMs: 24 * 60 * 60 * 1000, maxPerUser: 20 });
  */
 export function configureSessions(partial: Partial<SessionConfig>): Readonly<SessionConfig> {
   config = checkedConfig({ ...config, ...partial });
@@ -195,25 +208,102 @@ const cleanupInput = z.strictObject({
 // ---------------------------------------------------------------------------------------------------------
 // Service
 
-// INSERT ... SELECT from users in one statement: no check-then-insert race. created_at comes from the data
-// layer's clock because the absolute lifetime is measured from it; updated_at is left to the database, like
-// the set_updated_at trigger that maintains it.
-const createStatement = defineStatement<PublicSession, Record<string, unknown>>(
+// Creating a session runs two statements in one transaction (statementTransaction: BEGIN/COMMIT on a pooled
+// client, or the caller's transaction), so that a user's creations take turns and the cap holds under
+// concurrency.
+//
+// 1. Lock the user row. FOR NO KEY UPDATE conflicts with itself and with any UPDATE of the user (soft delete,
+//    password change), but not with the FOR KEY SHARE that foreign-key checks take, so inserts of the user's
+//    tokens and accounts do not wait. A row lock rather than an advisory lock: softDelete() and the password
+//    flows update this row before revoking the user's sessions, so a creation either commits before them (and
+//    their revocation sees its session) or waits and then finds the user deleted. Every path that locks both
+//    takes the user row before session rows, so the two kinds of lock never wait on each other in a cycle. Transaction-scoped,
+//    so it works behind a transaction-mode pooler and dies with a crashed holder. Under READ COMMITTED a
+//    waiter re-checks `deleted_at IS NULL` against the row as committed, so a deleted user yields no row.
+const lockUserStatement = defineStatement<{ id: string }, { userId: string }>(
+  "sessions_lock_user",
+  sql`SELECT id FROM users WHERE id = ${param("userId")}::uuid AND deleted_at IS NULL FOR NO KEY UPDATE`,
+);
+
+/** What createStatement binds. */
+interface CreateParams extends Record<string, unknown> {
+  id: string;
+  userId: string;
+  tokenHash: Buffer;
+  authMethod: string;
+  ipAddress: string | null;
+  userAgent: string | null;
+  metadata: string;
+  expiresAt: Date;
+  at: Date;
+  absoluteCutoff: Date;
+  /** maxPerUser - 1: how many of the user's other live sessions survive next to the new one. */
+  keep: number;
+}
+
+// 2. Insert, and revoke the user's live sessions beyond the newest maxPerUser - 1, in one statement sent
+//    after the lock: its snapshot includes every creation that committed before we got the lock, so N
+//    parallel creations for one user leave at most maxPerUser live sessions. The statement's snapshot does
+//    not contain its own INSERT, so `overflow` counts the other sessions and keeps maxPerUser - 1 of them.
+//    - inserted: INSERT ... SELECT from users (no row, nothing written, for a missing or deleted user).
+//      created_at comes from the data layer's clock because the absolute lifetime is measured from it; it and
+//      the id are taken after the lock, so they grow in lock order and "newest" agrees with the order the
+//      creations happened in. updated_at is left to the database, like the trigger that maintains it.
+//    - overflow: the user's live sessions (sessions_user_id_idx), newest first, after the ones kept. No lock.
+//    - victims: locks them in id order (LockRows above the Sort), the order validate()'s batches lock in, so a
+//      creation and a validation batch naming the same sessions never wait on each other in a cycle. The
+//      conditions are on `s`: a row revoked or expired meanwhile is re-checked when the lock is granted.
+//    - capped: revokes them exactly as revoke() does (expires_at pulled back so cleanup finds them).
+//    This relies on READ COMMITTED (the default, and what transaction() opens): a caller's REPEATABLE READ
+//    transaction keeps the snapshot of its first statement and may not see a creation committed meanwhile.
+const createStatement = defineStatement<PublicSession & { revokedForCap: string[] }, CreateParams>(
   "sessions_create",
-  sql`INSERT INTO sessions (id, user_id, token_hash, status, auth_method, ip_address, user_agent, metadata,
+  sql`
+    WITH inserted AS (
+      INSERT INTO sessions (id, user_id, token_hash, status, auth_method, ip_address, user_agent, metadata,
         expires_at, last_accessed_at, created_at)
       SELECT ${param("id")}::uuid, u.id, ${param("tokenHash")}::bytea, 'active', ${param("authMethod")},
         ${param("ipAddress")}::inet, ${param("userAgent")}, ${param("metadata")}::jsonb,
         ${param("expiresAt")}::timestamptz, ${param("at")}::timestamptz, ${param("at")}::timestamptz
       FROM users u
       WHERE u.id = ${param("userId")}::uuid AND u.deleted_at IS NULL
-      RETURNING ${selectColumns("sessions", publicSessionColumns)}`,
+      RETURNING ${selectColumns("sessions", publicSessionColumns)}
+    ),
+    overflow AS (
+      SELECT id FROM sessions
+      WHERE user_id = ${param("userId")}::uuid AND status = 'active'
+        AND expires_at > ${param("at")}::timestamptz AND created_at > ${param("absoluteCutoff")}::timestamptz
+        AND EXISTS (SELECT 1 FROM inserted)
+      ORDER BY created_at DESC, id DESC
+      OFFSET ${param("keep")}::int
+    ),
+    victims AS (
+      SELECT s.id FROM sessions s JOIN overflow o ON o.id = s.id
+      WHERE s.status = 'active' AND s.expires_at > ${param("at")}::timestamptz
+      ORDER BY s.id
+      FOR UPDATE OF s
+    ),
+    capped AS (
+      UPDATE sessions s
+      SET status = 'revoked', revoked_at = coalesce(s.revoked_at, ${param("at")}::timestamptz),
+          expires_at = least(s.expires_at, ${param("at")}::timestamptz)
+      FROM victims v
+      WHERE s.id = v.id AND s.status = 'active' AND s.expires_at > ${param("at")}::timestamptz
+      RETURNING s.id
+    )
+    SELECT inserted.*,
+           (SELECT coalesce(array_agg(c.id::text ORDER BY c.id), '{}') FROM capped c) AS "revokedForCap"
+    FROM inserted`,
 );
 
 /**
  * Creates a session for an existing, not deleted user and returns it with its token (shown to the client
- * once; only its SHA-256 is stored).
- * @throws DbError VALIDATION_FAILED (bad id, IP, auth method, user agent over 1024 chars), NOT_FOUND (no such user).
+ * once; only its SHA-256 is stored). When the user would then have more than maxPerUser live sessions, the
+ * oldest are revoked in the same transaction so that exactly maxPerUser remain, the new one included; a
+ * user's concurrent creations take turns on the user row, so the cap holds under any concurrency. With
+ * `{ tx }` it runs inside the caller's transaction and holds the user row lock until that commits.
+ * @throws DbError VALIDATION_FAILED (bad id, IP, auth method, user agent over 1024 chars), NOT_FOUND (no such
+ *   user, or deleted), CONFIG_INVALID (bad per-call config).
  * @example const { session, token } = await create({ userId, authMethod: "password", ipAddress: "203.0.113.7" });
  */
 export async function create(
@@ -224,33 +314,53 @@ export async function create(
   return await serviceCall("sessions.create", logger, { userId: payload?.userId }, async () => {
     const input = validateInput(createInput, payload);
     const cfg = configFor(options);
-    const times = timesFor(cfg);
     const token = generateSecret();
-    const expiresAt = new Date(
-      Math.min(times.idleExpiry.getTime(), times.at.getTime() + cfg.absoluteLifetimeMs),
+    const tokenHash = sha256(token);
+    const row = await statementTransaction(
+      async (tx) => {
+        const locked = await withMetrics("lock", "sessions", () =>
+          lockUserStatement.run(tx, { userId: input.userId }),
+        );
+        if (locked.rows.length === 0) throw userNotFound();
+        // Read the clock (and draw the UUIDv7) only once the lock is ours: see createStatement.
+        const times = timesFor(cfg);
+        const result = await withMetrics("insert", "sessions", () =>
+          createStatement
+            .run(tx, {
+              id: uuidv7(),
+              userId: input.userId,
+              tokenHash,
+              authMethod: input.authMethod,
+              ipAddress: input.ipAddress ?? null,
+              userAgent: input.userAgent ?? null,
+              metadata: JSON.stringify(input.metadata ?? {}),
+              expiresAt: new Date(
+                Math.min(times.idleExpiry.getTime(), times.at.getTime() + cfg.absoluteLifetimeMs),
+              ),
+              at: times.at,
+              absoluteCutoff: times.absoluteCutoff,
+              keep: cfg.maxPerUser - 1,
+            })
+            .catch((error: unknown) => {
+              // Defensive: the row lock already keeps the user from being hard-deleted meanwhile.
+              if (isDbError(toDbError(error), "FOREIGN_KEY_VIOLATION")) throw userNotFound(error);
+              throw error;
+            }),
+        );
+        return result.rows[0];
+      },
+      { tx: options.tx },
     );
-    // A missing or soft-deleted user inserts nothing; one hard-deleted meanwhile trips the foreign key.
-    const params = {
-      id: uuidv7(),
-      userId: input.userId,
-      tokenHash: sha256(token),
-      authMethod: input.authMethod,
-      ipAddress: input.ipAddress ?? null,
-      userAgent: input.userAgent ?? null,
-      metadata: JSON.stringify(input.metadata ?? {}),
-      expiresAt,
-      at: times.at,
-    };
-    const result = await withMetrics("insert", "sessions", () =>
-      createStatement.run(options.tx, params).catch((error: unknown) => {
-        if (isDbError(toDbError(error), "FOREIGN_KEY_VIOLATION")) throw userNotFound(error);
-        throw error;
-      }),
-    );
-    const session = result.rows[0];
-    if (!session) throw userNotFound();
+    if (!row) throw userNotFound();
+    const { revokedForCap, ...session } = row;
     logger.audit(
-      { sessionId: session.id, userId: session.userId, authMethod: session.authMethod },
+      {
+        sessionId: session.id,
+        userId: session.userId,
+        authMethod: session.authMethod,
+        revokedForCap: revokedForCap.length,
+        ...(revokedForCap.length > 0 ? { revokedSessionIds: revokedForCap } : {}),
+      },
       "session created",
     );
     return { session, token };
@@ -277,16 +387,26 @@ interface ValidateParams extends Record<string, unknown> {
  * Validation of one or several tokens in one statement, one round trip. All CTEs run on one snapshot:
  *  - found: each digest (with its position n in the input) by the unique index on token_hash, joined with
  *    the user. The equality is on a SHA-256 of 256 random bits, so timing reveals nothing usable, and no
- *    comparison happens in JS.
- *  - removed: an expired session (idle or absolute) is deleted in the same statement, whatever its status.
- *  - touched: a live session of a live user is extended only when last_accessed_at is older than the refresh
- *    interval; otherwise the row is not written at all. Its conditions are on `s`, not `f`, so under READ
- *    COMMITTED a concurrent validate() or revoke() that updated the row first makes PostgreSQL re-check them
- *    against the new version: the second request skips the write, a revoked row is not extended.
- * The final SELECT cannot see the UPDATE's effect (same snapshot), so the rewritten columns come from
- * touched's RETURNING when it ran.
+ *    comparison happens in JS. No lock.
+ *  - due: the found sessions that need a write (expired: delete; live, of a live user, with the refresh
+ *    interval passed: extend), locked FOR UPDATE in id order (LockRows above the Sort). This is the only
+ *    place the statement waits for row locks: removed and touched join it, so every row they write is one
+ *    due already locked. Two batches naming the same sessions in different orders therefore lock them in the
+ *    same order and cannot deadlock (found's join order follows the input, and did deadlock). A validation
+ *    with nothing due locks nothing and writes nothing. Its conditions are on `s`, so under READ COMMITTED a
+ *    row changed by a concurrent validate(), rotate() or revoke() that committed first is re-checked when its
+ *    lock is granted: a row just refreshed by another request is no longer due and is skipped.
+ *  - removed: a due session expired (idle or absolute) is deleted, whatever its status.
+ *  - touched: a due session still live is extended. Again conditions on `s` (re-checked against the version
+ *    locked), so a revoked row is not extended; due only holds a live row if its user is not deleted.
+ * The final SELECT cannot see the writes (same snapshot), so the rewritten columns come from touched's
+ * RETURNING when it ran.
  */
 function validateStatement(key: string, input: SQL) {
+  const expired = sql`(s.expires_at <= ${param("at")}::timestamptz
+    OR s.created_at <= ${param("absoluteCutoff")}::timestamptz)`;
+  const refreshDue = sql`(s.last_accessed_at IS NULL
+    OR s.last_accessed_at <= ${param("refreshCutoff")}::timestamptz)`;
   return defineStatement<Record<string, unknown>, ValidateParams>(
     key,
     sql`
@@ -298,10 +418,18 @@ function validateStatement(key: string, input: SQL) {
       JOIN sessions s ON s.token_hash = i.token_hash
       JOIN users u ON u.id = s.user_id
     ),
+    due AS (
+      SELECT s.id
+      FROM found f
+      JOIN sessions s ON s.id = f."s.id"
+      WHERE ${expired} OR (s.status = 'active' AND f."u.deletedAt" IS NULL AND ${refreshDue})
+      ORDER BY s.id
+      FOR UPDATE OF s
+    ),
     removed AS (
       DELETE FROM sessions s
-      USING found f
-      WHERE s.id = f."s.id" AND f.is_expired
+      USING due d
+      WHERE s.id = d.id AND ${expired}
       RETURNING s.id
     ),
     touched AS (
@@ -309,10 +437,8 @@ function validateStatement(key: string, input: SQL) {
       SET last_accessed_at = ${param("at")}::timestamptz,
           expires_at = least(${param("idleExpiry")}::timestamptz,
                              s.created_at + make_interval(secs => ${param("absoluteSeconds")}::float8))
-      FROM found f
-      WHERE s.id = f."s.id" AND NOT f.is_expired AND f."u.deletedAt" IS NULL
-        AND s.status = 'active'
-        AND (s.last_accessed_at IS NULL OR s.last_accessed_at <= ${param("refreshCutoff")}::timestamptz)
+      FROM due d
+      WHERE s.id = d.id AND NOT ${expired} AND s.status = 'active' AND ${refreshDue}
       RETURNING s.id, s.expires_at, s.last_accessed_at, s.updated_at
     )
     SELECT f.n, ${sql.join(
@@ -471,21 +597,35 @@ function tokenInvalid(): DbError<"TOKEN_INVALID"> {
   return new DbError("TOKEN_INVALID", "The session token is invalid or expired");
 }
 
+/** The options of revoke(): those of every SessionsService function, plus the owner to check. */
+export interface RevokeSessionOptions extends SessionServiceOptions {
+  /**
+   * Revoke the session only if it belongs to this user: another user's session id answers NOT_FOUND, like
+   * an unknown one, and is left untouched. Checked in the UPDATE's WHERE, so it is one statement.
+   */
+  userId?: string | undefined;
+}
+
 /**
  * Revokes one session (sign-out). Idempotent: revoking a revoked session returns it unchanged.
  * Its expires_at is pulled back to now, so cleanupExpired() can remove it through the expires_at index.
- * @throws DbError VALIDATION_FAILED (not a uuid), NOT_FOUND (no such session).
- * @example await revoke(session.id);
+ * With `options.userId`, only that user's session is revoked ("sign out this device" from a device list).
+ * @throws DbError VALIDATION_FAILED (session id or userId not a uuid), NOT_FOUND (no such session, or not
+ *   the given user's).
+ * @example await revoke(sessionIdFromUrl, log, { userId: currentUser.id });
  */
 export async function revoke(
   sessionId: string,
   logger: Logger = noopLogger,
-  options: SessionServiceOptions = {},
+  options: RevokeSessionOptions = {},
 ): Promise<PublicSession> {
-  return await serviceCall("sessions.revoke", logger, { sessionId }, async () => {
+  return await serviceCall("sessions.revoke", logger, { sessionId, userId: options.userId }, async () => {
     const id = validateInput(uuid, sessionId);
+    const userId = validateInput(uuid.optional(), options.userId);
     const at = now();
     const handle = options.tx ?? db;
+    // By primary key; the owner is one more condition on the same row, so someone else's session is simply
+    // not matched (no read-then-write, no way to tell it apart from an unknown id).
     const rows = await withMetrics("update", "sessions", () =>
       handle
         .update(sessions)
@@ -494,7 +634,7 @@ export async function revoke(
           revokedAt: sql`coalesce(${sessions.revokedAt}, ${at}::timestamptz)`,
           expiresAt: sql`least(${sessions.expiresAt}, ${at}::timestamptz)`,
         })
-        .where(eq(sessions.id, id))
+        .where(and(eq(sessions.id, id), userId === undefined ? undefined : eq(sessions.userId, userId)))
         .returning(publicSessionColumns),
     );
     const session = rows[0];

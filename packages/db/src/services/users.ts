@@ -5,7 +5,7 @@ import type { PgUpdateSetSource } from "drizzle-orm/pg-core";
 import { parsePhoneNumberFromString } from "libphonenumber-js";
 import { z } from "zod";
 import { now } from "../clock.ts";
-import { db, transaction } from "../connection.ts";
+import { type DatabaseOrTransaction, db, transaction } from "../connection.ts";
 import { DbError, isDbError } from "../errors.ts";
 import { type Logger, noopLogger } from "../logger.ts";
 import { withMetrics } from "../metrics.ts";
@@ -21,18 +21,27 @@ import {
   serviceCall,
   validate,
 } from "./common.ts";
+import { exceedsJsonDepth } from "./json-depth.ts";
+import type { OneTimeTokenRecord } from "./one-time-tokens.ts";
 import * as OneTimeTokensService from "./one-time-tokens.ts";
+import { assertPasswordStrength, type BreachCheckOptions, passwordWeakness } from "./password-policy.ts";
 import {
   candidatePasswordSchema,
   hashPassword,
+  isPreparedPassword,
   needsRehash,
+  type PreparedPassword,
   passwordSchema,
+  preparedFromHash,
+  preparedHash,
   verifyAgainstDummy,
   verifyPasswordHash,
 } from "./passwords.ts";
 import * as SessionsService from "./sessions.ts";
 
 export type { PublicUser } from "./common.ts";
+export type { BreachCheckOptions } from "./password-policy.ts";
+export type { PreparedPassword } from "./passwords.ts";
 
 export const EMAIL_MAX_LENGTH = 254;
 export const NAME_MAX_LENGTH = 200;
@@ -85,22 +94,36 @@ const avatarUrlSchema = z
   .pipe(z.url({ protocol: /^https?$/, message: "must be an http(s) URL" }))
   .refine(noNul, "must not contain NUL");
 
-const metadataSchema = z.record(z.string(), z.json()).superRefine((value, ctx) => {
-  const serialized = JSON.stringify(value);
-  if (Buffer.byteLength(serialized, "utf8") > METADATA_MAX_BYTES) {
-    ctx.addIssue({ code: "custom", message: `must serialize to at most ${METADATA_MAX_BYTES} bytes` });
-  }
-  // jsonb rejects \u0000 in strings and keys.
-  if (serialized.includes("\\u0000")) ctx.addIssue({ code: "custom", message: "must not contain NUL" });
-});
+/** Deepest nesting of metadata: z.json() recurses, and a deep enough value overflows the stack. */
+export const METADATA_MAX_DEPTH = 32;
+
+const metadataSchema = z
+  .custom<unknown>((value) => !exceedsJsonDepth(value, METADATA_MAX_DEPTH), {
+    message: `must nest at most ${METADATA_MAX_DEPTH} levels deep`,
+    abort: true,
+  })
+  .pipe(z.record(z.string(), z.json()))
+  .superRefine((value, ctx) => {
+    const serialized = JSON.stringify(value);
+    if (Buffer.byteLength(serialized, "utf8") > METADATA_MAX_BYTES) {
+      ctx.addIssue({ code: "custom", message: `must serialize to at most ${METADATA_MAX_BYTES} bytes` });
+    }
+    // jsonb rejects \u0000 in strings and keys.
+    if (serialized.includes("\\u0000")) ctx.addIssue({ code: "custom", message: "must not contain NUL" });
+  });
 
 const idSchema = z.guid("must be a UUID").transform((value) => value.toLowerCase());
+
+/** A password made by preparePassword (checked and hashed already). */
+const preparedSchema = z.custom<PreparedPassword>(isPreparedPassword, "must be a password string");
+/** A new password: a string (checked and hashed by the call) or a PreparedPassword (hashed beforehand). */
+const newPasswordSchema = z.union([preparedSchema, passwordSchema]);
 
 const createSchema = z
   .strictObject({
     email: emailSchema.optional(),
     phoneNumber: phoneSchema.optional(),
-    password: passwordSchema.optional(),
+    password: newPasswordSchema.optional(),
     firstName: nameSchema.nullish(),
     lastName: nameSchema.nullish(),
     avatarUrl: avatarUrlSchema.nullish(),
@@ -162,8 +185,29 @@ const purgeSchema = z.strictObject({
   maxBatches: z.number().int().min(1).max(10_000).default(PURGE_DEFAULT_MAX_BATCHES),
 });
 
-const setPasswordSchema = z.strictObject({ id: idSchema, password: passwordSchema });
+const setPasswordSchema = z.strictObject({ id: idSchema, password: newPasswordSchema });
 const verifyPasswordSchema = z.strictObject({ email: emailSchema, password: candidatePasswordSchema });
+const preparePasswordSchema = z.strictObject({
+  password: passwordSchema,
+  email: z.string().max(1024).nullish(),
+});
+const registerSchema = z.strictObject({
+  email: emailSchema,
+  password: preparedSchema,
+  firstName: nameSchema.nullish(),
+  lastName: nameSchema.nullish(),
+});
+const verificationTargetSchema = z.union([
+  z.strictObject({ userId: idSchema }),
+  z.strictObject({ email: emailSchema }),
+]);
+const linkPurposeSchema = z.enum(["email_verification", "magic_link", "password_reset"]);
+const useEmailLinkSchema = z.strictObject({
+  token: z.string().max(1024),
+  purpose: linkPurposeSchema,
+  newPassword: preparedSchema.optional(),
+  signIn: z.boolean().optional(),
+});
 
 export type CreateUserInput = z.input<typeof createSchema>;
 export type UserPatch = z.input<typeof patchSchema>;
@@ -173,6 +217,10 @@ export type SearchUsersInput = z.input<typeof searchSchema>;
 export type PurgeUsersInput = z.input<typeof purgeSchema>;
 export type SetPasswordInput = z.input<typeof setPasswordSchema>;
 export type VerifyPasswordInput = z.input<typeof verifyPasswordSchema>;
+export type PreparePasswordInput = z.input<typeof preparePasswordSchema>;
+export type RegisterInput = z.input<typeof registerSchema>;
+export type EmailLinkPurpose = z.output<typeof linkPurposeSchema>;
+export type UseEmailLinkInput = z.input<typeof useEmailLinkSchema>;
 
 export interface UserPage {
   users: PublicUser[];
@@ -215,6 +263,23 @@ async function writing<T>(fn: () => Promise<T>): Promise<T> {
   } catch (error) {
     throw translateWriteError(error);
   }
+}
+
+/**
+ * The PHC string a new password is stored as: a PreparedPassword's own hash, or a string checked against the
+ * common-password list (and the email's local part, when known) and hashed here.
+ */
+async function hashOf(password: string | PreparedPassword, email?: string | null): Promise<string> {
+  if (typeof password !== "string") return preparedHash(password);
+  const weakness = passwordWeakness(password, email);
+  if (weakness !== null) throw passwordTooWeak(weakness);
+  return await hashPassword(password);
+}
+
+function passwordTooWeak(reason: string): DbError<"PASSWORD_TOO_WEAK"> {
+  return new DbError("PASSWORD_TOO_WEAK", `Invalid input: password: ${reason}`, {
+    details: { password: reason },
+  });
 }
 
 /** An id for log lines, only when it looks like one: unvalidated input must not flood the logs. */
@@ -393,7 +458,7 @@ export async function create(
 ): Promise<PublicUser> {
   return await serviceCall("users.create", logger, {}, async () => {
     const { password, ...input } = validate(createSchema, payload);
-    const passwordHash = password === undefined ? null : await hashPassword(password);
+    const passwordHash = password === undefined ? null : await hashOf(password, input.email);
     const at = now();
     const handle = options.tx ?? db;
     // No read-then-write duplicate check: the partial unique indexes decide, so concurrent sign-ups of one
@@ -541,7 +606,8 @@ export async function search(
 
 /**
  * Changes some fields of an active user; `null` clears a nullable field and `metadata` is replaced whole.
- * Changing the email (or phone number) clears its verification time unless the patch sets one.
+ * Changing the email (or phone number) clears its verification time unless the patch sets one; changing the
+ * email also retires every pending one-time token of the user (links went to the old address).
  * @throws DbError VALIDATION_FAILED (also for an empty patch), NOT_FOUND, EMAIL_TAKEN, PHONE_TAKEN.
  * @example await update({ id, patch: { firstName: "Ada", metadata: { plan: "pro" } } });
  */
@@ -563,19 +629,45 @@ export async function update(
     if (patch.phoneNumber !== undefined && patch.phoneNumberVerifiedAt === undefined) {
       set.phoneNumberVerifiedAt = sql`CASE WHEN ${users.phoneNumber} IS DISTINCT FROM ${patch.phoneNumber}::text THEN NULL ELSE ${users.phoneNumberVerifiedAt} END`;
     }
-    const handle = options.tx ?? db;
     // One conditional UPDATE: a user deleted concurrently is simply not found. updated_at is set by trigger.
-    const [user] = await writing(() =>
-      withMetrics("update", "users", () =>
-        handle
-          .update(users)
-          .set(set)
-          .where(and(eq(users.id, id), isNull(users.deletedAt)))
-          .returning(publicUserColumns),
-      ),
-    );
-    if (!user) throw notFound(id);
-    logger.audit({ userId: id, fields: Object.keys(set) }, "user updated");
+    const apply = async (handle: DatabaseOrTransaction) => {
+      const [user] = await writing(() =>
+        withMetrics("update", "users", () =>
+          handle
+            .update(users)
+            .set(set)
+            .where(and(eq(users.id, id), isNull(users.deletedAt)))
+            .returning(publicUserColumns),
+        ),
+      );
+      if (!user) throw notFound(id);
+      return user;
+    };
+    let retiredTokens = 0;
+    const user =
+      patch.email === undefined
+        ? await apply(options.tx ?? db)
+        : // A new address: every link sent to the old one (reset, magic link, verification) dies with the
+          // change, in the same transaction. The row lock orders this against a link being used right now.
+          await transaction(
+            async (tx) => {
+              const [before] = await withMetrics("select", "users", () =>
+                tx
+                  .select({ email: users.email })
+                  .from(users)
+                  .where(and(eq(users.id, id), isNull(users.deletedAt)))
+                  .for("update"),
+              );
+              if (!before) throw notFound(id);
+              const updated = await apply(tx);
+              if (before.email !== updated.email) {
+                retiredTokens = await OneTimeTokensService.invalidateForUser(id, {}, logger, { tx });
+              }
+              return updated;
+            },
+            { tx: options.tx },
+          );
+    logger.audit({ userId: id, fields: Object.keys(set), retiredTokens }, "user updated");
     return user;
   });
 }
@@ -696,9 +788,10 @@ export async function purge(
 }
 
 /**
- * Sets (or replaces) the password of an active user.
- * @throws DbError VALIDATION_FAILED (password not 8..1024 characters after NFKC), NOT_FOUND.
- * @example await setPassword({ id: user.id, password: "correct horse battery" });
+ * Sets (or replaces) the password of an active user. Pass a PreparedPassword (preparePassword) to keep the
+ * argon2 work out of a transaction; a plain string is checked against the common-password list and hashed here.
+ * @throws DbError VALIDATION_FAILED (password not 8..1024 characters after NFKC), PASSWORD_TOO_WEAK, NOT_FOUND.
+ * @example await setPassword({ id: user.id, password: await preparePassword({ password, email }) });
  */
 export async function setPassword(
   payload: SetPasswordInput,
@@ -707,7 +800,7 @@ export async function setPassword(
 ): Promise<PublicUser> {
   return await serviceCall("users.setPassword", logger, { userId: logId(payload?.id) }, async () => {
     const { id, password } = validate(setPasswordSchema, payload);
-    const passwordHash = await hashPassword(password);
+    const passwordHash = await hashOf(password);
     const handle = options.tx ?? db;
     const [user] = await withMetrics("update", "users", () =>
       handle
@@ -722,36 +815,77 @@ export async function setPassword(
   });
 }
 
+/** The newest live sign-up registration's password of a user (see register), as a correlated subquery. */
+function pendingRegistrationHash(at: Date): SQL<string | null> {
+  // one_time_tokens_user_id_idx finds the user's few token rows. `users.id` is spelled out: Drizzle renders a
+  // column of a single-table select unqualified ("id"), which inside this subquery would mean t.id.
+  return sql<string | null>`(SELECT t.password_hash FROM one_time_tokens t
+    WHERE t.user_id = users.id AND t.purpose = 'email_verification'
+      AND t.used_at IS NULL AND t.deleted_at IS NULL AND t.expires_at > ${at}::timestamptz
+    ORDER BY t.id DESC LIMIT 1)`;
+}
+
+/** A live user by email or id with the password hashes sign-in and verification mails need. */
+async function credentialsOf(
+  where: SQL,
+  at: Date,
+  handle: DatabaseOrTransaction,
+): Promise<(PublicUser & { passwordHash: string | null; pendingHash: string | null }) | undefined> {
+  const [row] = await withMetrics("select", "users", () =>
+    handle
+      .select({
+        ...publicUserColumns,
+        passwordHash: users.passwordHash,
+        pendingHash: pendingRegistrationHash(at),
+      })
+      .from(users)
+      .where(and(where, isNull(users.deletedAt)))
+      .limit(1),
+  );
+  return row;
+}
+
+export interface VerifyPasswordOptions extends ServiceOptions {
+  /**
+   * An account whose email address is not verified grants nothing: the right password for it raises
+   * EMAIL_NOT_VERIFIED instead of returning the user. Default false (for compatibility); the API sets it.
+   */
+  requireVerifiedEmail?: boolean | undefined;
+}
+
 /**
  * Checks an email and password; returns the user on success. Unknown email, deleted user, user without a
  * password and wrong password all raise the same error after the same argon2 work. A hash weaker than the
- * current policy is replaced after a successful check.
- * @throws DbError INVALID_CREDENTIALS, VALIDATION_FAILED (malformed email, empty password).
+ * current policy is replaced after a successful check. For an unverified address, the password checked is the
+ * newest pending sign-up's (see register), else the account's own; when it matches, EMAIL_NOT_VERIFIED is
+ * raised if `requireVerifiedEmail` is set or the match was a pending sign-up's (which is not a password yet).
+ * @throws DbError INVALID_CREDENTIALS, EMAIL_NOT_VERIFIED, VALIDATION_FAILED (malformed email, empty password).
  * @example const user = await verifyPassword({ email: "ada@example.com", password: "correct horse" });
  */
 export async function verifyPassword(
   payload: VerifyPasswordInput,
   logger: Logger = noopLogger,
-  options: ServiceOptions = {},
+  options: VerifyPasswordOptions = {},
 ): Promise<PublicUser> {
   return await serviceCall("users.verifyPassword", logger, {}, async () => {
     const { email, password } = validate(verifyPasswordSchema, payload);
     const handle = options.tx ?? db;
-    const [row] = await withMetrics("select", "users", () =>
-      handle
-        .select({ ...publicUserColumns, passwordHash: users.passwordHash })
-        .from(users)
-        .where(and(eq(users.email, email), isNull(users.deletedAt)))
-        .limit(1),
-    );
+    const row = await credentialsOf(eq(users.email, email), now(), handle);
     const invalid = () => new DbError("INVALID_CREDENTIALS", "Invalid email or password");
-    if (!row?.passwordHash) {
+    const unverified = row !== undefined && row.emailVerifiedAt === null;
+    const stored =
+      unverified && options.requireVerifiedEmail ? (row.pendingHash ?? row.passwordHash) : row?.passwordHash;
+    const candidate = stored ?? (unverified ? row?.pendingHash : null);
+    if (!row || !candidate) {
       await verifyAgainstDummy(password);
       throw invalid();
     }
-    const { passwordHash: stored, ...user } = row;
-    if (!(await verifyPasswordHash(stored, password))) throw invalid();
-    if (needsRehash(stored)) {
+    const { passwordHash, pendingHash: _pending, ...user } = row;
+    if (!(await verifyPasswordHash(candidate, password))) throw invalid();
+    if (unverified && (options.requireVerifiedEmail || candidate !== passwordHash)) {
+      throw new DbError("EMAIL_NOT_VERIFIED", "The email address is not verified yet", { table: "users" });
+    }
+    if (needsRehash(candidate)) {
       const rehashed = await hashPassword(password);
       // Replaces the hash only if it is still the one just verified: a password changed concurrently
       // (setPassword, a reset) must not be overwritten by the old password's new hash.
@@ -759,11 +893,261 @@ export async function verifyPassword(
         handle
           .update(users)
           .set({ passwordHash: rehashed })
-          .where(and(eq(users.id, user.id), eq(users.passwordHash, stored)))
+          .where(and(eq(users.id, user.id), eq(users.passwordHash, candidate)))
           .returning({ id: users.id }),
       );
       if (replaced.length > 0) logger.audit({ userId: user.id }, "password rehashed with current parameters");
     }
     return user;
+  });
+}
+
+export interface PreparePasswordOptions {
+  /** Also look the password up in a breach corpus (Pwned Passwords range API); fails open. */
+  breachCheck?: BreachCheckOptions | undefined;
+}
+
+/**
+ * Checks a new password against the policy (8..1024 characters after NFKC, not one of the most common
+ * passwords, not containing the email's local part, optionally not in a breach corpus) and hashes it with
+ * argon2id, outside any transaction. Pass the result to register, create or setPassword.
+ * @throws DbError VALIDATION_FAILED (length), PASSWORD_TOO_WEAK (details.password says why).
+ * @example const password = await preparePassword({ password: body.password, email: body.email });
+ */
+export async function preparePassword(
+  payload: PreparePasswordInput,
+  logger: Logger = noopLogger,
+  options: PreparePasswordOptions = {},
+): Promise<PreparedPassword> {
+  return await serviceCall("users.preparePassword", logger, {}, async () => {
+    const { password, email } = validate(preparePasswordSchema, payload);
+    await assertPasswordStrength(password, { email, breachCheck: options.breachCheck }, logger);
+    return preparedFromHash(await hashPassword(password));
+  });
+}
+
+export interface RegisterOptions extends ServiceOptions {
+  /**
+   * Put the password on a new account at once, so it can sign in before its address is verified (the API's
+   * SIGN_UP_SESSION=immediate). Default false: a new account has no password until its link is used.
+   */
+  passwordBeforeVerification?: boolean | undefined;
+}
+
+export interface Registration {
+  /**
+   * created: a new, unverified account. unverified: the address has an unverified account, which is left as
+   * it is. verified: the address belongs to a verified account (nothing was written; tell its owner).
+   */
+  outcome: "created" | "unverified" | "verified";
+  user: PublicUser;
+  /** The verification link to mail, which carries this registration's password; null for `verified`. */
+  verification: { token: string; record: OneTimeTokenRecord } | null;
+}
+
+/**
+ * A sign-up that cannot pre-hijack an account. The password rides on the verification link (not on the user)
+ * and becomes the account's password only when that link is used; a newer sign-up for a still unverified
+ * address issues a newer link (retiring the older), so only the newest registration can complete. An address
+ * with a verified account is left untouched. All in one transaction; hash the password beforehand
+ * (preparePassword).
+ * @throws DbError VALIDATION_FAILED, NOT_FOUND (the account was deleted meanwhile; retry).
+ * @example const { outcome, verification } = await register({ email, password: await preparePassword({ password, email }) });
+ */
+export async function register(
+  payload: RegisterInput,
+  logger: Logger = noopLogger,
+  options: RegisterOptions = {},
+): Promise<Registration> {
+  return await serviceCall("users.register", logger, {}, async () => {
+    const input = validate(registerSchema, payload);
+    const at = now();
+    const result = await transaction(
+      async (tx) => {
+        // ON CONFLICT against the partial unique index: no read-then-insert race between two sign-ups.
+        const [created] = await withMetrics("insert", "users", () =>
+          tx
+            .insert(users)
+            .values({
+              email: input.email,
+              firstName: input.firstName ?? null,
+              lastName: input.lastName ?? null,
+              passwordHash: options.passwordBeforeVerification ? preparedHash(input.password) : null,
+              createdAt: at,
+              updatedAt: at,
+            })
+            .onConflictDoNothing({ target: users.email, where: sql`deleted_at IS NULL` })
+            .returning(publicUserColumns),
+        );
+        // FOR UPDATE: a concurrent verification of this account finishes first, and is then seen.
+        const user =
+          created ??
+          (
+            await withMetrics("select", "users", () =>
+              tx
+                .select(publicUserColumns)
+                .from(users)
+                .where(and(eq(users.email, input.email), isNull(users.deletedAt)))
+                .for("update"),
+            )
+          )[0];
+        if (!user)
+          throw new DbError("NOT_FOUND", "The account was deleted meanwhile; retry", { table: "users" });
+        if (!created && user.emailVerifiedAt !== null) {
+          return { outcome: "verified" as const, user, verification: null };
+        }
+        const verification = await OneTimeTokensService.create(
+          { userId: user.id, purpose: "email_verification", sentTo: input.email, password: input.password },
+          logger,
+          { tx },
+        );
+        return { outcome: created ? ("created" as const) : ("unverified" as const), user, verification };
+      },
+      { tx: options.tx },
+    );
+    logger.audit({ userId: result.user.id, outcome: result.outcome }, "sign-up registered");
+    return result;
+  });
+}
+
+/**
+ * Issues a fresh email verification link for an unverified account (older links die). It confirms the same
+ * password the account would sign in with: the newest pending sign-up's, else the account's own. Returns null
+ * when there is no such live account, it has no email, or the address is verified already.
+ * @throws DbError VALIDATION_FAILED.
+ * @example const link = await sendVerification({ userId: user.id });
+ */
+export async function sendVerification(
+  payload: { userId: string } | { email: string },
+  logger: Logger = noopLogger,
+  options: ServiceOptions = {},
+): Promise<{ token: string; record: OneTimeTokenRecord } | null> {
+  return await serviceCall("users.sendVerification", logger, {}, async () => {
+    const target = validate(verificationTargetSchema, payload);
+    const where = "userId" in target ? eq(users.id, target.userId) : eq(users.email, target.email);
+    const row = await credentialsOf(where, now(), options.tx ?? db);
+    if (!row?.email || row.emailVerifiedAt !== null) return null;
+    const carried = row.pendingHash ?? row.passwordHash;
+    return await OneTimeTokensService.create(
+      {
+        userId: row.id,
+        purpose: "email_verification",
+        sentTo: row.email,
+        ...(carried ? { password: preparedFromHash(carried) } : {}),
+      },
+      logger,
+      options,
+    );
+  });
+}
+
+export interface EmailLinkResult {
+  user: PublicUser;
+  /** The address had never been proven before this link: whatever was set up before it has ended. */
+  firstProof: boolean;
+  revokedSessions: number;
+  retiredTokens: number;
+}
+
+/**
+ * Uses a mailed link (email verification, magic link or password reset) once, and records what it proves:
+ * control of the address it was sent to, which must still be the user's address. In one transaction:
+ *  - the first proof of an address ends everything set up on the account before it: every session, every
+ *    other pending token, and the password (replaced by the one a sign-up's verification link carries, by the
+ *    reset's new password, or removed for a magic link). This is what defeats account pre-hijacking.
+ *  - a reset always sets `newPassword`, ends every session and retires every other token.
+ *  - with `signIn`, last_sign_in_at is set (the caller then creates a session in the same transaction).
+ * @throws DbError TOKEN_INVALID (unknown, used, expired, wrong purpose, user gone, address changed since),
+ *   VALIDATION_FAILED (a reset without newPassword).
+ * @example await transaction(async (tx) => { const { user } = await useEmailLink({ token, purpose: "magic_link", signIn: true }, log, { tx }); ... });
+ */
+export async function useEmailLink(
+  payload: UseEmailLinkInput,
+  logger: Logger = noopLogger,
+  options: ServiceOptions = {},
+): Promise<EmailLinkResult> {
+  return await serviceCall("users.useEmailLink", logger, { purpose: payload?.purpose }, async () => {
+    const input = validate(useEmailLinkSchema, payload);
+    if ((input.purpose === "password_reset") !== (input.newPassword !== undefined)) {
+      throw new DbError(
+        "VALIDATION_FAILED",
+        "Invalid input: newPassword: required for a reset, only for a reset",
+        {
+          details: { newPassword: "required for a reset, only for a reset" },
+        },
+      );
+    }
+    const at = now();
+    const tokenInvalid = () => new DbError("TOKEN_INVALID", "The link is invalid or expired");
+    const result = await transaction(
+      async (tx) => {
+        const used = await OneTimeTokensService.consumeLink(input.token, input.purpose, logger, { tx });
+        if (!used?.record.userId) throw tokenInvalid();
+        // The user row is locked first: a concurrent link, sign-up or email change of this user waits.
+        const [current] = await withMetrics("select", "users", () =>
+          tx
+            .select({ id: users.id, email: users.email, emailVerifiedAt: users.emailVerifiedAt })
+            .from(users)
+            .where(and(eq(users.id, used.record.userId as string), isNull(users.deletedAt)))
+            .for("update"),
+        );
+        // The address changed since the link was sent: the link proves nothing about the new one.
+        if (!current || current.email !== used.record.sentTo) throw tokenInvalid();
+        const firstProof = current.emailVerifiedAt === null;
+        const set: PgUpdateSetSource<typeof users> = { emailVerifiedAt: current.emailVerifiedAt ?? at };
+        if (input.newPassword) set.passwordHash = preparedHash(input.newPassword);
+        else if (firstProof && input.purpose === "email_verification" && used.password) {
+          set.passwordHash = preparedHash(used.password);
+        } else if (firstProof && input.purpose === "magic_link") set.passwordHash = null;
+        if (input.signIn) set.lastSignInAt = at;
+        const [user] = await withMetrics("update", "users", () =>
+          tx.update(users).set(set).where(eq(users.id, current.id)).returning(publicUserColumns),
+        );
+        if (!user) throw tokenInvalid();
+        let revokedSessions = 0;
+        let retiredTokens = 0;
+        if (firstProof || input.purpose === "password_reset") {
+          revokedSessions = await SessionsService.revokeAllForUser({ userId: user.id }, logger, { tx });
+          retiredTokens = await OneTimeTokensService.invalidateForUser(user.id, {}, logger, { tx });
+        }
+        return { user, firstProof, revokedSessions, retiredTokens };
+      },
+      { tx: options.tx },
+    );
+    logger.audit(
+      {
+        userId: result.user.id,
+        purpose: input.purpose,
+        firstProof: result.firstProof,
+        revokedSessions: result.revokedSessions,
+        retiredTokens: result.retiredTokens,
+      },
+      result.firstProof ? "email address proven for the first time" : "email link used",
+    );
+    return result;
+  });
+}
+
+/**
+ * Whether a live user has a password (accounts made by a magic link or a provider have none), for deciding
+ * how a sensitive action is confirmed.
+ * @throws DbError VALIDATION_FAILED, NOT_FOUND.
+ * @example if (await hasPassword(user.id)) await verifyPassword({ email, password });
+ */
+export async function hasPassword(
+  id: string,
+  logger: Logger = noopLogger,
+  options: ServiceOptions = {},
+): Promise<boolean> {
+  return await serviceCall("users.hasPassword", logger, { userId: logId(id) }, async () => {
+    const userId = validate(idSchema, id);
+    const [row] = await withMetrics("select", "users", () =>
+      (options.tx ?? db)
+        .select({ has: sql<boolean>`${users.passwordHash} IS NOT NULL` })
+        .from(users)
+        .where(and(eq(users.id, userId), isNull(users.deletedAt))),
+    );
+    if (!row) throw notFound(userId);
+    return row.has;
   });
 }

@@ -1,12 +1,15 @@
+import { createHmac } from "node:crypto";
 import { eq, sql } from "drizzle-orm";
-import { describe, expect, it } from "vitest";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { db, getPool, transaction } from "../../src/connection.ts";
 import type { Logger } from "../../src/logger.ts";
 import { registry } from "../../src/metrics.ts";
 import { oneTimeTokens, users } from "../../src/schema/index.ts";
 import { sha256 } from "../../src/services/common.ts";
 import {
+  CODE_KEY_MIN_BYTES,
   cleanupExpired,
+  configureOneTimeCodes,
   consume,
   create,
   createCode,
@@ -214,12 +217,18 @@ describe("create / consume", () => {
 });
 
 describe("codes", () => {
-  it("stores sha256(id:code), not the code, and verifies once", async () => {
+  const KEY = "code-key-for-tests-0123456789abcdefghij";
+  beforeAll(() => configureOneTimeCodes({ key: KEY }));
+  afterAll(() => configureOneTimeCodes(null));
+
+  it("stores HMAC-SHA-256(key, id:code), not the code, and verifies once", async () => {
     const { code, record } = await createCode({ purpose: "phone_verification", sentTo: "+14155550123" });
     expect(code).toMatch(/^\d{6}$/);
     expect(record.expiresAt.getTime()).toBe(clock.now().getTime() + 10 * 60_000);
     const [row] = await rawRow(record.id);
-    expect(row?.tokenHash.equals(sha256(`${record.id}:${code}`))).toBe(true);
+    const hmac = createHmac("sha256", KEY).update(`${record.id}:${code}`).digest();
+    expect(row?.tokenHash.equals(hmac)).toBe(true);
+    expect(row?.tokenHash.equals(sha256(`${record.id}:${code}`))).toBe(false);
     expect(row?.tokenHash.equals(sha256(code))).toBe(false);
     const text = await database.admin<{ t: string }>(
       "SELECT t::text AS t FROM one_time_tokens t WHERE id = $1",
@@ -400,5 +409,52 @@ describe("metrics", () => {
     await consume(token, "magic_link");
     // create: the lock, then one statement that retires and inserts; consume: one update.
     expect(await read()).toBe(before + 3);
+  });
+});
+
+describe("code keys", () => {
+  it("someone who reads the table cannot recover a code without the server-side key", async () => {
+    configureOneTimeCodes({ key: "the-real-server-side-key-0123456789abcdef" });
+    try {
+      const { code, record } = await createCode({
+        purpose: "phone_verification",
+        sentTo: "+14155550199",
+        digits: 6,
+      });
+      const [row] = await rawRow(record.id);
+      // The attack on a plain or salted digest: try every 6-digit code against the stored hash (the salt, the
+      // row id, sits in the same row). It finds the code at once for sha256; it finds nothing for the HMAC.
+      let found: string | undefined;
+      for (let guess = 0; guess < 1_000_000 && found === undefined; guess++) {
+        const candidate = String(guess).padStart(6, "0");
+        if (sha256(`${record.id}:${candidate}`).equals(row?.tokenHash ?? Buffer.alloc(0))) found = candidate;
+      }
+      expect(found).toBeUndefined();
+      // With a wrong key the same search finds nothing either; with the real one the code verifies.
+      configureOneTimeCodes({ key: "a-guessed-key-that-is-long-enough-000000" });
+      expect(await verifyCode({ sentTo: "+14155550199", purpose: "phone_verification", code })).toBeNull();
+      configureOneTimeCodes({ key: "the-real-server-side-key-0123456789abcdef" });
+      const used = await verifyCode({ sentTo: "+14155550199", purpose: "phone_verification", code });
+      // The wrong-key guess cost one attempt, the right code still works below the limit.
+      expect(used?.id).toBe(record.id);
+      expect(code).toHaveLength(6);
+    } finally {
+      configureOneTimeCodes(null);
+    }
+  });
+
+  it("refuses to issue or check codes without a key, and refuses a short key", async () => {
+    configureOneTimeCodes(null);
+    const before = await rowCount();
+    await expectDbError(
+      createCode({ purpose: "phone_verification", sentTo: "+14155550100" }),
+      "CONFIG_INVALID",
+    );
+    await expectDbError(
+      verifyCode({ sentTo: "+14155550100", purpose: "phone_verification", code: "123456" }),
+      "CONFIG_INVALID",
+    );
+    expect(await rowCount()).toBe(before);
+    expect(() => configureOneTimeCodes({ key: "x".repeat(CODE_KEY_MIN_BYTES - 1) })).toThrow(/at least 32/);
   });
 });

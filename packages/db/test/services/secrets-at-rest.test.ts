@@ -45,6 +45,7 @@ function encodings(secret: string): string[] {
 describe("secrets at rest", () => {
   it("no column and no log line holds a password, session token, link token, code or provider token after a full flow", async () => {
     configureAccountEncryption({ keys: { k1: randomBytes(32) }, currentKeyId: "k1" });
+    OneTimeTokensService.configureOneTimeCodes({ key: randomBytes(32) });
     try {
       const password = "correct horse battery staple 42";
       const user = await UsersService.create(
@@ -103,6 +104,7 @@ describe("secrets at rest", () => {
       expect(logs).not.toContain("$argon2");
     } finally {
       resetAccountEncryption();
+      OneTimeTokensService.configureOneTimeCodes(null);
     }
   });
 });

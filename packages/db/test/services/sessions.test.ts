@@ -472,12 +472,16 @@ describe("configuration and metrics", () => {
       idleTimeoutMs: 7 * DAY,
       absoluteLifetimeMs: 30 * DAY,
       refreshIntervalMs: HOUR,
+      maxPerUser: 50,
     });
     for (const bad of [
       { refreshIntervalMs: 7 * DAY },
       { idleTimeoutMs: 31 * DAY },
       { absoluteLifetimeMs: -1 },
       { refreshIntervalMs: 1.5 },
+      { maxPerUser: 0 },
+      { maxPerUser: 10_001 },
+      { maxPerUser: 2.5 },
     ]) {
       const error = (() => {
         try {
