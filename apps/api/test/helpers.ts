@@ -10,6 +10,17 @@ export const APP_URL = "http://app.test";
 export const ORIGIN = "http://app.test";
 export const ADMIN_KEY = "admin-key-0123456789-abcdefghijklmnop";
 
+/** Every rate limit out of the way, for drills where a 429 would hide what the input does. */
+export const NO_RATE_LIMITS: Readonly<Record<string, string>> = {
+  RATE_LIMIT_SIGN_UP_PER_CLIENT: "1000000",
+  RATE_LIMIT_SIGN_IN_PER_CLIENT: "1000000",
+  RATE_LIMIT_SIGN_IN_FAILURES_PER_ACCOUNT_NETWORK: "1000000",
+  RATE_LIMIT_SIGN_IN_FAILURES_PER_ACCOUNT: "1000000",
+  RATE_LIMIT_REAUTH_FAILURES_PER_SESSION: "1000000",
+  RATE_LIMIT_EMAIL_PER_CLIENT: "1000000",
+  RATE_LIMIT_EMAIL_PER_RECIPIENT: "1000000",
+};
+
 export function testConfig(env: Record<string, string> = {}): ApiConfig {
   return loadApiConfig({
     NODE_ENV: "test",

@@ -4,15 +4,11 @@
 import { db, sql, transaction } from "@repo/db";
 import { useTestDatabase } from "@repo/db/testing";
 import { describe, expect, it } from "vitest";
-import { call, makeApp, signUp, type TestApp, uniqueEmail } from "../helpers.ts";
+import { call, makeApp, NO_RATE_LIMITS, signUp, type TestApp, uniqueEmail } from "../helpers.ts";
 
 const database = useTestDatabase({ config: { poolMax: 60, connectionTimeoutMs: 10_000 } });
 const PARALLEL = 50;
-const env = {
-  RATE_LIMIT_SIGN_IN_PER_ACCOUNT: "1000",
-  RATE_LIMIT_SIGN_IN_PER_CLIENT: "1000",
-  RATE_LIMIT_EMAIL_PER_CLIENT: "1000",
-};
+const env = NO_RATE_LIMITS;
 
 async function signedUp(t: TestApp, password = "original password 0") {
   const { email, user } = await signUp(t, uniqueEmail("race"), password);

@@ -7,6 +7,7 @@
 import { SessionsService, UsersService } from "@repo/db";
 import { useTestDatabase } from "@repo/db/testing";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { NO_RATE_LIMITS } from "../helpers.ts";
 import { type ApiProcess, startApiProcess } from "../process.ts";
 
 const database = useTestDatabase();
@@ -194,15 +195,8 @@ beforeAll(async () => {
     APP_URL: "http://app.drill.test",
     // Info, not the default warn: every request leaves an access-log line, which proves the output is read.
     LOG_LEVEL: "info",
-    // Limits out of the way: a 429 would hide what the body does. Unknown variables are ignored.
-    RATE_LIMIT_SIGN_UP_PER_CLIENT: "1000000",
-    RATE_LIMIT_SIGN_IN_PER_CLIENT: "1000000",
-    RATE_LIMIT_SIGN_IN_PER_ACCOUNT: "1000000",
-    RATE_LIMIT_SIGN_IN_FAILURES_PER_ACCOUNT_NETWORK: "1000000",
-    RATE_LIMIT_SIGN_IN_FAILURES_PER_ACCOUNT: "1000000",
-    RATE_LIMIT_REAUTH_FAILURES_PER_SESSION: "1000000",
-    RATE_LIMIT_EMAIL_PER_CLIENT: "1000000",
-    RATE_LIMIT_EMAIL_PER_RECIPIENT: "1000000",
+    // Limits out of the way: a 429 would hide what the body does.
+    ...NO_RATE_LIMITS,
   });
   await api.ready();
   // The session's first use may write (a sliding expiry); it happens before the checksum.
