@@ -231,6 +231,14 @@ export function authRoutes(): Hono<AppEnv> {
       config.RATE_LIMIT_SIGN_IN_FAILURES_PER_ACCOUNT,
     );
     if (accountHit.over) {
+      // No password was checked: the reservation on this network is given back.
+      await countHit(
+        c,
+        "sign-in:failures:pair",
+        pair,
+        config.RATE_LIMIT_SIGN_IN_FAILURES_PER_ACCOUNT_NETWORK,
+        -1,
+      );
       // The same answer for every address, with or without an account; the owner (if any) gets a link once,
       // when the cap is first crossed.
       if (accountHit.value === config.RATE_LIMIT_SIGN_IN_FAILURES_PER_ACCOUNT + 1) {
