@@ -80,7 +80,10 @@ const schema = z.object({
   /** Wrong current passwords per session per window (password change, account deletion). */
   RATE_LIMIT_REAUTH_FAILURES_PER_SESSION: z.coerce.number().int().min(1).default(10),
   RATE_LIMIT_SIGN_UP_PER_CLIENT: z.coerce.number().int().min(1).default(20),
+  /** Mails of one kind to one address requested from one client network per window. */
   RATE_LIMIT_EMAIL_PER_RECIPIENT: z.coerce.number().int().min(1).default(5),
+  /** Mails of one kind to one address per window, whatever network asked. */
+  RATE_LIMIT_EMAIL_PER_RECIPIENT_TOTAL: z.coerce.number().int().min(1).default(20),
   RATE_LIMIT_EMAIL_PER_CLIENT: z.coerce.number().int().min(1).default(50),
   /**
    * Sign-up gives a session at once and unverified accounts may sign in with their password. Off by default:

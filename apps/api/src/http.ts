@@ -79,16 +79,24 @@ export function clientAddress(c: Context<AppEnv>): string {
       .map((entry) => entry.trim())
       .filter(Boolean);
     const entry = normalizeAddress(entries[entries.length - config.TRUST_PROXY]);
-    if (entry) return unmapIPv4(entry);
+    if (entry) return canonicalAddress(entry);
   }
   const socket = getClientAddress(c);
-  return socket && isIP(socket) ? unmapIPv4(socket) : (socket ?? "unknown");
+  return socket && isIP(socket) ? canonicalAddress(socket) : (socket ?? "unknown");
 }
 
-/** `::ffff:192.0.2.1` (an IPv4 client on a dual-stack socket) is the IPv4 address it carries. */
-function unmapIPv4(address: string): string {
-  const mapped = /^::ffff:(\d+\.\d+\.\d+\.\d+)$/i.exec(address);
-  return mapped?.[1] && isIP(mapped[1]) === 4 ? mapped[1] : address;
+/**
+ * One spelling per client: a zone id (`fe80::1%eth0`, which PostgreSQL's inet refuses) is dropped, and an
+ * IPv6 address that carries an IPv4 client, IPv4-mapped (`::ffff:0:0/96` in any notation, what a dual-stack
+ * socket reports) or behind NAT64's well-known prefix (`64:ff9b::/96`), is that IPv4 address.
+ */
+function canonicalAddress(address: string): string {
+  const bare = address.replace(/%.*$/, "");
+  if (isIP(bare) !== 6) return bare;
+  const [a = 0, b = 0, c = 0, d = 0, e = 0, f = 0, hi = 0, lo = 0] = ipv6Groups(bare);
+  const mapped = a === 0 && b === 0 && c === 0 && d === 0 && e === 0 && f === 0xffff;
+  const nat64 = a === 0x64 && b === 0xff9b && c === 0 && d === 0 && e === 0 && f === 0;
+  return mapped || nat64 ? `${hi >> 8}.${hi & 255}.${lo >> 8}.${lo & 255}` : bare;
 }
 
 /** The eight 16-bit groups of an IPv6 address (`::` expanded, a trailing dotted IPv4 part converted). */
@@ -127,7 +135,7 @@ function normalizeAddress(entry: string | undefined): string | undefined {
   const bracketed = /^\[([^\]]+)\](?::\d+)?$/.exec(entry);
   const candidate =
     bracketed?.[1] ?? (/^[\d.]+:\d+$/.test(entry) ? entry.slice(0, entry.lastIndexOf(":")) : entry);
-  return isIP(candidate) ? candidate : undefined;
+  return isIP(candidate.replace(/%.*$/, "")) ? candidate : undefined;
 }
 
 const sha256 = (value: string) => createHash("sha256").update(value, "utf8").digest();

@@ -25,6 +25,12 @@ async function main(): Promise<void> {
   const config = loadApiConfig();
   const pinoLogger = createLogger(config.LOG_LEVEL);
   const logger = withAudit(pinoLogger);
+  if (config.SIGN_IN_BEFORE_EMAIL_VERIFICATION) {
+    logger.warn(
+      {},
+      "SIGN_IN_BEFORE_EMAIL_VERIFICATION=true: sign-up answers 201 for a new address and 202 for a taken one, which tells anyone which addresses have accounts",
+    );
+  }
   if (process.env.ACCOUNT_ENCRYPTION_KEYS) loadAccountEncryptionFromEnv();
   loadOneTimeCodeKeyFromEnv();
 

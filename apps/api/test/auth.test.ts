@@ -43,7 +43,7 @@ describe("sign-up", () => {
     expect(mail?.text).toContain("http://app.test/verify-email?token=");
 
     const verify = await call(t, "POST", "/v1/auth/email/verify", {
-      body: { token: t.tokenFromMail(email.toLowerCase()) },
+      body: { token: t.tokenFromMail(email.toLowerCase()), password: PASSWORD },
       browser: true,
     });
     expect(verify.status).toBe(200);

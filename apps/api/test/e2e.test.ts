@@ -112,7 +112,7 @@ describe("end to end over HTTP and SMTP", () => {
     const verifyMail = await waitForMail(email, 1);
     expect(verifyMail.raw).toContain("no-reply@e2e.test");
     const verify = await api("POST", "/v1/auth/email/verify", {
-      body: { token: tokenIn(verifyMail, "/verify-email") },
+      body: { token: tokenIn(verifyMail, "/verify-email"), password: "first password 123" },
     });
     expect(verify.status).toBe(200);
     expect(verify.json.user.emailVerifiedAt).not.toBeNull();

@@ -127,7 +127,7 @@ export async function signUp(t: TestApp, email = uniqueEmail(), password = PASSW
   const res = await call(t, "POST", "/v1/auth/sign-up", { body: { email, password } });
   if (res.status !== 202) throw new Error(`sign-up failed: ${res.status} ${res.text}`);
   const verified = await call(t, "POST", "/v1/auth/email/verify", {
-    body: { token: t.tokenFromMail(email.toLowerCase()) },
+    body: { token: t.tokenFromMail(email.toLowerCase()), password },
   });
   if (verified.status !== 200) throw new Error(`verification failed: ${verified.status} ${verified.text}`);
   return { email, token: verified.json.token as string, user: verified.json.user, res: verified };

@@ -5,11 +5,14 @@ import { createHash } from "node:crypto";
 import { createServer, type Server } from "node:http";
 import type { AddressInfo } from "node:net";
 import {
+  AccountsService,
   manualClock,
   OneTimeTokensService,
   resetClock,
   SessionsService,
   setClock,
+  sql,
+  transaction,
   UsersService,
 } from "@repo/db";
 import { useTestDatabase } from "@repo/db/testing";
@@ -66,7 +69,7 @@ describe("account pre-hijacking (item 1)", () => {
     expect(links[1]?.text).toContain("tried to sign in");
     // The fresh link confirms the same registration: used, it signs in and the password works.
     const verified = await call(t, "POST", "/v1/auth/email/verify", {
-      body: { token: t.tokenFromMail(email) },
+      body: { token: t.tokenFromMail(email), password: ATTACKER_PASSWORD },
     });
     expect(verified.status).toBe(200);
     expect((await signIn(t, email, ATTACKER_PASSWORD)).status).toBe(200);
@@ -92,7 +95,9 @@ describe("account pre-hijacking (item 1)", () => {
     // The older registration's link is dead: it can no longer set its password.
     const stale = await call(t, "POST", "/v1/auth/email/verify", { body: { token: attackerLink } });
     expect(stale.json.error.code).toBe("TOKEN_INVALID");
-    const verified = await call(t, "POST", "/v1/auth/email/verify", { body: { token: victimLink } });
+    const verified = await call(t, "POST", "/v1/auth/email/verify", {
+      body: { token: victimLink, password: VICTIM_PASSWORD },
+    });
     expect(verified.status).toBe(200);
     expect((await signIn(t, email, ATTACKER_PASSWORD)).status).toBe(401);
     expect((await signIn(t, email, VICTIM_PASSWORD)).status).toBe(200);
@@ -192,6 +197,165 @@ describe("account pre-hijacking (item 1)", () => {
   });
 });
 
+describe("pre-hijacking, the races and edges a review found (item 1)", () => {
+  it("a link an attacker's later sign-up mailed the owner cannot adopt the attacker's password", async () => {
+    const email = uniqueEmail("owner");
+    await call(t, "POST", "/v1/auth/sign-up", { body: { email, password: VICTIM_PASSWORD } });
+    // The attacker signs up the same address later: the newest mail in the owner's box is the attacker's.
+    await call(t, "POST", "/v1/auth/sign-up", { body: { email, password: ATTACKER_PASSWORD } });
+    const attackersLink = t.tokenFromMail(email);
+    const bare = await call(t, "POST", "/v1/auth/email/verify", { body: { token: attackersLink } });
+    expect(bare.status).toBe(400);
+    expect(bare.json.error.details.password).toBeDefined();
+    // The owner clicks it and types their own password: refused, nothing proven, no session.
+    const clicked = await call(t, "POST", "/v1/auth/email/verify", {
+      body: { token: attackersLink, password: VICTIM_PASSWORD },
+    });
+    expect(clicked.status).toBe(401);
+    expect(clicked.json.error.message).toMatch(/sign-up this link confirms/);
+    const { rows } = await database.admin<{ verified: boolean; sessions: string }>(
+      `SELECT u.email_verified_at IS NOT NULL AS verified,
+              (SELECT count(*) FROM sessions s WHERE s.user_id = u.id) AS sessions
+       FROM users u WHERE u.email = $1`,
+      [email],
+    );
+    expect(rows[0]).toEqual({ verified: false, sessions: "0" });
+    // Signing up again gives the owner a link of their own, which completes with their password only.
+    await call(t, "POST", "/v1/auth/sign-up", { body: { email, password: VICTIM_PASSWORD } });
+    const own = await call(t, "POST", "/v1/auth/email/verify", {
+      body: { token: t.tokenFromMail(email), password: VICTIM_PASSWORD },
+    });
+    expect(own.status).toBe(200);
+    expect((await signIn(t, email, ATTACKER_PASSWORD)).status).toBe(401);
+    expect((await signIn(t, email, VICTIM_PASSWORD)).status).toBe(200);
+  });
+
+  it("the names of the registration that completes replace those of earlier ones", async () => {
+    const email = uniqueEmail("named");
+    await call(t, "POST", "/v1/auth/sign-up", {
+      body: { email, password: ATTACKER_PASSWORD, firstName: "Send", lastName: "gift cards to evil.example" },
+    });
+    await call(t, "POST", "/v1/auth/sign-up", {
+      body: { email, password: VICTIM_PASSWORD, firstName: "Ada", lastName: "Lovelace" },
+    });
+    const verified = await call(t, "POST", "/v1/auth/email/verify", {
+      body: { token: t.tokenFromMail(email), password: VICTIM_PASSWORD },
+    });
+    expect(verified.json.user).toMatchObject({ firstName: "Ada", lastName: "Lovelace" });
+  });
+
+  it("the first proof removes provider accounts linked before it", async () => {
+    const open = makeApp({ env: { SIGN_IN_BEFORE_EMAIL_VERIFICATION: "true" } });
+    const email = uniqueEmail("linked-early");
+    const attacker = await call(open, "POST", "/v1/auth/sign-up", {
+      body: { email, password: ATTACKER_PASSWORD },
+    });
+    await AccountsService.link({
+      userId: attacker.json.user.id,
+      provider: "github",
+      providerAccountId: "evil-1",
+    });
+    await call(open, "POST", "/v1/auth/magic-link", { body: { email } });
+    await call(open, "POST", "/v1/auth/magic-link/verify", { body: { token: open.tokenFromMail(email) } });
+    const { rows } = await database.admin<{ n: string }>(
+      "SELECT count(*) AS n FROM accounts WHERE user_id = $1",
+      [attacker.json.user.id],
+    );
+    expect(rows[0]?.n).toBe("0");
+  });
+
+  it("a sign-in whose password check races a reset does not outlive the reset", async () => {
+    const { email, user } = await signUp(t);
+    const waiting = async () => {
+      const { rows } = await database.admin<{ n: number }>(
+        "SELECT count(*)::int AS n FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND datname = current_database()",
+      );
+      return rows[0]?.n ?? 0;
+    };
+    const prepared = await UsersService.preparePassword({ password: VICTIM_PASSWORD, email });
+    let pending: ReturnType<typeof signIn> | undefined;
+    // The reset's transaction holds the user row while the sign-in (old password, checked already) waits.
+    await transaction(async (tx) => {
+      await tx.execute(sql`SELECT 1 FROM users WHERE id = ${user.id} FOR UPDATE`);
+      pending = signIn(t, email, PASSWORD);
+      for (let i = 0; i < 100 && (await waiting()) === 0; i++) await new Promise((r) => setTimeout(r, 20));
+      expect(await waiting()).toBeGreaterThan(0);
+      await UsersService.setPassword({ id: user.id, password: prepared }, undefined, { tx });
+      await SessionsService.revokeAllForUser({ userId: user.id }, undefined, { tx });
+    });
+    const raced = await pending;
+    expect(raced?.status).toBe(401);
+    const { rows } = await database.admin<{ n: string }>(
+      "SELECT count(*) AS n FROM sessions WHERE user_id = $1 AND status = 'active'",
+      [user.id],
+    );
+    expect(rows[0]?.n).toBe("0");
+  });
+
+  it("links used at the same moment as a reset queue on the user instead of deadlocking", async () => {
+    const { email } = await signUp(t);
+    const statuses: number[] = [];
+    for (let round = 0; round < 8; round++) {
+      await call(t, "POST", "/v1/auth/magic-link", { body: { email } });
+      const magic = t.tokenFromMail(email);
+      await call(t, "POST", "/v1/auth/password/forgot", { body: { email } });
+      const reset = t.tokenFromMail(email);
+      const answers = await Promise.all([
+        call(t, "POST", "/v1/auth/magic-link/verify", { body: { token: magic } }),
+        call(t, "POST", "/v1/auth/password/reset", {
+          body: { token: reset, password: `round ${round} passphrase` },
+        }),
+      ]);
+      statuses.push(...answers.map((a) => a.status));
+    }
+    expect(statuses.filter((status) => status >= 500)).toEqual([]);
+  });
+
+  it("someone else's sign-ups cannot use up the owner's mail budget or keep replacing links", async () => {
+    const app = makeApp({ env: { RATE_LIMIT_EMAIL_PER_RECIPIENT: "3" }, address: "198.51.100.71" });
+    const { email } = await signUp(app);
+    app.setAddress("192.0.2.70");
+    const before = await database.admin<{ n: string }>("SELECT count(*) AS n FROM one_time_tokens");
+    for (let i = 0; i < 6; i++) {
+      const res = await call(app, "POST", "/v1/auth/sign-up", {
+        body: { email, password: ATTACKER_PASSWORD },
+      });
+      expect(res.status).toBe(202);
+    }
+    // Past the budget nothing is written and nothing mailed, with the same answer.
+    const notices = mailsTo(app, email).filter(
+      (m) => m.subject === "Someone tried to sign up with your address",
+    );
+    expect(notices).toHaveLength(3);
+    const after = await database.admin<{ n: string }>("SELECT count(*) AS n FROM one_time_tokens");
+    expect(after.rows[0]?.n).toBe(before.rows[0]?.n);
+    // The owner, from their own network, still gets a reset link and a magic link.
+    app.setAddress("198.51.100.71");
+    expect((await call(app, "POST", "/v1/auth/password/forgot", { body: { email } })).status).toBe(202);
+    expect(app.mailer.last(email)?.subject).toBe("Reset your password");
+    expect((await call(app, "POST", "/v1/auth/magic-link", { body: { email } })).status).toBe(202);
+    expect(app.mailer.last(email)?.subject).toBe("Your sign-in link");
+  });
+
+  it("a pre-proof session changing the password does not retire the owner's proof links", async () => {
+    const open = makeApp({ env: { SIGN_IN_BEFORE_EMAIL_VERIFICATION: "true" } });
+    const email = uniqueEmail("keeps-links");
+    const attacker = await call(open, "POST", "/v1/auth/sign-up", {
+      body: { email, password: ATTACKER_PASSWORD },
+    });
+    await call(open, "POST", "/v1/auth/magic-link", { body: { email } });
+    const ownerLink = open.tokenFromMail(email);
+    const changed = await call(open, "POST", "/v1/auth/password/change", {
+      bearer: attacker.json.token,
+      body: { currentPassword: ATTACKER_PASSWORD, newPassword: "attacker's second passphrase" },
+    });
+    expect(changed.status).toBe(200);
+    const used = await call(open, "POST", "/v1/auth/magic-link/verify", { body: { token: ownerLink } });
+    expect(used.status).toBe(200);
+    expect((await call(open, "GET", "/v1/auth/session", { bearer: changed.json.token })).status).toBe(401);
+  });
+});
+
 describe("/metrics (item 2)", () => {
   it("is not public in production: 404 without METRICS_TOKEN, bearer-only with it", async () => {
     const prod = makeApp({ env: { NODE_ENV: "production" } });
@@ -232,6 +396,26 @@ describe("rate-limit keys (item 3)", () => {
     expect((await call(app, "POST", "/v1/auth/sign-in", { body })).status).toBe(401);
     app.setAddress("::ffff:198.51.100.5");
     expect((await call(app, "POST", "/v1/auth/sign-in", { body })).status).toBe(429);
+  });
+
+  it("key every spelling of an IPv4 client alike, and accept a zone id", async () => {
+    const app = makeApp({ env: { RATE_LIMIT_SIGN_IN_PER_CLIENT: "3" }, address: "192.0.2.33" });
+    const body = { email: uniqueEmail(), password: "whatever it may be" };
+    for (const address of ["192.0.2.33", "::ffff:c000:221", "0:0:0:0:0:ffff:192.0.2.33"]) {
+      app.setAddress(address);
+      expect((await call(app, "POST", "/v1/auth/sign-in", { body })).status).toBe(401);
+    }
+    app.setAddress("64:ff9b::192.0.2.33");
+    expect((await call(app, "POST", "/v1/auth/sign-in", { body })).status).toBe(429);
+    // Another IPv4 client is another bucket, even spelled as IPv6.
+    app.setAddress("::ffff:192.0.2.34");
+    expect((await call(app, "POST", "/v1/auth/sign-in", { body })).status).toBe(401);
+    // A link-local peer with a zone id signs in (the zone is not part of the address stored).
+    const zoned = makeApp({ address: "fe80::1%eth0" });
+    const { email } = await signUp(zoned);
+    const res = await call(zoned, "POST", "/v1/auth/sign-in", { body: { email, password: PASSWORD } });
+    expect(res.status).toBe(200);
+    expect(res.json.session.ipAddress).toBe("fe80::1");
   });
 
   it("stores an IPv4-mapped peer as IPv4 on the session", async () => {

@@ -37,6 +37,7 @@ const name = z.string().max(200).nullish();
 const signUpBody = z.strictObject({ email, password, firstName: name, lastName: name });
 const signInBody = z.strictObject({ email, password });
 const tokenBody = z.strictObject({ token });
+const verifyBody = z.strictObject({ token, password: password.optional() });
 const emailBody = z.strictObject({ email });
 const resetBody = z.strictObject({ token, password });
 const changeBody = z.strictObject({ currentPassword: password, newPassword: password });
@@ -139,9 +140,74 @@ function passwordOptions(c: Context<AppEnv>) {
     : {};
 }
 
-/** SessionsService options carrying the configured cap of live sessions per user. */
-function sessionOptions(c: Context<AppEnv>) {
-  return { config: { maxPerUser: c.var.deps.config.SESSION_MAX_PER_USER } };
+/** The per-call session configuration: the configured cap of live sessions per user. */
+function sessionConfig(c: Context<AppEnv>) {
+  return { maxPerUser: c.var.deps.config.SESSION_MAX_PER_USER };
+}
+
+/** What a new session records about the request that started it. */
+function sessionFields(c: Context<AppEnv>, authMethod: string) {
+  const { userId: _userId, ...fields } = sessionInput(c, "", authMethod);
+  return fields;
+}
+
+/**
+ * The mail budget of an address, per kind ("sign-up": sign-up and unverified sign-in mails; "link": reset,
+ * magic link and verification resend), counted per (address, client network) and, with a higher ceiling, per
+ * address: someone spending it from their networks cannot use up what the owner has from theirs. Silent
+ * (returns false) by default, so answers stay alike; `loud` throws RATE_LIMITED instead.
+ */
+async function mailBudget(
+  c: Context<AppEnv>,
+  kind: "sign-up" | "link",
+  email: string,
+  options: { loud?: boolean } = {},
+): Promise<boolean> {
+  const { config } = c.var.deps;
+  const recipient = digestKey(email);
+  const checks = [
+    {
+      bucket: `mail:${kind}:recipient-network`,
+      key: `${recipient}:${clientNetwork(c)}`,
+      limit: config.RATE_LIMIT_EMAIL_PER_RECIPIENT,
+    },
+    { bucket: `mail:${kind}:recipient`, key: recipient, limit: config.RATE_LIMIT_EMAIL_PER_RECIPIENT_TOTAL },
+  ];
+  for (const { bucket, key, limit } of checks) {
+    if (options.loud) await rateLimit(c, bucket, key, limit);
+    else if (!(await withinLimit(c, bucket, key, limit))) return false;
+  }
+  return true;
+}
+
+/**
+ * Uses a mailed link and signs in, in one transaction (UsersService.useEmailLink). A sign-up's verification
+ * link also needs the password that sign-up chose; a wrong one says so, and the link stays usable.
+ */
+async function useLink(
+  c: Context<AppEnv>,
+  token: string,
+  purpose: "email_verification" | "magic_link",
+  authMethod: string,
+  password?: string,
+) {
+  try {
+    const result = await UsersService.useEmailLink(
+      { token, purpose, ...(password === undefined ? {} : { password }) },
+      c.var.log,
+      { session: sessionFields(c, authMethod), sessionConfig: sessionConfig(c) },
+    );
+    if (!result.session) throw new Error("useEmailLink created no session");
+    return { user: result.user, session: result.session };
+  } catch (error) {
+    if (isDbError(error, "INVALID_CREDENTIALS")) {
+      throw new ApiError(
+        "INVALID_CREDENTIALS",
+        "This is not the password of the sign-up this link confirms. Enter the password you chose, or sign up again for a new link",
+      );
+    }
+    throw error;
+  }
 }
 
 const CHECK_EMAIL = { status: "check_email" } as const;
@@ -166,36 +232,35 @@ export function authRoutes(): Hono<AppEnv> {
       log,
       passwordOptions(c),
     );
+    // The address's sign-up mail budget is checked before anything is written, and silently: past it the
+    // answer is the same 202 and nothing happens (no retired link, no mail), so sign-ups by someone else
+    // cannot flood the address or keep replacing its owner's link.
+    if (!(await mailBudget(c, "sign-up", body.email))) return c.json(CHECK_EMAIL, 202);
     const registration = await UsersService.register(
       { email: body.email, password, firstName: body.firstName, lastName: body.lastName },
       log,
       { passwordBeforeVerification: config.SIGN_IN_BEFORE_EMAIL_VERIFICATION },
     );
     const to = registration.user.email ?? body.email;
-    // Per recipient, silently: a 429 here would differ between addresses with and without an account.
-    if (await withinLimit(c, "email:recipient", digestKey(to), config.RATE_LIMIT_EMAIL_PER_RECIPIENT)) {
-      if (registration.verification) {
-        sendInBackground(
-          c,
-          to,
-          "Confirm your email address",
-          `Someone (hopefully you) signed up with this address. To finish, open this link within a day:\n\n${link(c, "/verify-email", registration.verification.token)}\n\nIf it was not you, ignore this message: nothing happens without this link.\n`,
-        );
-      } else {
-        sendInBackground(
-          c,
-          to,
-          "Someone tried to sign up with your address",
-          `Someone tried to create an account with this address, which already has one. Nothing changed.\n\nIf it was you, sign in at ${appHome(c)}, or reset your password there if you forgot it.\nIf it was not you, you can ignore this message.\n`,
-        );
-      }
+    if (registration.verification) {
+      sendInBackground(
+        c,
+        to,
+        "Confirm your email address",
+        `Someone (hopefully you) signed up with this address. To finish, open this link within a day and enter the password you chose:\n\n${link(c, "/verify-email", registration.verification.token)}\n\nIf it was not you, ignore this message: nothing happens without this link and that password.\n`,
+      );
+    } else {
+      sendInBackground(
+        c,
+        to,
+        "Someone tried to sign up with your address",
+        `Someone tried to create an account with this address, which already has one. Nothing changed.\n\nIf it was you, sign in at ${appHome(c)}, or reset your password there if you forgot it.\nIf it was not you, you can ignore this message.\n`,
+      );
     }
     if (config.SIGN_IN_BEFORE_EMAIL_VERIFICATION && registration.outcome === "created") {
-      const session = await SessionsService.create(
-        sessionInput(c, registration.user.id, "password"),
-        log,
-        sessionOptions(c),
-      );
+      const session = await SessionsService.create(sessionInput(c, registration.user.id, "password"), log, {
+        config: sessionConfig(c),
+      });
       await endPresentedSession(c);
       return signedIn(c, session, registration.user, 201);
     }
@@ -258,23 +323,26 @@ export function authRoutes(): Hono<AppEnv> {
       }
       throw new ApiError("SIGN_IN_LINK_REQUIRED", undefined, { retryAfter: accountHit.retryAfter });
     }
-    let user: PublicUser;
+    let signed: Awaited<ReturnType<typeof UsersService.signIn>>;
     try {
-      user = await UsersService.verifyPassword({ email: body.email, password: body.password }, log, {
+      // The session is created only if the password checked is still the account's when it is written.
+      signed = await UsersService.signIn({ email: body.email, password: body.password }, log, {
         requireVerifiedEmail: !config.SIGN_IN_BEFORE_EMAIL_VERIFICATION,
+        session: sessionFields(c, "password"),
+        sessionConfig: sessionConfig(c),
       });
     } catch (error) {
       if (isDbError(error, "EMAIL_NOT_VERIFIED")) {
         // The right password for an unproven address: it answers like a wrong one (an unverified account
-        // grants nothing), and the address gets a fresh link, at most as often as the recipient limit allows.
-        if (await withinLimit(c, "email:recipient", account, config.RATE_LIMIT_EMAIL_PER_RECIPIENT)) {
+        // grants nothing), and the address gets a fresh link, within its silent sign-up mail budget.
+        if (await mailBudget(c, "sign-up", body.email)) {
           tasks.run("verification", log, async () => {
             const sent = await UsersService.sendVerification({ email: body.email }, log);
             if (!sent) return;
             await mailer.send({
               to: sent.record.sentTo,
               subject: "Confirm your email address",
-              text: `Someone tried to sign in with this address, which is not confirmed yet. To confirm it and sign in, open this link within a day:\n\n${link(c, "/verify-email", sent.token)}\n\nIf it was not you, ignore this message.\n`,
+              text: `Someone tried to sign in with this address, which is not confirmed yet. To confirm it and sign in, open this link within a day and enter your password:\n\n${link(c, "/verify-email", sent.token)}\n\nIf it was not you, ignore this message.\n`,
             });
           });
         }
@@ -294,16 +362,7 @@ export function authRoutes(): Hono<AppEnv> {
       -1,
     );
     await endPresentedSession(c);
-    const session = await SessionsService.create(
-      sessionInput(c, user.id, "password"),
-      log,
-      sessionOptions(c),
-    );
-    const updated = await UsersService.update(
-      { id: user.id, patch: { lastSignInAt: c.var.deps.clock() } },
-      log,
-    );
-    return signedIn(c, session, updated);
+    return signedIn(c, signed, signed.user);
   });
 
   auth.post("/sign-out", requireSession, async (c) => {
@@ -344,20 +403,14 @@ export function authRoutes(): Hono<AppEnv> {
    * When it is the first proof, every session and token set up before it ends (UsersService.useEmailLink).
    */
   auth.post("/email/verify", async (c) => {
-    const body = await readJson(c, tokenBody);
-    const log = c.var.log;
-    const { user, session } = await transaction(async (tx) => {
-      const { user } = await UsersService.useEmailLink(
-        { token: body.token, purpose: "email_verification", signIn: true },
-        log,
-        { tx },
-      );
-      const session = await SessionsService.create(sessionInput(c, user.id, "email_verification"), log, {
-        tx,
-        ...sessionOptions(c),
-      });
-      return { user, session };
-    });
+    const body = await readJson(c, verifyBody);
+    const { user, session } = await useLink(
+      c,
+      body.token,
+      "email_verification",
+      "email_verification",
+      body.password,
+    );
     await endPresentedSession(c);
     return signedIn(c, session, user);
   });
@@ -369,7 +422,7 @@ export function authRoutes(): Hono<AppEnv> {
       throw new ApiError("VALIDATION_FAILED", "Invalid input: the account has no email address");
     if (user.emailVerifiedAt) return c.json({ status: "already_verified" });
     await rateLimit(c, "email:client", clientNetwork(c), config.RATE_LIMIT_EMAIL_PER_CLIENT);
-    await rateLimit(c, "email:recipient", digestKey(user.email), config.RATE_LIMIT_EMAIL_PER_RECIPIENT);
+    await mailBudget(c, "link", user.email, { loud: true });
     const sent = await UsersService.sendVerification({ userId: user.id }, c.var.log);
     if (!sent) return c.json({ status: "already_verified" });
     sendInBackground(
@@ -387,7 +440,7 @@ export function authRoutes(): Hono<AppEnv> {
     const log = c.var.log;
     const { config, mailer, tasks } = c.var.deps;
     await rateLimit(c, "email:client", clientNetwork(c), config.RATE_LIMIT_EMAIL_PER_CLIENT);
-    await rateLimit(c, "email:recipient", digestKey(body.email), config.RATE_LIMIT_EMAIL_PER_RECIPIENT);
+    await mailBudget(c, "link", body.email, { loud: true });
     // The lookup, the token and the mail happen after the response, so neither the answer nor its timing
     // says whether the address has an account.
     tasks.run(purpose, log, async () => {
@@ -466,7 +519,14 @@ export function authRoutes(): Hono<AppEnv> {
     const rotated = await transaction(async (tx) => {
       await UsersService.setPassword({ id: current.id, password }, log, { tx });
       await SessionsService.revokeAllForUser({ userId: current.id, except: c.var.session.id }, log, { tx });
-      await OneTimeTokensService.invalidateForUser(current.id, {}, log, { tx });
+      // On an account whose address is not proven yet, the links that would prove it stay: whoever set the
+      // password before the proof must not be able to keep killing the owner's verification or magic link.
+      await OneTimeTokensService.invalidateForUser(
+        current.id,
+        current.emailVerifiedAt ? {} : { purpose: "password_reset" },
+        log,
+        { tx },
+      );
       return await SessionsService.rotate(c.var.sessionToken, log, { tx });
     });
     if (current.email) {
@@ -485,20 +545,8 @@ export function authRoutes(): Hono<AppEnv> {
 
   auth.post("/magic-link/verify", async (c) => {
     const body = await readJson(c, tokenBody);
-    const log = c.var.log;
-    const { user, session } = await transaction(async (tx) => {
-      // Following the link proves the address; if it is the first proof, what was set up before it ends.
-      const { user } = await UsersService.useEmailLink(
-        { token: body.token, purpose: "magic_link", signIn: true },
-        log,
-        { tx },
-      );
-      const session = await SessionsService.create(sessionInput(c, user.id, "magic_link"), log, {
-        tx,
-        ...sessionOptions(c),
-      });
-      return { user, session };
-    });
+    // Following the link proves the address; if it is the first proof, what was set up before it ends.
+    const { user, session } = await useLink(c, body.token, "magic_link", "magic_link");
     await endPresentedSession(c);
     return signedIn(c, session, user);
   });

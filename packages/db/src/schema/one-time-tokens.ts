@@ -1,7 +1,7 @@
 // One-time tokens (links and short codes). Only a digest is stored; use-once is enforced by a conditional
 // UPDATE ... RETURNING on used_at in the service.
 import { sql } from "drizzle-orm";
-import { bigint, index, pgEnum, pgTable, text, uuid } from "drizzle-orm/pg-core";
+import { bigint, index, jsonb, pgEnum, pgTable, text, uuid } from "drizzle-orm/pg-core";
 import { bytea, id, timestamps, timestamptz } from "./columns.ts";
 import { users } from "./users.ts";
 
@@ -31,6 +31,8 @@ export const oneTimeTokens = pgTable(
      * set on the user only when this link is used, so each registration's link confirms its own password.
      */
     passwordHash: text("password_hash"),
+    /** For a sign-up's email verification link: the names that registration gave, applied with its password. */
+    profile: jsonb("profile").$type<{ firstName?: string | null; lastName?: string | null }>(),
     /** Failed verification attempts, for short codes. */
     attempts: bigint("attempts", { mode: "number" }).notNull().default(0),
     deletedAt: timestamptz("deleted_at"),

@@ -34,12 +34,27 @@ import { type PreparedPassword, preparedFromHash, preparedHash } from "./passwor
 
 const TABLE = "one_time_tokens";
 
-/** A token row as callers see it: everything but the digest and a registration's password hash. */
-export type OneTimeTokenRecord = Omit<OneTimeToken, "tokenHash" | "passwordHash">;
+/** A token row as callers see it: everything but the digest and what a sign-up's link carries. */
+export type OneTimeTokenRecord = Omit<OneTimeToken, "tokenHash" | "passwordHash" | "profile">;
+
+/** The names a sign-up gave, carried by its verification link. */
+export interface RegistrationProfile {
+  firstName?: string | null | undefined;
+  lastName?: string | null | undefined;
+}
+
+/** What a sign-up's verification link carries besides its record (see UsersService.useEmailLink). */
+export interface LinkRegistration {
+  record: OneTimeTokenRecord;
+  /** The password the link confirms, opaque; null when it carries none. */
+  password: PreparedPassword | null;
+  profile: RegistrationProfile | null;
+}
 
 const {
   tokenHash: _tokenHash,
   passwordHash: _passwordHash,
+  profile: _profile,
   ...recordColumns
 } = getTableColumns(oneTimeTokens);
 
@@ -110,9 +125,11 @@ export interface CreateTokenInput {
    * user's password when the link is used as the first proof of the address (UsersService.useEmailLink).
    */
   password?: PreparedPassword | undefined;
+  /** An email verification link only: the names the sign-up gave, applied with its password. */
+  profile?: RegistrationProfile | undefined;
 }
 
-export interface CreateCodeInput extends Omit<CreateTokenInput, "ttlMs" | "password"> {
+export interface CreateCodeInput extends Omit<CreateTokenInput, "ttlMs" | "password" | "profile"> {
   /** Lifetime; default DEFAULT_CODE_TTL_MS (10 minutes), at most MAX_CODE_TTL_MS. */
   ttlMs?: number | undefined;
   /** 4 to 10; default 6. */
@@ -164,12 +181,13 @@ function toRecord(row: Record<string, unknown>): OneTimeTokenRecord {
 const consumeStatement = defineStatement<Record<string, unknown>, LinkTokenParams>(
   "one_time_tokens_consume",
   sql`UPDATE one_time_tokens SET used_at = ${param("at")}::timestamptz WHERE ${usableLinkToken}
-      RETURNING ${recordList}, password_hash AS "registrationHash"`,
+      RETURNING ${recordList}, password_hash AS "registrationHash", profile AS "registrationProfile"`,
 );
 
 const peekStatement = defineStatement<Record<string, unknown>, LinkTokenParams>(
   "one_time_tokens_peek",
-  sql`SELECT ${recordList} FROM one_time_tokens WHERE ${usableLinkToken} LIMIT 1`,
+  sql`SELECT ${recordList}, password_hash AS "registrationHash", profile AS "registrationProfile"
+      FROM one_time_tokens WHERE ${usableLinkToken} LIMIT 1`,
 );
 
 const lockStatement = defineStatement<Record<string, unknown>, { key: string }>(
@@ -186,6 +204,8 @@ interface IssuedRow {
   tokenHash: Buffer;
   expiresAt: Date;
   passwordHash: string | null;
+  /** JSON text of a RegistrationProfile, or null. */
+  profile: string | null;
 }
 
 interface IssueParams extends IssuedRow, Record<string, unknown> {
@@ -208,10 +228,11 @@ function issueStatement(key: string, owner: SQL, superseded: SQL) {
         RETURNING id
       ),
       inserted AS (
-        INSERT INTO one_time_tokens (id, user_id, purpose, token_hash, sent_to, expires_at, password_hash)
+        INSERT INTO one_time_tokens (id, user_id, purpose, token_hash, sent_to, expires_at, password_hash,
+                                     profile)
         SELECT ${param("id")}::uuid, owner.user_id, ${param("purpose")}::one_time_token_purpose,
                ${param("tokenHash")}::bytea, ${param("sentTo")}, ${param("expiresAt")}::timestamptz,
-               ${param("passwordHash")}::text
+               ${param("passwordHash")}::text, ${param("profile")}::jsonb
         FROM owner
         RETURNING ${recordList}
       )
@@ -272,9 +293,9 @@ export async function create(
   options: ServiceOptions = {},
 ): Promise<{ token: string; record: OneTimeTokenRecord }> {
   return await serviceCall("oneTimeTokens.create", logger, { userId: input?.userId }, async () => {
-    const { password, ...rest } = input ?? {};
+    const { password, profile, ...rest } = input ?? {};
     const parsed = validate(createSchema, rest);
-    if (password !== undefined && parsed.purpose !== "email_verification") {
+    if ((password !== undefined || profile !== undefined) && parsed.purpose !== "email_verification") {
       throw new DbError(
         "VALIDATION_FAILED",
         "Invalid input: password: only an email verification link carries one",
@@ -294,6 +315,10 @@ export async function create(
         tokenHash: sha256(token),
         expiresAt: new Date(at.getTime() + (parsed.ttlMs ?? DEFAULT_TOKEN_TTL_MS[parsed.purpose])),
         passwordHash: password === undefined ? null : preparedHash(password),
+        profile:
+          profile === undefined
+            ? null
+            : JSON.stringify({ firstName: profile.firstName ?? null, lastName: profile.lastName ?? null }),
       },
       at,
       options,
@@ -332,6 +357,7 @@ export async function createCode(
         tokenHash: codeDigest(id, code),
         expiresAt: new Date(at.getTime() + (parsed.ttlMs ?? DEFAULT_CODE_TTL_MS)),
         passwordHash: null,
+        profile: null,
       },
       at,
       options,
@@ -515,26 +541,31 @@ export async function consume(
   });
 }
 
+/** A consume or peek row split into the record and what a sign-up's link carries. */
+function toRegistration(row: Record<string, unknown>): LinkRegistration {
+  const { registrationHash, registrationProfile, ...record } = row;
+  return {
+    record: toRecord(record),
+    password: typeof registrationHash === "string" ? preparedFromHash(registrationHash) : null,
+    profile: (registrationProfile as RegistrationProfile | null) ?? null,
+  };
+}
+
 async function consumeRow(
   token: string,
   purpose: OneTimeTokenPurpose,
   options: ServiceOptions,
-): Promise<{ record: OneTimeTokenRecord; password: PreparedPassword | null } | null> {
+): Promise<LinkRegistration | null> {
   if (!isWellFormedSecret(token)) return null;
   const params = { tokenHash: sha256(token), purpose, at: now() };
   const result = await withMetrics("consume", TABLE, () => consumeStatement.run(options.tx, params));
   const row = result.rows[0];
-  if (!row) return null;
-  const { registrationHash, ...record } = row;
-  return {
-    record: toRecord(record),
-    password: typeof registrationHash === "string" ? preparedFromHash(registrationHash) : null,
-  };
+  return row ? toRegistration(row) : null;
 }
 
 /**
- * consume(), plus the password an email verification link confirms (null when it carries none). For
- * UsersService.useEmailLink, which applies it; the hash stays opaque.
+ * consume(), plus the password and names an email verification link carries (null when none). For
+ * UsersService.useEmailLink, which applies them; the hash stays opaque.
  * @throws DbError VALIDATION_FAILED (unknown purpose).
  * @example const used = await consumeLink(token, "email_verification", logger, { tx });
  */
@@ -543,7 +574,7 @@ export async function consumeLink(
   purpose: OneTimeTokenPurpose,
   logger: Logger = noopLogger,
   options: ServiceOptions = {},
-): Promise<{ record: OneTimeTokenRecord; password: PreparedPassword | null } | null> {
+): Promise<LinkRegistration | null> {
   return await serviceCall("oneTimeTokens.consume", logger, { purpose }, async () => {
     const used = await consumeRow(token, validate(purposeSchema, purpose), options);
     if (used) {
@@ -569,7 +600,27 @@ export async function peek(
     if (!isWellFormedSecret(token)) return null;
     const params = { tokenHash: sha256(token), purpose: validPurpose, at: now() };
     const result = await withMetrics("select", TABLE, () => peekStatement.run(options.tx, params));
-    return result.rows[0] ? toRecord(result.rows[0]) : null;
+    return result.rows[0] ? toRegistration(result.rows[0]).record : null;
+  });
+}
+
+/**
+ * peek(), plus the password and names an email verification link carries (null when none), without using it.
+ * @throws DbError VALIDATION_FAILED (unknown purpose).
+ * @example const pending = await peekLink(token, "email_verification");
+ */
+export async function peekLink(
+  token: string,
+  purpose: OneTimeTokenPurpose,
+  logger: Logger = noopLogger,
+  options: ServiceOptions = {},
+): Promise<LinkRegistration | null> {
+  return await serviceCall("oneTimeTokens.peek", logger, { purpose }, async () => {
+    const validPurpose = validate(purposeSchema, purpose);
+    if (!isWellFormedSecret(token)) return null;
+    const params = { tokenHash: sha256(token), purpose: validPurpose, at: now() };
+    const result = await withMetrics("select", TABLE, () => peekStatement.run(options.tx, params));
+    return result.rows[0] ? toRegistration(result.rows[0]) : null;
   });
 }
 

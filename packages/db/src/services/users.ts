@@ -206,7 +206,8 @@ const useEmailLinkSchema = z.strictObject({
   token: z.string().max(1024),
   purpose: linkPurposeSchema,
   newPassword: preparedSchema.optional(),
-  signIn: z.boolean().optional(),
+  /** For a sign-up's verification link: the password that sign-up chose. */
+  password: z.string().optional(),
 });
 
 export type CreateUserInput = z.input<typeof createSchema>;
@@ -815,32 +816,43 @@ export async function setPassword(
   });
 }
 
-/** The newest live sign-up registration's password of a user (see register), as a correlated subquery. */
-function pendingRegistrationHash(at: Date): SQL<string | null> {
-  // one_time_tokens_user_id_idx finds the user's few token rows. `users.id` is spelled out: Drizzle renders a
-  // column of a single-table select unqualified ("id"), which inside this subquery would mean t.id.
-  return sql<string | null>`(SELECT t.password_hash FROM one_time_tokens t
+/**
+ * A column of the user's newest live sign-up registration (see register), as a correlated subquery.
+ * one_time_tokens_user_id_idx finds the user's few token rows. `users.id` is spelled out: Drizzle renders a
+ * column of a single-table select unqualified ("id"), which inside this subquery would mean t.id.
+ */
+function pendingRegistration<T>(column: "password_hash" | "profile", at: Date): SQL<T | null> {
+  return sql<T | null>`(SELECT t.${sql.identifier(column)} FROM one_time_tokens t
     WHERE t.user_id = users.id AND t.purpose = 'email_verification'
       AND t.used_at IS NULL AND t.deleted_at IS NULL AND t.expires_at > ${at}::timestamptz
     ORDER BY t.id DESC LIMIT 1)`;
 }
+
+type Credentials = PublicUser & {
+  passwordHash: string | null;
+  pendingHash: string | null;
+  pendingProfile: OneTimeTokensService.RegistrationProfile | null;
+};
 
 /** A live user by email or id with the password hashes sign-in and verification mails need. */
 async function credentialsOf(
   where: SQL,
   at: Date,
   handle: DatabaseOrTransaction,
-): Promise<(PublicUser & { passwordHash: string | null; pendingHash: string | null }) | undefined> {
+  lock = false,
+): Promise<Credentials | undefined> {
+  const query = handle
+    .select({
+      ...publicUserColumns,
+      passwordHash: users.passwordHash,
+      pendingHash: pendingRegistration<string>("password_hash", at),
+      pendingProfile: pendingRegistration<OneTimeTokensService.RegistrationProfile>("profile", at),
+    })
+    .from(users)
+    .where(and(where, isNull(users.deletedAt)))
+    .limit(1);
   const [row] = await withMetrics("select", "users", () =>
-    handle
-      .select({
-        ...publicUserColumns,
-        passwordHash: users.passwordHash,
-        pendingHash: pendingRegistrationHash(at),
-      })
-      .from(users)
-      .where(and(where, isNull(users.deletedAt)))
-      .limit(1),
+    lock ? query.for("update", { of: users }) : query,
   );
   return row;
 }
@@ -854,11 +866,54 @@ export interface VerifyPasswordOptions extends ServiceOptions {
 }
 
 /**
+ * The password check of verifyPassword and signIn: the user, and the hash that matched as it is stored now
+ * (after a rehash, the new one).
+ */
+async function checkPassword(
+  payload: VerifyPasswordInput,
+  logger: Logger,
+  options: VerifyPasswordOptions,
+): Promise<{ user: PublicUser; stored: string }> {
+  const { email, password } = validate(verifyPasswordSchema, payload);
+  const handle = options.tx ?? db;
+  const row = await credentialsOf(eq(users.email, email), now(), handle);
+  const invalid = () => new DbError("INVALID_CREDENTIALS", "Invalid email or password");
+  const unverified = row !== undefined && row.emailVerifiedAt === null;
+  const stored =
+    unverified && options.requireVerifiedEmail ? (row.pendingHash ?? row.passwordHash) : row?.passwordHash;
+  const candidate = stored ?? (unverified ? row?.pendingHash : null);
+  if (!row || !candidate) {
+    await verifyAgainstDummy(password);
+    throw invalid();
+  }
+  const { passwordHash, pendingHash: _hash, pendingProfile: _profile, ...user } = row;
+  if (!(await verifyPasswordHash(candidate, password))) throw invalid();
+  if (unverified && (options.requireVerifiedEmail || candidate !== passwordHash)) {
+    throw new DbError("EMAIL_NOT_VERIFIED", "The email address is not verified yet", { table: "users" });
+  }
+  if (!needsRehash(candidate)) return { user, stored: candidate };
+  const rehashed = await hashPassword(password);
+  // Replaces the hash only if it is still the one just verified: a password changed concurrently (setPassword,
+  // a reset) must not be overwritten by the old password's new hash.
+  const replaced = await withMetrics("update", "users", () =>
+    handle
+      .update(users)
+      .set({ passwordHash: rehashed })
+      .where(and(eq(users.id, user.id), eq(users.passwordHash, candidate)))
+      .returning({ id: users.id }),
+  );
+  if (replaced.length === 0) return { user, stored: candidate };
+  logger.audit({ userId: user.id }, "password rehashed with current parameters");
+  return { user, stored: rehashed };
+}
+
+/**
  * Checks an email and password; returns the user on success. Unknown email, deleted user, user without a
  * password and wrong password all raise the same error after the same argon2 work. A hash weaker than the
  * current policy is replaced after a successful check. For an unverified address, the password checked is the
  * newest pending sign-up's (see register), else the account's own; when it matches, EMAIL_NOT_VERIFIED is
  * raised if `requireVerifiedEmail` is set or the match was a pending sign-up's (which is not a password yet).
+ * To start a session, use signIn: it also makes sure the password did not change meanwhile.
  * @throws DbError INVALID_CREDENTIALS, EMAIL_NOT_VERIFIED, VALIDATION_FAILED (malformed email, empty password).
  * @example const user = await verifyPassword({ email: "ada@example.com", password: "correct horse" });
  */
@@ -868,37 +923,58 @@ export async function verifyPassword(
   options: VerifyPasswordOptions = {},
 ): Promise<PublicUser> {
   return await serviceCall("users.verifyPassword", logger, {}, async () => {
-    const { email, password } = validate(verifyPasswordSchema, payload);
-    const handle = options.tx ?? db;
-    const row = await credentialsOf(eq(users.email, email), now(), handle);
-    const invalid = () => new DbError("INVALID_CREDENTIALS", "Invalid email or password");
-    const unverified = row !== undefined && row.emailVerifiedAt === null;
-    const stored =
-      unverified && options.requireVerifiedEmail ? (row.pendingHash ?? row.passwordHash) : row?.passwordHash;
-    const candidate = stored ?? (unverified ? row?.pendingHash : null);
-    if (!row || !candidate) {
-      await verifyAgainstDummy(password);
-      throw invalid();
-    }
-    const { passwordHash, pendingHash: _pending, ...user } = row;
-    if (!(await verifyPasswordHash(candidate, password))) throw invalid();
-    if (unverified && (options.requireVerifiedEmail || candidate !== passwordHash)) {
-      throw new DbError("EMAIL_NOT_VERIFIED", "The email address is not verified yet", { table: "users" });
-    }
-    if (needsRehash(candidate)) {
-      const rehashed = await hashPassword(password);
-      // Replaces the hash only if it is still the one just verified: a password changed concurrently
-      // (setPassword, a reset) must not be overwritten by the old password's new hash.
-      const replaced = await withMetrics("update", "users", () =>
-        handle
-          .update(users)
-          .set({ passwordHash: rehashed })
-          .where(and(eq(users.id, user.id), eq(users.passwordHash, candidate)))
-          .returning({ id: users.id }),
-      );
-      if (replaced.length > 0) logger.audit({ userId: user.id }, "password rehashed with current parameters");
-    }
-    return user;
+    return (await checkPassword(payload, logger, options)).user;
+  });
+}
+
+export interface SignInOptions extends VerifyPasswordOptions {
+  /** The session to create (its userId is filled in). */
+  session: Omit<SessionsService.CreateSessionInput, "userId">;
+  /** Per-call session configuration (maxPerUser, lifetimes). */
+  sessionConfig?: Partial<SessionsService.SessionConfig> | undefined;
+}
+
+/**
+ * Password sign-in: checks the password (argon2, outside any transaction), then in one transaction locks the
+ * user, makes sure the password (and, with requireVerifiedEmail, the verification) is still the one checked,
+ * records the sign-in and creates the session. A reset or first proof of the address that commits while the
+ * password is being checked therefore wins: the sign-in fails instead of leaving a session it would not end.
+ * @throws DbError INVALID_CREDENTIALS, EMAIL_NOT_VERIFIED, VALIDATION_FAILED.
+ * @example const { user, token } = await signIn({ email, password }, log, { session: { authMethod: "password" } });
+ */
+export async function signIn(
+  payload: VerifyPasswordInput,
+  logger: Logger = noopLogger,
+  options: SignInOptions,
+): Promise<{ user: PublicUser; session: SessionsService.PublicSession; token: string }> {
+  return await serviceCall("users.signIn", logger, {}, async () => {
+    const { user, stored } = await checkPassword(payload, logger, { ...options, tx: undefined });
+    const at = now();
+    return await transaction(
+      async (tx) => {
+        const [current] = await withMetrics("update", "users", () =>
+          tx
+            .update(users)
+            .set({ lastSignInAt: at })
+            .where(
+              and(
+                eq(users.id, user.id),
+                isNull(users.deletedAt),
+                eq(users.passwordHash, stored),
+                options.requireVerifiedEmail ? sql`${users.emailVerifiedAt} IS NOT NULL` : undefined,
+              ),
+            )
+            .returning(publicUserColumns),
+        );
+        if (!current) throw new DbError("INVALID_CREDENTIALS", "Invalid email or password");
+        const created = await SessionsService.create({ ...options.session, userId: user.id }, logger, {
+          tx,
+          config: options.sessionConfig,
+        });
+        return { user: current, ...created };
+      },
+      { tx: options.tx },
+    );
   });
 }
 
@@ -929,7 +1005,8 @@ export async function preparePassword(
 export interface RegisterOptions extends ServiceOptions {
   /**
    * Put the password on a new account at once, so it can sign in before its address is verified (the API's
-   * SIGN_UP_SESSION=immediate). Default false: a new account has no password until its link is used.
+   * SIGN_IN_BEFORE_EMAIL_VERIFICATION=true). Default false: a new account has no password until its link is
+   * used.
    */
   passwordBeforeVerification?: boolean | undefined;
 }
@@ -941,16 +1018,16 @@ export interface Registration {
    */
   outcome: "created" | "unverified" | "verified";
   user: PublicUser;
-  /** The verification link to mail, which carries this registration's password; null for `verified`. */
+  /** The verification link to mail, which carries this registration's password and names; null for `verified`. */
   verification: { token: string; record: OneTimeTokenRecord } | null;
 }
 
 /**
- * A sign-up that cannot pre-hijack an account. The password rides on the verification link (not on the user)
- * and becomes the account's password only when that link is used; a newer sign-up for a still unverified
- * address issues a newer link (retiring the older), so only the newest registration can complete. An address
- * with a verified account is left untouched. All in one transaction; hash the password beforehand
- * (preparePassword).
+ * A sign-up that cannot pre-hijack an account. The password and names ride on the verification link (not on
+ * the user) and become the account's only when that link is used with that password; a newer sign-up for a
+ * still unverified address issues a newer link (retiring the older), so only the newest registration can
+ * complete. An address with a verified account is left untouched. All in one transaction; hash the password
+ * beforehand (preparePassword).
  * @throws DbError VALIDATION_FAILED, NOT_FOUND (the account was deleted meanwhile; retry).
  * @example const { outcome, verification } = await register({ email, password: await preparePassword({ password, email }) });
  */
@@ -979,7 +1056,8 @@ export async function register(
             .onConflictDoNothing({ target: users.email, where: sql`deleted_at IS NULL` })
             .returning(publicUserColumns),
         );
-        // FOR UPDATE: a concurrent verification of this account finishes first, and is then seen.
+        // FOR UPDATE: the user row is always locked before its token rows (as in useEmailLink), so a sign-up
+        // and a link used at the same moment queue instead of deadlocking.
         const user =
           created ??
           (
@@ -991,13 +1069,20 @@ export async function register(
                 .for("update"),
             )
           )[0];
-        if (!user)
+        if (!user) {
           throw new DbError("NOT_FOUND", "The account was deleted meanwhile; retry", { table: "users" });
+        }
         if (!created && user.emailVerifiedAt !== null) {
           return { outcome: "verified" as const, user, verification: null };
         }
         const verification = await OneTimeTokensService.create(
-          { userId: user.id, purpose: "email_verification", sentTo: input.email, password: input.password },
+          {
+            userId: user.id,
+            purpose: "email_verification",
+            sentTo: input.email,
+            password: input.password,
+            profile: { firstName: input.firstName ?? null, lastName: input.lastName ?? null },
+          },
           logger,
           { tx },
         );
@@ -1012,8 +1097,8 @@ export async function register(
 
 /**
  * Issues a fresh email verification link for an unverified account (older links die). It confirms the same
- * password the account would sign in with: the newest pending sign-up's, else the account's own. Returns null
- * when there is no such live account, it has no email, or the address is verified already.
+ * password the account would sign in with: the newest pending sign-up's (with its names), else the account's
+ * own. Returns null when there is no such live account, it has no email, or the address is verified already.
  * @throws DbError VALIDATION_FAILED.
  * @example const link = await sendVerification({ userId: user.id });
  */
@@ -1025,24 +1110,40 @@ export async function sendVerification(
   return await serviceCall("users.sendVerification", logger, {}, async () => {
     const target = validate(verificationTargetSchema, payload);
     const where = "userId" in target ? eq(users.id, target.userId) : eq(users.email, target.email);
-    const row = await credentialsOf(where, now(), options.tx ?? db);
-    if (!row?.email || row.emailVerifiedAt !== null) return null;
-    const carried = row.pendingHash ?? row.passwordHash;
-    return await OneTimeTokensService.create(
-      {
-        userId: row.id,
-        purpose: "email_verification",
-        sentTo: row.email,
-        ...(carried ? { password: preparedFromHash(carried) } : {}),
+    // The user row first, then the token rows, like register and useEmailLink.
+    return await transaction(
+      async (tx) => {
+        const row = await credentialsOf(where, now(), tx, true);
+        if (!row?.email || row.emailVerifiedAt !== null) return null;
+        const carried = row.pendingHash ?? row.passwordHash;
+        return await OneTimeTokensService.create(
+          {
+            userId: row.id,
+            purpose: "email_verification",
+            sentTo: row.email,
+            ...(carried ? { password: preparedFromHash(carried) } : {}),
+            ...(row.pendingProfile ? { profile: row.pendingProfile } : {}),
+          },
+          logger,
+          { tx },
+        );
       },
-      logger,
-      options,
+      { tx: options.tx },
     );
   });
 }
 
+export interface EmailLinkOptions extends ServiceOptions {
+  /** Sign in: create this session (its userId filled in) in the same transaction, after the proof. */
+  session?: Omit<SessionsService.CreateSessionInput, "userId"> | undefined;
+  /** Per-call session configuration (maxPerUser, lifetimes). */
+  sessionConfig?: Partial<SessionsService.SessionConfig> | undefined;
+}
+
 export interface EmailLinkResult {
   user: PublicUser;
+  /** With `options.session`: the session the link signed in, and its token. */
+  session?: { session: SessionsService.PublicSession; token: string };
   /** The address had never been proven before this link: whatever was set up before it has ended. */
   firstProof: boolean;
   revokedSessions: number;
@@ -1053,18 +1154,25 @@ export interface EmailLinkResult {
  * Uses a mailed link (email verification, magic link or password reset) once, and records what it proves:
  * control of the address it was sent to, which must still be the user's address. In one transaction:
  *  - the first proof of an address ends everything set up on the account before it: every session, every
- *    other pending token, and the password (replaced by the one a sign-up's verification link carries, by the
- *    reset's new password, or removed for a magic link). This is what defeats account pre-hijacking.
+ *    other pending token, every linked provider account, and the password (replaced by the one a sign-up's
+ *    verification link carries, by the reset's new password, or removed for a magic link). This is what
+ *    defeats account pre-hijacking.
+ *  - a sign-up's verification link completes only with the password that sign-up chose (`password`): the
+ *    mailbox owner clicking a link an attacker's later sign-up mailed them cannot adopt the attacker's
+ *    password by mistake. Its names replace the account's.
  *  - a reset always sets `newPassword`, ends every session and retires every other token.
- *  - with `signIn`, last_sign_in_at is set (the caller then creates a session in the same transaction).
+ *  - with `options.session`, last_sign_in_at is set and that session is created in the same transaction.
+ * argon2 (checking `password`) runs before the transaction opens. Locks: the user row, then the token row,
+ * the order every other writer of both follows.
  * @throws DbError TOKEN_INVALID (unknown, used, expired, wrong purpose, user gone, address changed since),
- *   VALIDATION_FAILED (a reset without newPassword).
- * @example await transaction(async (tx) => { const { user } = await useEmailLink({ token, purpose: "magic_link", signIn: true }, log, { tx }); ... });
+ *   INVALID_CREDENTIALS (not the password the link's sign-up chose), VALIDATION_FAILED (a reset without
+ *   newPassword; a sign-up's link without password).
+ * @example const { user, session } = await useEmailLink({ token, purpose: "magic_link" }, log, { session: { authMethod: "magic_link" } });
  */
 export async function useEmailLink(
   payload: UseEmailLinkInput,
   logger: Logger = noopLogger,
-  options: ServiceOptions = {},
+  options: EmailLinkOptions = {},
 ): Promise<EmailLinkResult> {
   return await serviceCall("users.useEmailLink", logger, { purpose: payload?.purpose }, async () => {
     const input = validate(useEmailLinkSchema, payload);
@@ -1072,26 +1180,44 @@ export async function useEmailLink(
       throw new DbError(
         "VALIDATION_FAILED",
         "Invalid input: newPassword: required for a reset, only for a reset",
-        {
-          details: { newPassword: "required for a reset, only for a reset" },
-        },
+        { details: { newPassword: "required for a reset, only for a reset" } },
       );
     }
     const at = now();
     const tokenInvalid = () => new DbError("TOKEN_INVALID", "The link is invalid or expired");
+    // A look first, without using the link: whose it is (to lock that user before the token), and, for a
+    // sign-up's link, the password to check before any transaction opens.
+    const pending = await OneTimeTokensService.peekLink(input.token, input.purpose, logger);
+    if (!pending?.record.userId) throw tokenInvalid();
+    if (input.purpose === "email_verification" && pending.password) {
+      if (input.password === undefined) {
+        throw new DbError(
+          "VALIDATION_FAILED",
+          "Invalid input: password: enter the password chosen at sign-up",
+          {
+            details: { password: "enter the password chosen at sign-up" },
+          },
+        );
+      }
+      const candidate = validate(candidatePasswordSchema, input.password);
+      if (!(await verifyPasswordHash(preparedHash(pending.password), candidate))) {
+        throw new DbError("INVALID_CREDENTIALS", "Not the password of the sign-up this link confirms");
+      }
+    }
+    const userId = pending.record.userId;
     const result = await transaction(
       async (tx) => {
-        const used = await OneTimeTokensService.consumeLink(input.token, input.purpose, logger, { tx });
-        if (!used?.record.userId) throw tokenInvalid();
-        // The user row is locked first: a concurrent link, sign-up or email change of this user waits.
         const [current] = await withMetrics("select", "users", () =>
           tx
             .select({ id: users.id, email: users.email, emailVerifiedAt: users.emailVerifiedAt })
             .from(users)
-            .where(and(eq(users.id, used.record.userId as string), isNull(users.deletedAt)))
+            .where(and(eq(users.id, userId), isNull(users.deletedAt)))
             .for("update"),
         );
-        // The address changed since the link was sent: the link proves nothing about the new one.
+        const used = await OneTimeTokensService.consumeLink(input.token, input.purpose, logger, { tx });
+        // Used or retired meanwhile (then it is not the link that was peeked), or the address changed since
+        // the link was sent: the link proves nothing about the user's address.
+        if (!used || used.record.id !== pending.record.id) throw tokenInvalid();
         if (!current || current.email !== used.record.sentTo) throw tokenInvalid();
         const firstProof = current.emailVerifiedAt === null;
         const set: PgUpdateSetSource<typeof users> = { emailVerifiedAt: current.emailVerifiedAt ?? at };
@@ -1099,7 +1225,11 @@ export async function useEmailLink(
         else if (firstProof && input.purpose === "email_verification" && used.password) {
           set.passwordHash = preparedHash(used.password);
         } else if (firstProof && input.purpose === "magic_link") set.passwordHash = null;
-        if (input.signIn) set.lastSignInAt = at;
+        if (firstProof && input.purpose === "email_verification" && used.profile) {
+          set.firstName = used.profile.firstName ?? null;
+          set.lastName = used.profile.lastName ?? null;
+        }
+        if (options.session) set.lastSignInAt = at;
         const [user] = await withMetrics("update", "users", () =>
           tx.update(users).set(set).where(eq(users.id, current.id)).returning(publicUserColumns),
         );
@@ -1110,7 +1240,19 @@ export async function useEmailLink(
           revokedSessions = await SessionsService.revokeAllForUser({ userId: user.id }, logger, { tx });
           retiredTokens = await OneTimeTokensService.invalidateForUser(user.id, {}, logger, { tx });
         }
-        return { user, firstProof, revokedSessions, retiredTokens };
+        if (firstProof) {
+          // Provider identities linked before the address was proven were linked by whoever held the account.
+          await withMetrics("delete", "accounts", () =>
+            tx.delete(accounts).where(eq(accounts.userId, user.id)),
+          );
+        }
+        const session = options.session
+          ? await SessionsService.create({ ...options.session, userId: user.id }, logger, {
+              tx,
+              config: options.sessionConfig,
+            })
+          : undefined;
+        return { user, firstProof, revokedSessions, retiredTokens, ...(session ? { session } : {}) };
       },
       { tx: options.tx },
     );
