@@ -27,8 +27,9 @@ export function testConfig(env: Record<string, string> = {}): ApiConfig {
     APP_URL,
     ADMIN_API_KEY: ADMIN_KEY,
     LOG_LEVEL: "debug",
-    // Many sign-ups per test file share one client address; tests of this limit set it themselves.
+    // Many sign-ups and sign-ins per test file share one client address; tests of a limit set it themselves.
     RATE_LIMIT_SIGN_UP_PER_CLIENT: "10000",
+    RATE_LIMIT_SIGN_IN_PER_CLIENT: "10000",
     ...env,
   });
 }

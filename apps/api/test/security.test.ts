@@ -92,13 +92,15 @@ describe("account pre-hijacking (item 1)", () => {
     expect(shape(second)).toEqual(shape(first));
     const victimLink = t.tokenFromMail(email);
     expect(victimLink).not.toBe(attackerLink);
-    // The older registration's link is dead: it can no longer set its password.
-    const stale = await call(t, "POST", "/v1/auth/email/verify", { body: { token: attackerLink } });
-    expect(stale.json.error.code).toBe("TOKEN_INVALID");
     const verified = await call(t, "POST", "/v1/auth/email/verify", {
       body: { token: victimLink, password: VICTIM_PASSWORD },
     });
     expect(verified.status).toBe(200);
+    // Once one registration completed, the other's link is dead: it can no longer set its password.
+    const stale = await call(t, "POST", "/v1/auth/email/verify", {
+      body: { token: attackerLink, password: ATTACKER_PASSWORD },
+    });
+    expect(stale.json.error.code).toBe("TOKEN_INVALID");
     expect((await signIn(t, email, ATTACKER_PASSWORD)).status).toBe(401);
     expect((await signIn(t, email, VICTIM_PASSWORD)).status).toBe(200);
   });
@@ -201,6 +203,7 @@ describe("pre-hijacking, the races and edges a review found (item 1)", () => {
   it("a link an attacker's later sign-up mailed the owner cannot adopt the attacker's password", async () => {
     const email = uniqueEmail("owner");
     await call(t, "POST", "/v1/auth/sign-up", { body: { email, password: VICTIM_PASSWORD } });
+    const ownersLink = t.tokenFromMail(email);
     // The attacker signs up the same address later: the newest mail in the owner's box is the attacker's.
     await call(t, "POST", "/v1/auth/sign-up", { body: { email, password: ATTACKER_PASSWORD } });
     const attackersLink = t.tokenFromMail(email);
@@ -220,14 +223,68 @@ describe("pre-hijacking, the races and edges a review found (item 1)", () => {
       [email],
     );
     expect(rows[0]).toEqual({ verified: false, sessions: "0" });
-    // Signing up again gives the owner a link of their own, which completes with their password only.
-    await call(t, "POST", "/v1/auth/sign-up", { body: { email, password: VICTIM_PASSWORD } });
+    // The attacker's later sign-up did not kill the owner's own link, which completes with their password.
     const own = await call(t, "POST", "/v1/auth/email/verify", {
-      body: { token: t.tokenFromMail(email), password: VICTIM_PASSWORD },
+      body: { token: ownersLink, password: VICTIM_PASSWORD },
     });
     expect(own.status).toBe(200);
     expect((await signIn(t, email, ATTACKER_PASSWORD)).status).toBe(401);
     expect((await signIn(t, email, VICTIM_PASSWORD)).status).toBe(200);
+  });
+
+  it("a link allows a few password guesses in all, even in parallel, then dies", async () => {
+    const email = uniqueEmail("guessed");
+    await call(t, "POST", "/v1/auth/sign-up", { body: { email, password: VICTIM_PASSWORD } });
+    const link = t.tokenFromMail(email);
+    const guesses = await Promise.all(
+      Array.from({ length: 20 }, (_, i) =>
+        call(t, "POST", "/v1/auth/email/verify", { body: { token: link, password: `guess number ${i}!` } }),
+      ),
+    );
+    // Each guess is reserved before argon2 runs: 5 are checked (401), the rest find the link spent (400).
+    expect(guesses.filter((g) => g.status === 401)).toHaveLength(5);
+    expect(guesses.filter((g) => g.status === 400 && g.json.error.code === "TOKEN_INVALID")).toHaveLength(15);
+    const right = await call(t, "POST", "/v1/auth/email/verify", {
+      body: { token: link, password: VICTIM_PASSWORD },
+    });
+    expect(right.json.error.code).toBe("TOKEN_INVALID");
+    // Below the limit, the right password still works after wrong ones.
+    await call(t, "POST", "/v1/auth/sign-up", { body: { email, password: VICTIM_PASSWORD } });
+    const fresh = t.tokenFromMail(email);
+    for (let i = 0; i < 4; i++) {
+      await call(t, "POST", "/v1/auth/email/verify", { body: { token: fresh, password: "not it at all" } });
+    }
+    const last = await call(t, "POST", "/v1/auth/email/verify", {
+      body: { token: fresh, password: VICTIM_PASSWORD },
+    });
+    expect(last.status).toBe(200);
+  });
+
+  it("a first proof by magic link clears names and picture set before it", async () => {
+    const open = makeApp({ env: { SIGN_IN_BEFORE_EMAIL_VERIFICATION: "true" } });
+    const email = uniqueEmail("renamed");
+    const attacker = await call(open, "POST", "/v1/auth/sign-up", {
+      body: { email, password: ATTACKER_PASSWORD, firstName: "Call +1-555-0100", lastName: "support" },
+    });
+    await call(open, "PATCH", "/v1/users/me", {
+      bearer: attacker.json.token,
+      body: { avatarUrl: "https://evil.example/pixel.png" },
+    });
+    await call(open, "POST", "/v1/auth/magic-link", { body: { email } });
+    const used = await call(open, "POST", "/v1/auth/magic-link/verify", {
+      body: { token: open.tokenFromMail(email) },
+    });
+    expect(used.json.user).toMatchObject({ firstName: null, lastName: null, avatarUrl: null });
+    // In the default mode an unproven sign-up's names are not on the account at all.
+    const quiet = uniqueEmail("quiet");
+    await call(t, "POST", "/v1/auth/sign-up", {
+      body: { email: quiet, password: ATTACKER_PASSWORD, firstName: "Evil" },
+    });
+    await call(t, "POST", "/v1/auth/magic-link", { body: { email: quiet } });
+    const proven = await call(t, "POST", "/v1/auth/magic-link/verify", {
+      body: { token: t.tokenFromMail(quiet) },
+    });
+    expect(proven.json.user.firstName).toBeNull();
   });
 
   it("the names of the registration that completes replace those of earlier ones", async () => {
@@ -338,18 +395,36 @@ describe("pre-hijacking, the races and edges a review found (item 1)", () => {
   });
 
   it("a pre-proof session changing the password does not retire the owner's proof links", async () => {
-    const open = makeApp({ env: { SIGN_IN_BEFORE_EMAIL_VERIFICATION: "true" } });
+    const open = makeApp({
+      env: { SIGN_IN_BEFORE_EMAIL_VERIFICATION: "true", RATE_LIMIT_REAUTH_FAILURES_PER_SESSION: "3" },
+    });
     const email = uniqueEmail("keeps-links");
     const attacker = await call(open, "POST", "/v1/auth/sign-up", {
       body: { email, password: ATTACKER_PASSWORD },
     });
+    await call(open, "POST", "/v1/auth/password/forgot", { body: { email } });
+    const ownerReset = open.tokenFromMail(email);
     await call(open, "POST", "/v1/auth/magic-link", { body: { email } });
     const ownerLink = open.tokenFromMail(email);
-    const changed = await call(open, "POST", "/v1/auth/password/change", {
-      bearer: attacker.json.token,
-      body: { currentPassword: ATTACKER_PASSWORD, newPassword: "attacker's second passphrase" },
-    });
-    expect(changed.status).toBe(200);
+    // Successful changes are limited per session too (each mails the owner a notice).
+    let session = attacker.json.token as string;
+    let current = ATTACKER_PASSWORD;
+    const statuses: number[] = [];
+    for (let i = 0; i < 4; i++) {
+      const next = `attacker passphrase number ${i}`;
+      const res = await call(open, "POST", "/v1/auth/password/change", {
+        bearer: session,
+        body: { currentPassword: current, newPassword: next },
+      });
+      statuses.push(res.status);
+      if (res.status === 200) {
+        session = res.json.token;
+        current = next;
+      }
+    }
+    expect(statuses).toEqual([200, 200, 200, 429]);
+    const changed = { json: { token: session } };
+    expect(await OneTimeTokensService.peek(ownerReset, "password_reset")).not.toBeNull();
     const used = await call(open, "POST", "/v1/auth/magic-link/verify", { body: { token: ownerLink } });
     expect(used.status).toBe(200);
     expect((await call(open, "GET", "/v1/auth/session", { bearer: changed.json.token })).status).toBe(401);
@@ -503,7 +578,7 @@ describe("targeted lockout (item 4)", () => {
     const app = makeApp({
       env: {
         RATE_LIMIT_SIGN_IN_FAILURES_PER_ACCOUNT_NETWORK: "2",
-        RATE_LIMIT_REAUTH_FAILURES_PER_SESSION: "2",
+        RATE_LIMIT_REAUTH_FAILURES_PER_SESSION: "3",
       },
     });
     const { email, token } = await signUp(app);

@@ -159,7 +159,7 @@ function sessionFields(c: Context<AppEnv>, authMethod: string) {
  */
 async function mailBudget(
   c: Context<AppEnv>,
-  kind: "sign-up" | "link",
+  kind: "sign-up" | "link" | "notice",
   email: string,
   options: { loud?: boolean } = {},
 ): Promise<boolean> {
@@ -178,6 +178,14 @@ async function mailBudget(
     else if (!(await withinLimit(c, bucket, key, limit))) return false;
   }
   return true;
+}
+
+/**
+ * Using a link is a sign-in attempt (and may cost an argon2 check or hash): it counts against the client
+ * network's sign-in attempts, so nobody can spend the server's CPU on links without limit.
+ */
+async function limitLinkUse(c: Context<AppEnv>): Promise<void> {
+  await rateLimit(c, "sign-in:client", clientNetwork(c), c.var.deps.config.RATE_LIMIT_SIGN_IN_PER_CLIENT);
 }
 
 /**
@@ -334,9 +342,11 @@ export function authRoutes(): Hono<AppEnv> {
     } catch (error) {
       if (isDbError(error, "EMAIL_NOT_VERIFIED")) {
         // The right password for an unproven address: it answers like a wrong one (an unverified account
-        // grants nothing), and the address gets a fresh link, within its silent sign-up mail budget.
-        if (await mailBudget(c, "sign-up", body.email)) {
-          tasks.run("verification", log, async () => {
+        // grants nothing), and the address gets a fresh link, within its silent sign-up mail budget. The
+        // budget is counted after the answer too, so the answer takes no longer than a wrong password's.
+        tasks.run("verification", log, async () => {
+          if (!(await mailBudget(c, "sign-up", body.email))) return;
+          {
             const sent = await UsersService.sendVerification({ email: body.email }, log);
             if (!sent) return;
             await mailer.send({
@@ -344,8 +354,8 @@ export function authRoutes(): Hono<AppEnv> {
               subject: "Confirm your email address",
               text: `Someone tried to sign in with this address, which is not confirmed yet. To confirm it and sign in, open this link within a day and enter your password:\n\n${link(c, "/verify-email", sent.token)}\n\nIf it was not you, ignore this message.\n`,
             });
-          });
-        }
+          }
+        });
         throw new ApiError("INVALID_CREDENTIALS");
       }
       // A malformed email answers exactly like a wrong password: nothing tells which addresses exist.
@@ -404,6 +414,7 @@ export function authRoutes(): Hono<AppEnv> {
    */
   auth.post("/email/verify", async (c) => {
     const body = await readJson(c, verifyBody);
+    await limitLinkUse(c);
     const { user, session } = await useLink(
       c,
       body.token,
@@ -481,6 +492,7 @@ export function authRoutes(): Hono<AppEnv> {
   auth.post("/password/reset", async (c) => {
     const body = await readJson(c, resetBody);
     const log = c.var.log;
+    await limitLinkUse(c);
     const pending = await OneTimeTokensService.peek(body.token, "password_reset", log);
     if (!pending?.userId) throw new ApiError("TOKEN_INVALID");
     const password = await UsersService.preparePassword(
@@ -493,7 +505,7 @@ export function authRoutes(): Hono<AppEnv> {
       log,
     );
     clearSessionCookie(c);
-    if (user.email) {
+    if (user.email && (await mailBudget(c, "notice", user.email))) {
       sendInBackground(
         c,
         user.email,
@@ -508,6 +520,14 @@ export function authRoutes(): Hono<AppEnv> {
     const body = await readJson(c, changeBody);
     const log = c.var.log;
     const current = c.var.user;
+    const { config } = c.var.deps;
+    // Changes themselves are limited per session too (each mails a notice and ends the other sessions).
+    await rateLimit(
+      c,
+      "password-change:session",
+      c.var.session.id,
+      config.RATE_LIMIT_REAUTH_FAILURES_PER_SESSION,
+    );
     await confirmPassword(c, body.currentPassword);
     const password = await UsersService.preparePassword(
       { password: body.newPassword, email: current.email },
@@ -519,17 +539,12 @@ export function authRoutes(): Hono<AppEnv> {
     const rotated = await transaction(async (tx) => {
       await UsersService.setPassword({ id: current.id, password }, log, { tx });
       await SessionsService.revokeAllForUser({ userId: current.id, except: c.var.session.id }, log, { tx });
-      // On an account whose address is not proven yet, the links that would prove it stay: whoever set the
-      // password before the proof must not be able to keep killing the owner's verification or magic link.
-      await OneTimeTokensService.invalidateForUser(
-        current.id,
-        current.emailVerifiedAt ? {} : { purpose: "password_reset" },
-        log,
-        { tx },
-      );
+      // On an account whose address is not proven yet, every link stays: they are how its owner proves it,
+      // and whoever set the password before that proof must not be able to keep killing them.
+      if (current.emailVerifiedAt) await OneTimeTokensService.invalidateForUser(current.id, {}, log, { tx });
       return await SessionsService.rotate(c.var.sessionToken, log, { tx });
     });
-    if (current.email) {
+    if (current.email && (await mailBudget(c, "notice", current.email))) {
       sendInBackground(
         c,
         current.email,
@@ -545,6 +560,7 @@ export function authRoutes(): Hono<AppEnv> {
 
   auth.post("/magic-link/verify", async (c) => {
     const body = await readJson(c, tokenBody);
+    await limitLinkUse(c);
     // Following the link proves the address; if it is the first proof, what was set up before it ends.
     const { user, session } = await useLink(c, body.token, "magic_link", "magic_link");
     await endPresentedSession(c);

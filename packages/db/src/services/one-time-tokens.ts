@@ -122,7 +122,9 @@ export interface CreateTokenInput {
   ttlMs?: number | undefined;
   /**
    * An email verification link only: the password this link confirms (a sign-up's choice). It becomes the
-   * user's password when the link is used as the first proof of the address (UsersService.useEmailLink).
+   * user's password when the link is used, with that password, as the first proof of the address
+   * (UsersService.useEmailLink). Such a link does not retire older ones: each sign-up's link stays bound to
+   * its own password, so someone signing up an address again cannot kill its owner's link.
    */
   password?: PreparedPassword | undefined;
   /** An email verification link only: the names the sign-up gave, applied with its password. */
@@ -155,11 +157,20 @@ const ownerIsLive = sql`(${oneTimeTokens.userId} IS NULL OR EXISTS (SELECT 1 FRO
  * A link token that can be used now: this secret and purpose, not used, not retired, not expired
  * (`expires_at > now` means still valid), and its user (if any) not deleted. Binds tokenHash, purpose, at.
  */
-const usableLinkToken = sql`token_hash = ${param("tokenHash")}::bytea
+const liveLinkToken = sql`token_hash = ${param("tokenHash")}::bytea
   AND purpose = ${param("purpose")}::one_time_token_purpose
   AND used_at IS NULL AND deleted_at IS NULL
   AND expires_at > ${param("at")}::timestamptz
   AND ${ownerIsLive}`;
+
+/**
+ * Wrong passwords after which a sign-up's verification link is dead (see reserveLinkAttempt): the link is a
+ * bearer of a password guess, and a forwarded or leaked link must not allow unlimited ones.
+ */
+export const LINK_MAX_ATTEMPTS = 5;
+
+/** A live link with guesses left (peek, reserve). */
+const usableLinkToken = sql`${liveLinkToken} AND attempts < ${sql.raw(String(LINK_MAX_ATTEMPTS))}`;
 
 interface LinkTokenParams extends Record<string, unknown> {
   tokenHash: Buffer;
@@ -180,8 +191,17 @@ function toRecord(row: Record<string, unknown>): OneTimeTokenRecord {
 // record for useLink(); consume() drops it.
 const consumeStatement = defineStatement<Record<string, unknown>, LinkTokenParams>(
   "one_time_tokens_consume",
-  sql`UPDATE one_time_tokens SET used_at = ${param("at")}::timestamptz WHERE ${usableLinkToken}
+  // The last guess a link allows may be the right one: its reservation made attempts = LINK_MAX_ATTEMPTS.
+  sql`UPDATE one_time_tokens SET used_at = ${param("at")}::timestamptz
+      WHERE ${liveLinkToken} AND attempts <= ${sql.raw(String(LINK_MAX_ATTEMPTS))}
       RETURNING ${recordList}, password_hash AS "registrationHash", profile AS "registrationProfile"`,
+);
+
+// One guess of a link's password, reserved before the guess is checked (as verifyCode does for codes): of
+// parallel guesses at most LINK_MAX_ATTEMPTS ever get an argon2 check, and a wrong guess cannot be given back.
+const reserveStatement = defineStatement<{ id: string }, LinkTokenParams>(
+  "one_time_tokens_reserve_attempt",
+  sql`UPDATE one_time_tokens SET attempts = attempts + 1 WHERE ${usableLinkToken} RETURNING id`,
 );
 
 const peekStatement = defineStatement<Record<string, unknown>, LinkTokenParams>(
@@ -210,6 +230,8 @@ interface IssuedRow {
 
 interface IssueParams extends IssuedRow, Record<string, unknown> {
   at: Date;
+  /** Retire the target's older live secrets of the purpose (false only for sign-up registrations). */
+  retire: boolean;
 }
 
 /**
@@ -223,7 +245,7 @@ function issueStatement(key: string, owner: SQL, superseded: SQL) {
       WITH owner AS (${owner}),
       retired AS (
         UPDATE one_time_tokens SET deleted_at = ${param("at")}::timestamptz
-        WHERE ${superseded} AND purpose = ${param("purpose")}::one_time_token_purpose
+        WHERE ${param("retire")}::boolean AND ${superseded} AND purpose = ${param("purpose")}::one_time_token_purpose
           AND used_at IS NULL AND deleted_at IS NULL AND EXISTS (SELECT 1 FROM owner)
         RETURNING id
       ),
@@ -271,7 +293,8 @@ async function issue(
       // includes whatever a concurrent issuer committed before releasing it, and retires that too.
       await withMetrics("lock", TABLE, () => lockStatement.run(tx, { key: String(lockKey) }));
       const statement = row.userId === null ? issueForAddress : issueForUser;
-      const result = await withMetrics("insert", TABLE, () => statement.run(tx, { ...row, at }));
+      const retire = row.passwordHash === null;
+      const result = await withMetrics("insert", TABLE, () => statement.run(tx, { ...row, at, retire }));
       const inserted = result.rows[0];
       if (!inserted) throw new DbError("NOT_FOUND", "No such user", { table: "users" });
       const { invalidated, ...record } = inserted;
@@ -621,6 +644,29 @@ export async function peekLink(
     const params = { tokenHash: sha256(token), purpose: validPurpose, at: now() };
     const result = await withMetrics("select", TABLE, () => peekStatement.run(options.tx, params));
     return result.rows[0] ? toRegistration(result.rows[0]) : null;
+  });
+}
+
+/**
+ * Reserves one guess of the password a link carries, before the guess is checked; false when the link is not
+ * usable (unknown, used, expired, or out of guesses: LINK_MAX_ATTEMPTS). A wrong guess keeps its reservation.
+ * @throws DbError VALIDATION_FAILED (unknown purpose).
+ * @example if (!(await reserveLinkAttempt(token, "email_verification"))) throw tokenInvalid();
+ */
+export async function reserveLinkAttempt(
+  token: string,
+  purpose: OneTimeTokenPurpose,
+  logger: Logger = noopLogger,
+  options: ServiceOptions = {},
+): Promise<boolean> {
+  return await serviceCall("oneTimeTokens.reserveLinkAttempt", logger, { purpose }, async () => {
+    const validPurpose = validate(purposeSchema, purpose);
+    if (!isWellFormedSecret(token)) return false;
+    const params = { tokenHash: sha256(token), purpose: validPurpose, at: now() };
+    const result = await withMetrics("reserve_attempt", TABLE, () =>
+      reserveStatement.run(options.tx, params),
+    );
+    return result.rows.length > 0;
   });
 }
 

@@ -1047,8 +1047,9 @@ export async function register(
             .insert(users)
             .values({
               email: input.email,
-              firstName: input.firstName ?? null,
-              lastName: input.lastName ?? null,
+              // Unproven names stay on the link unless the account is usable before its proof.
+              firstName: options.passwordBeforeVerification ? (input.firstName ?? null) : null,
+              lastName: options.passwordBeforeVerification ? (input.lastName ?? null) : null,
               passwordHash: options.passwordBeforeVerification ? preparedHash(input.password) : null,
               createdAt: at,
               updatedAt: at,
@@ -1154,12 +1155,13 @@ export interface EmailLinkResult {
  * Uses a mailed link (email verification, magic link or password reset) once, and records what it proves:
  * control of the address it was sent to, which must still be the user's address. In one transaction:
  *  - the first proof of an address ends everything set up on the account before it: every session, every
- *    other pending token, every linked provider account, and the password (replaced by the one a sign-up's
- *    verification link carries, by the reset's new password, or removed for a magic link). This is what
- *    defeats account pre-hijacking.
- *  - a sign-up's verification link completes only with the password that sign-up chose (`password`): the
- *    mailbox owner clicking a link an attacker's later sign-up mailed them cannot adopt the attacker's
- *    password by mistake. Its names replace the account's.
+ *    other pending token, every linked provider account, the password (replaced by the one a sign-up's
+ *    verification link carries, by the reset's new password, or removed for a magic link) and the names and
+ *    avatar (replaced by the sign-up's names, or cleared). This is what defeats account pre-hijacking.
+ *    `metadata` is application data and is kept: do not let users write it before their address is proven.
+ *  - a sign-up's verification link completes only with the password that sign-up chose (`password`; each
+ *    guess reserved first, LINK_MAX_ATTEMPTS in all): the mailbox owner clicking a link an attacker's later
+ *    sign-up mailed them cannot adopt the attacker's password by mistake. Its names replace the account's.
  *  - a reset always sets `newPassword`, ends every session and retires every other token.
  *  - with `options.session`, last_sign_in_at is set and that session is created in the same transaction.
  * argon2 (checking `password`) runs before the transaction opens. Locks: the user row, then the token row,
@@ -1200,6 +1202,10 @@ export async function useEmailLink(
         );
       }
       const candidate = validate(candidatePasswordSchema, input.password);
+      // A guess is reserved before argon2 runs: a link allows LINK_MAX_ATTEMPTS guesses in all, parallel or not.
+      if (!(await OneTimeTokensService.reserveLinkAttempt(input.token, input.purpose, logger))) {
+        throw tokenInvalid();
+      }
       if (!(await verifyPasswordHash(preparedHash(pending.password), candidate))) {
         throw new DbError("INVALID_CREDENTIALS", "Not the password of the sign-up this link confirms");
       }
@@ -1228,6 +1234,11 @@ export async function useEmailLink(
         if (firstProof && input.purpose === "email_verification" && used.profile) {
           set.firstName = used.profile.firstName ?? null;
           set.lastName = used.profile.lastName ?? null;
+        } else if (firstProof && input.purpose !== "email_verification") {
+          // Names and picture shown to people were set by whoever held the account before its proof.
+          set.firstName = null;
+          set.lastName = null;
+          set.avatarUrl = null;
         }
         if (options.session) set.lastSignInAt = at;
         const [user] = await withMetrics("update", "users", () =>
