@@ -1097,7 +1097,8 @@ export async function register(
 }
 
 /**
- * Issues a fresh email verification link for an unverified account (older links die). It confirms the same
+ * Issues a fresh email verification link for an unverified account. Older links stay: a link that carries a
+ * password retires none (or anyone able to trigger a resend could kill the owner's link). It confirms the same
  * password the account would sign in with: the newest pending sign-up's (with its names), else the account's
  * own. Returns null when there is no such live account, it has no email, or the address is verified already.
  * @throws DbError VALIDATION_FAILED.
