@@ -153,8 +153,9 @@ function sessionFields(c: Context<AppEnv>, authMethod: string) {
 
 /**
  * The mail budget of an address, per kind ("sign-up": sign-up and unverified sign-in mails; "link": reset,
- * magic link and verification resend), counted per (address, client network) and, with a higher ceiling, per
- * address: someone spending it from their networks cannot use up what the owner has from theirs. Silent
+ * magic link and verification resend; "notice": password changed or reset), counted per (address, client
+ * network), so one network cannot spend another's share, and per address under a higher ceiling, which bounds
+ * the mail an address can be sent (someone with enough networks can still spend that for a window). Silent
  * (returns false) by default, so answers stay alike; `loud` throws RATE_LIMITED instead.
  */
 async function mailBudget(
@@ -190,7 +191,8 @@ async function limitLinkUse(c: Context<AppEnv>): Promise<void> {
 
 /**
  * Uses a mailed link and signs in, in one transaction (UsersService.useEmailLink). A sign-up's verification
- * link also needs the password that sign-up chose; a wrong one says so, and the link stays usable.
+ * link also needs the password that sign-up chose; a wrong one says so, and the link stays usable for up to
+ * LINK_MAX_ATTEMPTS guesses in all.
  */
 async function useLink(
   c: Context<AppEnv>,
