@@ -367,15 +367,50 @@ export async function create(
   });
 }
 
-// Columns validate() may rewrite; the answer takes them from the UPDATE's RETURNING when it ran.
-const TOUCHED: ReadonlySet<string> = new Set(["expiresAt", "lastAccessedAt", "updatedAt"]);
-
-/** What the validation statement binds: the tokens' digests and the instants of timesFor(). */
-interface ValidateParams extends Record<string, unknown> {
+/** What the read binds: the tokens' digests and the instants of timesFor(). */
+interface ReadParams extends Record<string, unknown> {
   /** The digest, for one token. */
   hash: Buffer | undefined;
   /** The digests, for a batch. */
   hashes: Buffer[];
+  at: Date;
+  absoluteCutoff: Date;
+}
+
+/**
+ * The read every validation is: each digest (with its position n in the input) by the unique index on
+ * token_hash, joined with the user, keeping only a live session (active, before its idle expiry and its
+ * absolute lifetime) of a live user. It writes nothing, takes no lock and can run on a replica. The equality is
+ * on a SHA-256 of 256 random bits, so timing reveals nothing usable. An expired row is left for
+ * cleanupExpired(); deleting it here would make every check of a dead token a write.
+ */
+function readStatement(key: string, input: SQL) {
+  return defineStatement<Record<string, unknown>, ReadParams>(
+    key,
+    sql`SELECT i.n, ${selectColumns("s", publicSessionColumns, "s.")}, ${selectColumns("u", publicUserColumns, "u.")}
+      FROM ${input}
+      JOIN sessions s ON s.token_hash = i.token_hash
+      JOIN users u ON u.id = s.user_id
+      WHERE s.status = 'active' AND s.expires_at > ${param("at")}::timestamptz
+        AND s.created_at > ${param("absoluteCutoff")}::timestamptz AND u.deleted_at IS NULL`,
+  );
+}
+
+// One token: a one-row input, so a generic plan's estimates equal a custom plan's and PostgreSQL keeps the
+// generic plan after five runs. With unnest() the generic plan assumes 10 rows, costs more than a custom
+// plan, and PostgreSQL would plan every call, which takes longer than running this statement.
+const validateOne = readStatement(
+  "sessions_validate",
+  sql`(SELECT ${param("hash")}::bytea AS token_hash, 1 AS n) AS i`,
+);
+// Several tokens (a coalesced batch): planned per call, which the batch shares.
+const validateBatch = readStatement(
+  "sessions_validate_batch",
+  sql`unnest(${param("hashes")}::bytea[]) WITH ORDINALITY AS i(token_hash, n)`,
+);
+
+interface RefreshParams extends Record<string, unknown> {
+  ids: string[];
   at: Date;
   absoluteCutoff: Date;
   idleExpiry: Date;
@@ -384,125 +419,64 @@ interface ValidateParams extends Record<string, unknown> {
 }
 
 /**
- * Validation of one or several tokens in one statement, one round trip. All CTEs run on one snapshot:
- *  - found: each digest (with its position n in the input) by the unique index on token_hash, joined with
- *    the user. The equality is on a SHA-256 of 256 random bits, so timing reveals nothing usable, and no
- *    comparison happens in JS. No lock.
- *  - due: the found sessions that need a write (expired: delete; live, of a live user, with the refresh
- *    interval passed: extend), locked FOR UPDATE in id order (LockRows above the Sort). This is the only
- *    place the statement waits for row locks: removed and touched join it, so every row they write is one
- *    due already locked. Two batches naming the same sessions in different orders therefore lock them in the
- *    same order and cannot deadlock (found's join order follows the input, and did deadlock). A validation
- *    with nothing due locks nothing and writes nothing. Its conditions are on `s`, so under READ COMMITTED a
- *    row changed by a concurrent validate(), rotate() or revoke() that committed first is re-checked when its
- *    lock is granted: a row just refreshed by another request is no longer due and is skipped.
- *  - removed: a due session expired (idle or absolute) is deleted, whatever its status.
- *  - touched: a due session still live is extended. Again conditions on `s` (re-checked against the version
- *    locked), so a revoked row is not extended; due only holds a live row if its user is not deleted.
- * The final SELECT cannot see the writes (same snapshot), so the rewritten columns come from touched's
- * RETURNING when it ran.
+ * The sliding refresh, run only for sessions whose refresh is due (at most once per interval each). Its
+ * conditions are re-checked on the row version it locks (READ COMMITTED): a session revoked or expired
+ * meanwhile is not extended, and of concurrent refreshes of one session only the first writes (the others
+ * find last_accessed_at recent). `id = ANY` walks the primary key in id order, and the ids are sorted too, so
+ * two batches lock shared rows in the same order and cannot deadlock.
  */
-function validateStatement(key: string, input: SQL) {
-  const expired = sql`(s.expires_at <= ${param("at")}::timestamptz
-    OR s.created_at <= ${param("absoluteCutoff")}::timestamptz)`;
-  const refreshDue = sql`(s.last_accessed_at IS NULL
-    OR s.last_accessed_at <= ${param("refreshCutoff")}::timestamptz)`;
-  return defineStatement<Record<string, unknown>, ValidateParams>(
-    key,
-    sql`
-    WITH found AS (
-      SELECT i.n, ${selectColumns("s", publicSessionColumns, "s.")}, ${selectColumns("u", publicUserColumns, "u.")},
-             (s.expires_at <= ${param("at")}::timestamptz
-              OR s.created_at <= ${param("absoluteCutoff")}::timestamptz) AS is_expired
-      FROM ${input}
-      JOIN sessions s ON s.token_hash = i.token_hash
-      JOIN users u ON u.id = s.user_id
-    ),
-    due AS (
-      SELECT s.id
-      FROM found f
-      JOIN sessions s ON s.id = f."s.id"
-      WHERE ${expired} OR (s.status = 'active' AND f."u.deletedAt" IS NULL AND ${refreshDue})
-      ORDER BY s.id
-      FOR UPDATE OF s
-    ),
-    removed AS (
-      DELETE FROM sessions s
-      USING due d
-      WHERE s.id = d.id AND ${expired}
-      RETURNING s.id
-    ),
-    touched AS (
-      UPDATE sessions s
+const refreshStatement = defineStatement<Record<string, unknown>, RefreshParams>(
+  "sessions_refresh",
+  sql`UPDATE sessions s
       SET last_accessed_at = ${param("at")}::timestamptz,
           expires_at = least(${param("idleExpiry")}::timestamptz,
                              s.created_at + make_interval(secs => ${param("absoluteSeconds")}::float8))
-      FROM due d
-      WHERE s.id = d.id AND NOT ${expired} AND s.status = 'active' AND ${refreshDue}
-      RETURNING s.id, s.expires_at, s.last_accessed_at, s.updated_at
-    )
-    SELECT f.n, ${sql.join(
-      [
-        ...Object.entries(publicSessionColumns).map(([key, column]) =>
-          TOUCHED.has(key)
-            ? sql`coalesce(t.${sql.identifier(column.name)}, f.${sql.identifier(`s.${key}`)}) AS ${sql.identifier(`s.${key}`)}`
-            : sql`f.${sql.identifier(`s.${key}`)}`,
-        ),
-        ...Object.keys(publicUserColumns).map((key) => sql`f.${sql.identifier(`u.${key}`)}`),
-      ],
-      sql`, `,
-    )}, f.is_expired,
-           EXISTS (SELECT 1 FROM removed r WHERE r.id = f."s.id") AS removed, t.id IS NOT NULL AS touched
-    FROM found f
-    LEFT JOIN touched t ON t.id = f."s.id"`,
-  );
-}
-
-// One token: a one-row input, so a generic plan's estimates equal a custom plan's and PostgreSQL keeps the
-// generic plan after five runs. With unnest() the generic plan assumes 10 rows, costs more than a custom
-// plan, and PostgreSQL would plan every call, which takes longer than running this statement.
-const validateOne = validateStatement(
-  "sessions_validate",
-  sql`(SELECT ${param("hash")}::bytea AS token_hash, 1 AS n) AS i`,
-);
-// Several tokens (a coalesced batch): planned per call, which the batch shares.
-const validateBatch = validateStatement(
-  "sessions_validate_batch",
-  sql`unnest(${param("hashes")}::bytea[]) WITH ORDINALITY AS i(token_hash, n)`,
+      WHERE s.id = ANY(${param("ids")}::uuid[]) AND s.status = 'active'
+        AND s.expires_at > ${param("at")}::timestamptz AND s.created_at > ${param("absoluteCutoff")}::timestamptz
+        AND (s.last_accessed_at IS NULL OR s.last_accessed_at <= ${param("refreshCutoff")}::timestamptz)
+      RETURNING s.id AS "s.id", s.expires_at AS "s.expiresAt", s.last_accessed_at AS "s.lastAccessedAt",
+                s.updated_at AS "s.updatedAt"`,
 );
 
-/** The statement's parameters for these tokens under a configuration, at the clock's current instant. */
-function validateParams(tokens: readonly string[], cfg: SessionConfig): ValidateParams {
-  const times = timesFor(cfg);
-  const hashes = tokens.map(sha256);
-  return {
-    hash: hashes[0],
-    hashes,
-    at: times.at,
-    absoluteCutoff: times.absoluteCutoff,
-    idleExpiry: times.idleExpiry,
-    absoluteSeconds: times.absoluteSeconds,
-    refreshCutoff: times.refreshCutoff,
-  };
-}
-
-/** Runs the validation statement for distinct tokens; one row (or undefined) per token, in input order. */
+/**
+ * Validates distinct tokens: one read (one round trip), then, only when some session's refresh is due, one
+ * refresh for those. One row (or undefined) per token, in input order; a refreshed row carries its new expiry.
+ */
 async function validateMany(
   tokens: readonly string[],
   cfg: SessionConfig,
   handle: DatabaseOrTransaction | undefined,
 ): Promise<Array<Record<string, unknown> | undefined>> {
+  const times = timesFor(cfg);
+  const hashes = tokens.map(sha256);
+  const params = { hash: hashes[0], hashes, at: times.at, absoluteCutoff: times.absoluteCutoff };
   const result = await withMetrics("validate", "sessions", () =>
-    (tokens.length === 1 ? validateOne : validateBatch).run(handle, validateParams(tokens, cfg)),
+    (tokens.length === 1 ? validateOne : validateBatch).run(handle, params),
   );
   const rows = new Array<Record<string, unknown> | undefined>(tokens.length);
   // n is the 1-based position of the token in the input (bigint from unnest, so text from the driver).
   for (const row of result.rows) rows[Number(row.n) - 1] = row;
+  const due: Record<string, unknown>[] = [];
+  for (const row of result.rows) {
+    const last = row["s.lastAccessedAt"] as Date | null;
+    if (last === null || last.getTime() <= times.refreshCutoff.getTime()) due.push(row);
+  }
+  if (due.length > 0) {
+    const ids = due.map((row) => row["s.id"] as string).sort();
+    const refreshed = await withMetrics("refresh", "sessions", () =>
+      refreshStatement.run(handle, { ...times, ids }),
+    );
+    const byId = new Map(refreshed.rows.map((row) => [row["s.id"] as string, row]));
+    for (const row of due) {
+      const fresh = byId.get(row["s.id"] as string);
+      if (fresh) Object.assign(row, fresh, { refreshed: true });
+    }
+  }
   return rows;
 }
 
 // Validations outside a transaction, with the process-wide configuration, issued in the same tick share one
-// statement. A call with { tx } or a per-call config runs alone (its snapshot or lifetimes differ).
+// read. A call with { tx } or a per-call config runs alone (its snapshot or lifetimes differ).
 const validateCoalesced = coalescer<string, Record<string, unknown> | undefined>({
   key: (token) => token,
   run: (tokens) => validateMany(tokens, config, undefined),
@@ -519,10 +493,11 @@ const sessionKeys = Object.keys(publicSessionColumns);
 const userKeys = Object.keys(publicUserColumns);
 
 /**
- * Checks a session token and returns the live session with its user, or null. One SQL statement: it also
- * slides the expiry (at most once per refresh interval) and deletes the session if it has expired.
- * Concurrent calls in the same tick share that statement. A malformed token returns null without touching
- * the database.
+ * Checks a session token and returns the live session with its user, or null. On the common path this is
+ * one read-only statement; at most once per refresh interval per session a conditional UPDATE slides the
+ * expiry (the answer then carries the new one). Expired sessions are not deleted here (cleanupExpired() does).
+ * Concurrent calls in the same tick share one read. A malformed token returns null without touching the
+ * database.
  * @throws DbError only for database failures (DATABASE_UNAVAILABLE, QUERY_TIMEOUT, ...).
  * @example const auth = await validate(cookieToken); if (!auth) return c.text("Unauthorized", 401);
  */
@@ -539,12 +514,7 @@ export async function validate(
         : (await validateMany([token], configFor(options), options.tx))[0];
     if (!row) return null;
     const session = pick<PublicSession>(row, sessionKeys, "s.");
-    if (row.removed) {
-      logger.audit({ sessionId: session.id, userId: session.userId }, "expired session deleted");
-      return null;
-    }
-    if (row.is_expired || session.status !== "active" || row["u.deletedAt"] !== null) return null;
-    if (row.touched) logger.debug({ sessionId: session.id }, "session extended");
+    if (row.refreshed) logger.debug({ sessionId: session.id }, "session extended");
     return { session, user: pick<SessionUser>(row, userKeys, "u.") };
   });
 }
