@@ -2,6 +2,9 @@
 // answer, and the validation SQL through raw node-postgres), each in a child process on loopback, loaded by
 // autocannon with Bearer tokens of seeded sessions.
 import { randomBytes } from "node:crypto";
+import { rmSync } from "node:fs";
+import { tmpdir } from "node:os";
+import path from "node:path";
 import { fileURLToPath } from "node:url";
 import { freePort } from "@repo/db/embedded";
 import autocannon from "autocannon";
@@ -60,11 +63,13 @@ async function startServer(
   env: Record<string, string>,
   ready: { path: string; status: number },
   resources: Resources,
+  stdoutFile?: string,
 ): Promise<Server> {
   const port = await freePort();
   const child = startChild(name, "bun", args, {
     cwd,
     env: { ...env, PORT: String(port), HOST: "127.0.0.1" },
+    ...(stdoutFile === undefined ? {} : { stdoutFile }),
   });
   resources.defer(name, () => child.stop());
   const base = `http://127.0.0.1:${port}`;
@@ -74,14 +79,18 @@ async function startServer(
 
 /** Starts the three servers; each is registered with `resources` as soon as it is spawned. */
 async function startServers(databaseUrl: string, resources: Resources): Promise<Server[]> {
+  const apiLogFile = path.join(tmpdir(), `repo-bench-api-${process.pid}.log`);
+  resources.defer("api log", async () => rmSync(apiLogFile, { force: true }));
   const dbEnv = { DATABASE_URL: databaseUrl, DATABASE_POOL_MAX: String(HTTP_POOL_SIZE) };
   const api = await startServer(
     "api",
     ["src/index.ts"],
     apiRoot,
-    { ...dbEnv, NODE_ENV: "production", APP_URL: "http://127.0.0.1", LOG_LEVEL: "warn" },
+    // As users start it (`bun run start`): production defaults, the access log on at info, to a file.
+    { ...dbEnv, NODE_ENV: "production", APP_URL: "http://127.0.0.1" },
     { path: "/readyz", status: 200 },
     resources,
+    apiLogFile,
   );
   // Without a token the floors' route answers 401 (raw-pg) or 200 (constant): either way, it is listening.
   const noToken = { path: ROUTE, status: 401 };

@@ -1,6 +1,7 @@
 // Child processes the bench starts (HTTP servers, redis-server): output captured for error messages, a bounded
 // wait for readiness, and a stop that escalates to SIGKILL, so nothing outlives the run.
 import { type ChildProcess, spawn } from "node:child_process";
+import { closeSync, openSync } from "node:fs";
 
 export interface Child {
   readonly name: string;
@@ -19,17 +20,29 @@ export function startChild(
   name: string,
   command: string,
   args: string[],
-  options: { cwd?: string; env?: Record<string, string | undefined> } = {},
+  options: {
+    cwd?: string;
+    env?: Record<string, string | undefined>;
+    /**
+     * Send stdout to this file instead of through the bench process: a server logging every request (as the
+     * API does by default) then writes to a file, as in production, and the bench's own event loop, which
+     * also drives autocannon, does not carry its log lines.
+     */
+    stdoutFile?: string;
+  } = {},
 ): Child {
   let output = "";
   const keep = (chunk: Buffer) => {
     output = (output + chunk.toString("utf8")).slice(-OUTPUT_LIMIT);
   };
+  const stdoutFd = options.stdoutFile === undefined ? undefined : openSync(options.stdoutFile, "w");
   const child = spawn(command, args, {
     cwd: options.cwd,
     env: { ...process.env, ...options.env },
-    stdio: ["ignore", "pipe", "pipe"],
+    stdio: ["ignore", stdoutFd ?? "pipe", "pipe"],
   });
+  // The child has its own copy of the descriptor.
+  if (stdoutFd !== undefined) closeSync(stdoutFd);
   child.stdout?.on("data", keep);
   child.stderr?.on("data", keep);
   child.on("error", (error) => {

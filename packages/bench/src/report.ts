@@ -127,7 +127,11 @@ export function markdown(results: BenchResults, links: { json: string; svg: stri
     "",
     `autocannon (in the bench process, on the same machine) with Bearer tokens of seeded sessions, ` +
       `${meta.http.durationSec} s per run after ${meta.http.warmupSec} s warm-up. The API and the raw-pg floor ` +
-      `each have a pool of ${meta.http.poolSize}. \`API / this\` is the API's requests/s over that server's.`,
+      `each have a pool of ${meta.http.poolSize}. \`API / this\` is the API's requests/s over that server's. ` +
+      "The API runs as users start it: production defaults, access log on at `info`, written to a file. The " +
+      "raw-pg floor is the least correct work for the same answer: Hono on Bun, SHA-256 of the token, the " +
+      "read-only validation `SELECT` (session joined with its user) as a named prepared statement, JSON. The " +
+      "constant floor answers a fixed body: what Bun and Hono cost with no database at all.",
     "",
     sectionBody(results.http, (rows) => table(HTTP_HEADERS, rows.flatMap(httpCells))),
     "",
