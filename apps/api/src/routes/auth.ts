@@ -93,10 +93,10 @@ function sendInBackground(c: Context<AppEnv>, to: string, subject: string, text:
   tasks.run("mail", c.var.log, () => mailer.send({ to, subject, text }));
 }
 
-function sessionInput(c: Context<AppEnv>, userId: string, authMethod: string) {
+/** What a new session records about the request that started it. */
+function sessionFields(c: Context<AppEnv>, authMethod: string) {
   const ip = clientAddress(c);
   return {
-    userId,
     authMethod,
     ipAddress: ip === "unknown" ? null : ip,
     userAgent: c.req.header("user-agent")?.slice(0, 1024) ?? null,
@@ -143,12 +143,6 @@ function passwordOptions(c: Context<AppEnv>) {
 /** The per-call session configuration: the configured cap of live sessions per user. */
 function sessionConfig(c: Context<AppEnv>) {
   return { maxPerUser: c.var.deps.config.SESSION_MAX_PER_USER };
-}
-
-/** What a new session records about the request that started it. */
-function sessionFields(c: Context<AppEnv>, authMethod: string) {
-  const { userId: _userId, ...fields } = sessionInput(c, "", authMethod);
-  return fields;
 }
 
 /**
@@ -268,9 +262,11 @@ export function authRoutes(): Hono<AppEnv> {
       );
     }
     if (config.SIGN_IN_BEFORE_EMAIL_VERIFICATION && registration.outcome === "created") {
-      const session = await SessionsService.create(sessionInput(c, registration.user.id, "password"), log, {
-        config: sessionConfig(c),
-      });
+      const session = await SessionsService.create(
+        { userId: registration.user.id, ...sessionFields(c, "password") },
+        log,
+        { config: sessionConfig(c) },
+      );
       await endPresentedSession(c);
       return signedIn(c, session, registration.user, 201);
     }
@@ -348,15 +344,13 @@ export function authRoutes(): Hono<AppEnv> {
         // budget is counted after the answer too, so the answer takes no longer than a wrong password's.
         tasks.run("verification", log, async () => {
           if (!(await mailBudget(c, "sign-up", body.email))) return;
-          {
-            const sent = await UsersService.sendVerification({ email: body.email }, log);
-            if (!sent) return;
-            await mailer.send({
-              to: sent.record.sentTo,
-              subject: "Confirm your email address",
-              text: `Someone tried to sign in with this address, which is not confirmed yet. To confirm it and sign in, open this link within a day and enter your password:\n\n${link(c, "/verify-email", sent.token)}\n\nIf it was not you, ignore this message.\n`,
-            });
-          }
+          const sent = await UsersService.sendVerification({ email: body.email }, log);
+          if (!sent) return;
+          await mailer.send({
+            to: sent.record.sentTo,
+            subject: "Confirm your email address",
+            text: `Someone tried to sign in with this address, which is not confirmed yet. To confirm it and sign in, open this link within a day and enter your password:\n\n${link(c, "/verify-email", sent.token)}\n\nIf it was not you, ignore this message.\n`,
+          });
         });
         throw new ApiError("INVALID_CREDENTIALS");
       }
@@ -554,9 +548,7 @@ export function authRoutes(): Hono<AppEnv> {
         `The password of your account was just changed, and every other session was signed out.\n\nIf it was not you, reset your password at ${appHome(c)} now.\n`,
       );
     }
-    if (c.var.authVia === "bearer") {
-      return c.json({ user: userView(current), session: sessionView(rotated.session), token: rotated.token });
-    }
+    // A bearer-authenticated client gets the new token in the body, a browser the new cookie (wantsBearer).
     return signedIn(c, rotated, current);
   });
 

@@ -188,7 +188,7 @@ function toRecord(row: Record<string, unknown>): OneTimeTokenRecord {
 
 // One conditional UPDATE ... RETURNING: of concurrent callers, the first sets used_at; the others wait on its
 // row lock, re-check `used_at IS NULL` and get no row. The registration's password hash comes back beside the
-// record for useLink(); consume() drops it.
+// record for consumeLink(); consume() drops it.
 const consumeStatement = defineStatement<Record<string, unknown>, LinkTokenParams>(
   "one_time_tokens_consume",
   // The last guess a link allows may be the right one: its reservation made attempts = LINK_MAX_ATTEMPTS.
@@ -555,13 +555,12 @@ export async function consume(
   logger: Logger = noopLogger,
   options: ServiceOptions = {},
 ): Promise<OneTimeTokenRecord | null> {
-  return await serviceCall("oneTimeTokens.consume", logger, { purpose }, async () => {
-    const validPurpose = validate(purposeSchema, purpose);
-    const used = await consumeRow(token, validPurpose, options);
-    if (!used) return null;
-    logger.audit({ tokenId: used.record.id, userId: used.record.userId, purpose }, "one-time token used");
-    return used.record;
-  });
+  return (await consumeLink(token, purpose, logger, options))?.record ?? null;
+}
+
+/** The parameters of the link statements, or null for a string that cannot be a secret we issued. */
+function linkParams(token: string, purpose: OneTimeTokenPurpose): LinkTokenParams | null {
+  return isWellFormedSecret(token) ? { tokenHash: sha256(token), purpose, at: now() } : null;
 }
 
 /** A consume or peek row split into the record and what a sign-up's link carries. */
@@ -572,18 +571,6 @@ function toRegistration(row: Record<string, unknown>): LinkRegistration {
     password: typeof registrationHash === "string" ? preparedFromHash(registrationHash) : null,
     profile: (registrationProfile as RegistrationProfile | null) ?? null,
   };
-}
-
-async function consumeRow(
-  token: string,
-  purpose: OneTimeTokenPurpose,
-  options: ServiceOptions,
-): Promise<LinkRegistration | null> {
-  if (!isWellFormedSecret(token)) return null;
-  const params = { tokenHash: sha256(token), purpose, at: now() };
-  const result = await withMetrics("consume", TABLE, () => consumeStatement.run(options.tx, params));
-  const row = result.rows[0];
-  return row ? toRegistration(row) : null;
 }
 
 /**
@@ -599,10 +586,12 @@ export async function consumeLink(
   options: ServiceOptions = {},
 ): Promise<LinkRegistration | null> {
   return await serviceCall("oneTimeTokens.consume", logger, { purpose }, async () => {
-    const used = await consumeRow(token, validate(purposeSchema, purpose), options);
-    if (used) {
-      logger.audit({ tokenId: used.record.id, userId: used.record.userId, purpose }, "one-time token used");
-    }
+    const params = linkParams(token, validate(purposeSchema, purpose));
+    if (!params) return null;
+    const result = await withMetrics("consume", TABLE, () => consumeStatement.run(options.tx, params));
+    if (!result.rows[0]) return null;
+    const used = toRegistration(result.rows[0]);
+    logger.audit({ tokenId: used.record.id, userId: used.record.userId, purpose }, "one-time token used");
     return used;
   });
 }
@@ -618,13 +607,7 @@ export async function peek(
   logger: Logger = noopLogger,
   options: ServiceOptions = {},
 ): Promise<OneTimeTokenRecord | null> {
-  return await serviceCall("oneTimeTokens.peek", logger, { purpose }, async () => {
-    const validPurpose = validate(purposeSchema, purpose);
-    if (!isWellFormedSecret(token)) return null;
-    const params = { tokenHash: sha256(token), purpose: validPurpose, at: now() };
-    const result = await withMetrics("select", TABLE, () => peekStatement.run(options.tx, params));
-    return result.rows[0] ? toRegistration(result.rows[0]).record : null;
-  });
+  return (await peekLink(token, purpose, logger, options))?.record ?? null;
 }
 
 /**
@@ -639,9 +622,8 @@ export async function peekLink(
   options: ServiceOptions = {},
 ): Promise<LinkRegistration | null> {
   return await serviceCall("oneTimeTokens.peek", logger, { purpose }, async () => {
-    const validPurpose = validate(purposeSchema, purpose);
-    if (!isWellFormedSecret(token)) return null;
-    const params = { tokenHash: sha256(token), purpose: validPurpose, at: now() };
+    const params = linkParams(token, validate(purposeSchema, purpose));
+    if (!params) return null;
     const result = await withMetrics("select", TABLE, () => peekStatement.run(options.tx, params));
     return result.rows[0] ? toRegistration(result.rows[0]) : null;
   });
@@ -660,9 +642,8 @@ export async function reserveLinkAttempt(
   options: ServiceOptions = {},
 ): Promise<boolean> {
   return await serviceCall("oneTimeTokens.reserveLinkAttempt", logger, { purpose }, async () => {
-    const validPurpose = validate(purposeSchema, purpose);
-    if (!isWellFormedSecret(token)) return false;
-    const params = { tokenHash: sha256(token), purpose: validPurpose, at: now() };
+    const params = linkParams(token, validate(purposeSchema, purpose));
+    if (!params) return false;
     const result = await withMetrics("reserve_attempt", TABLE, () =>
       reserveStatement.run(options.tx, params),
     );

@@ -250,8 +250,8 @@ interface CreateParams extends Record<string, unknown> {
 //      the id are taken after the lock, so they grow in lock order and "newest" agrees with the order the
 //      creations happened in. updated_at is left to the database, like the trigger that maintains it.
 //    - overflow: the user's live sessions (sessions_user_id_idx), newest first, after the ones kept. No lock.
-//    - victims: locks them in id order (LockRows above the Sort), the order validate()'s batches lock in, so a
-//      creation and a validation batch naming the same sessions never wait on each other in a cycle. The
+//    - victims: locks them in id order (LockRows above the Sort), the order validate()'s refreshes lock in, so
+//      a creation and a refresh naming the same sessions never wait on each other in a cycle. The
 //      conditions are on `s`: a row revoked or expired meanwhile is re-checked when the lock is granted.
 //    - capped: revokes them exactly as revoke() does (expires_at pulled back so cleanup finds them).
 //    This relies on READ COMMITTED (the default, and what transaction() opens): a caller's REPEATABLE READ

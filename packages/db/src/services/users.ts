@@ -220,7 +220,6 @@ export type SetPasswordInput = z.input<typeof setPasswordSchema>;
 export type VerifyPasswordInput = z.input<typeof verifyPasswordSchema>;
 export type PreparePasswordInput = z.input<typeof preparePasswordSchema>;
 export type RegisterInput = z.input<typeof registerSchema>;
-export type EmailLinkPurpose = z.output<typeof linkPurposeSchema>;
 export type UseEmailLinkInput = z.input<typeof useEmailLinkSchema>;
 
 export interface UserPage {
