@@ -1,5 +1,5 @@
-// Coalescing: calls issued in the same tick are gathered and answered by one query. At 16 concurrent
-// requests that turns 16 round trips (and 16 pooled connections) into one, which is how a single PostgreSQL
+// Coalescing: calls that arrive together are gathered and answered by one query. At 16 concurrent requests
+// that turns 16 round trips (and 16 pooled connections) into a few, which is how a single PostgreSQL
 // connection can keep up with a pipelining Redis client on reads.
 
 interface Waiter<O> {
@@ -9,6 +9,7 @@ interface Waiter<O> {
 
 interface Batch<I, O> {
   entries: Map<string, { input: I; waiters: Waiter<O>[] }>;
+  scheduled: boolean;
   flushed: boolean;
 }
 
@@ -17,23 +18,45 @@ export interface CoalescerOptions<I, O> {
   key(input: I): string;
   /** Answers a batch of distinct inputs, one output per input in the same order. */
   run(inputs: I[]): Promise<O[]>;
-  /** A batch this large is sent at once instead of waiting for the end of the tick. Default 256. */
+  /** A batch this large is sent at once instead of waiting. Default 256. */
   maxBatch?: number;
+  /**
+   * Batches allowed to run at once. While that many are running, new calls gather in the next batch, which
+   * is sent as soon as one of them finishes (group commit): under load each query answers more callers, and
+   * an idle process still sends a lone call at the end of its tick. Default: unbounded (one batch per tick).
+   */
+  maxInFlight?: number;
 }
 
 /**
- * Wraps a batch function so that single calls made in the same tick share one batch. A failure of the batch
- * rejects every call in it; nothing is retried.
- * @example const load = coalescer({ key: (id) => id, run: (ids) => loadMany(ids) }); await load(id);
+ * Wraps a batch function so that single calls made together share one batch. A failure of the batch rejects
+ * every call in it; nothing is retried.
+ * @example const load = coalescer({ key: (id) => id, run: (ids) => loadMany(ids), maxInFlight: 2 }); await load(id);
  */
 export function coalescer<I, O>(options: CoalescerOptions<I, O>): (input: I) => Promise<O> {
   const maxBatch = options.maxBatch ?? 256;
+  const maxInFlight = options.maxInFlight ?? Number.POSITIVE_INFINITY;
   let open: Batch<I, O> | undefined;
+  let inFlight = 0;
+
+  // nextTick runs once the current microtask queue has drained: every caller resumed by the same completed
+  // query (or the same incoming I/O) has had its turn to join.
+  const schedule = (batch: Batch<I, O>): void => {
+    if (batch.scheduled) return;
+    batch.scheduled = true;
+    process.nextTick(() => flush(batch));
+  };
+
+  const settled = (): void => {
+    inFlight--;
+    if (open !== undefined && inFlight < maxInFlight) schedule(open);
+  };
 
   const flush = (batch: Batch<I, O>): void => {
     if (batch.flushed) return;
     batch.flushed = true;
     if (open === batch) open = undefined;
+    inFlight++;
     const entries = [...batch.entries.values()];
     let running: Promise<O[]>;
     try {
@@ -43,11 +66,13 @@ export function coalescer<I, O>(options: CoalescerOptions<I, O>): (input: I) => 
     }
     running.then(
       (outputs) => {
+        settled();
         entries.forEach((entry, index) => {
           for (const waiter of entry.waiters) waiter.resolve(outputs[index] as O);
         });
       },
       (error: unknown) => {
+        settled();
         for (const entry of entries) for (const waiter of entry.waiters) waiter.reject(error);
       },
     );
@@ -57,11 +82,10 @@ export function coalescer<I, O>(options: CoalescerOptions<I, O>): (input: I) => 
     new Promise<O>((resolve, reject) => {
       let batch = open;
       if (batch === undefined) {
-        const created: Batch<I, O> = { entries: new Map(), flushed: false };
-        open = batch = created;
-        // nextTick runs once the current microtask queue has drained: every caller resumed by the same
-        // completed query (or the same incoming I/O) has had its turn to join.
-        process.nextTick(() => flush(created));
+        batch = { entries: new Map(), scheduled: false, flushed: false };
+        open = batch;
+        // Otherwise the batch waits for a running one to finish (settled() schedules it).
+        if (inFlight < maxInFlight) schedule(batch);
       }
       const key = options.key(input);
       let entry = batch.entries.get(key);

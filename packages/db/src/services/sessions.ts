@@ -438,48 +438,76 @@ const refreshStatement = defineStatement<Record<string, unknown>, RefreshParams>
                 s.updated_at AS "s.updatedAt"`,
 );
 
+type ValidatedRow = Record<string, unknown>;
+
 /**
  * Validates distinct tokens: one read (one round trip), then, only when some session's refresh is due, one
- * refresh for those. One row (or undefined) per token, in input order; a refreshed row carries its new expiry.
+ * refresh for those. One entry per token, in input order: undefined (not live), the row, or, for a row whose
+ * refresh is due, a promise of the row carrying its new expiry. The returned promise settles once the read has
+ * answered, so a caller gating on it (the coalescer) never waits on the refresh's row locks.
  */
-async function validateMany(
+async function readMany(
   tokens: readonly string[],
   cfg: SessionConfig,
   handle: DatabaseOrTransaction | undefined,
-): Promise<Array<Record<string, unknown> | undefined>> {
+): Promise<Array<ValidatedRow | undefined | Promise<ValidatedRow>>> {
   const times = timesFor(cfg);
   const hashes = tokens.map(sha256);
   const params = { hash: hashes[0], hashes, at: times.at, absoluteCutoff: times.absoluteCutoff };
   const result = await withMetrics("validate", "sessions", () =>
     (tokens.length === 1 ? validateOne : validateBatch).run(handle, params),
   );
-  const rows = new Array<Record<string, unknown> | undefined>(tokens.length);
+  const rows = new Array<ValidatedRow | undefined | Promise<ValidatedRow>>(tokens.length);
+  const due: Array<{ row: ValidatedRow; index: number }> = [];
   // n is the 1-based position of the token in the input (bigint from unnest, so text from the driver).
-  for (const row of result.rows) rows[Number(row.n) - 1] = row;
-  const due: Record<string, unknown>[] = [];
   for (const row of result.rows) {
+    const index = Number(row.n) - 1;
+    rows[index] = row;
     const last = row["s.lastAccessedAt"] as Date | null;
-    if (last === null || last.getTime() <= times.refreshCutoff.getTime()) due.push(row);
+    if (last === null || last.getTime() <= times.refreshCutoff.getTime()) due.push({ row, index });
   }
   if (due.length > 0) {
-    const ids = due.map((row) => row["s.id"] as string).sort();
-    const refreshed = await withMetrics("refresh", "sessions", () =>
-      refreshStatement.run(handle, { ...times, ids }),
+    const refreshed = refreshDue(
+      due.map((entry) => entry.row),
+      times,
+      handle,
     );
-    const byId = new Map(refreshed.rows.map((row) => [row["s.id"] as string, row]));
-    for (const row of due) {
-      const fresh = byId.get(row["s.id"] as string);
-      if (fresh) Object.assign(row, fresh, { refreshed: true });
-    }
+    for (const { row, index } of due) rows[index] = refreshed.then(() => row);
   }
   return rows;
 }
 
-// Validations outside a transaction, with the process-wide configuration, issued in the same tick share one
-// read. A call with { tx } or a per-call config runs alone (its snapshot or lifetimes differ).
-const validateCoalesced = coalescer<string, Record<string, unknown> | undefined>({
+/** Slides the expiry of sessions whose refresh is due; each row that was extended gets the new values. */
+async function refreshDue(
+  due: ValidatedRow[],
+  times: ReturnType<typeof timesFor>,
+  handle: DatabaseOrTransaction | undefined,
+): Promise<void> {
+  const ids = due.map((row) => row["s.id"] as string).sort();
+  const refreshed = await withMetrics("refresh", "sessions", () =>
+    refreshStatement.run(handle, { ...times, ids }),
+  );
+  const byId = new Map(refreshed.rows.map((row) => [row["s.id"] as string, row]));
+  for (const row of due) {
+    const fresh = byId.get(row["s.id"] as string);
+    if (fresh) Object.assign(row, fresh, { refreshed: true });
+  }
+}
+
+/**
+ * How many coalesced validation reads run at once. One: while a read is out, validations gather and the next
+ * read answers all of them (group commit). Under load that turns a round trip per request into one per batch,
+ * which costs the driver and PostgreSQL far less; an idle process still sends a lone check at once. The
+ * refresh is outside the gate, so a session row locked by another transaction stalls only its own callers.
+ */
+const VALIDATE_READS_IN_FLIGHT = 1;
+
+// Validations outside a transaction, with the process-wide configuration, share reads (see above). A call
+// with { tx } or a per-call config runs alone (its snapshot or lifetimes differ).
+const validateCoalesced = coalescer<string, ValidatedRow | undefined | Promise<ValidatedRow>>({
   key: (token) => token,
-  run: (tokens) => validateMany(tokens, config, undefined),
+  run: (tokens) => readMany(tokens, config, undefined),
+  maxInFlight: VALIDATE_READS_IN_FLIGHT,
 });
 
 /** The `prefix`ed properties of a row, keyed without the prefix. */
@@ -511,7 +539,7 @@ export async function validate(
     const row =
       options.tx === undefined && options.config === undefined
         ? await validateCoalesced(token)
-        : (await validateMany([token], configFor(options), options.tx))[0];
+        : await (await readMany([token], configFor(options), options.tx))[0];
     if (!row) return null;
     const session = pick<PublicSession>(row, sessionKeys, "s.");
     if (row.refreshed) logger.debug({ sessionId: session.id }, "session extended");

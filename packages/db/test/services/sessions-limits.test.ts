@@ -414,4 +414,47 @@ describe("validation locks and writes", () => {
     expect(await validate(token)).toBeNull();
     expect(await rowsOf(userId)).toEqual(revokedRow);
   });
+
+  it("a refresh waiting on another transaction's row lock stalls only its own callers", async () => {
+    const clock = useManualClock();
+    const lockedUser = await insertUser("locked-refresh");
+    const locked = await create({ userId: lockedUser, authMethod: "password" });
+    clock.advance(HOUR + MINUTE);
+    // Created now: its refresh is not due, so checking it is the read alone.
+    const other = await create({ userId: await insertUser("free-read"), authMethod: "password" });
+    const holder = new pg.Client({ connectionString: database.url, connectionTimeoutMillis: 5000 });
+    await holder.connect();
+    try {
+      await holder.query("BEGIN");
+      await holder.query("SELECT 1 FROM sessions WHERE id = $1 FOR UPDATE", [locked.session.id]);
+      let lockedSettled = false;
+      const lockedCheck = validate(locked.token).finally(() => {
+        lockedSettled = true;
+      });
+      // Its read answered and its refresh now waits for the row lock.
+      await vi.waitFor(
+        async () => {
+          const waiting = await database.admin<{ n: number }>(
+            "SELECT count(*)::int AS n FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND query LIKE 'UPDATE sessions%'",
+          );
+          if ((waiting.rows[0]?.n ?? 0) === 0) throw new Error("the refresh is not waiting yet");
+        },
+        { timeout: 5000, interval: 20 },
+      );
+      // Reads are gated one at a time; the stuck refresh is outside that gate.
+      const others = await Promise.race([
+        Promise.all(Array.from({ length: 20 }, () => validate(other.token))),
+        new Promise<"stalled">((resolve) => setTimeout(() => resolve("stalled"), 3000)),
+      ]);
+      expect(others).not.toBe("stalled");
+      expect(Array.isArray(others) && others.every((r) => r?.session.id === other.session.id)).toBe(true);
+      expect(lockedSettled).toBe(false);
+      await holder.query("COMMIT");
+      const result = await lockedCheck;
+      expect(result?.session.lastAccessedAt).toEqual(clock.now());
+    } finally {
+      await holder.query("ROLLBACK").catch(() => {});
+      await holder.end();
+    }
+  });
 });
