@@ -1,7 +1,6 @@
 // createApp(deps): the Hono application, built from explicit dependencies so tests can drive it with
 // app.request() against a real database. One file per resource under routes/, one error handler here.
 import { randomUUID } from "node:crypto";
-import { withAudit } from "@repo/db";
 import { Hono } from "hono";
 import { bodyLimit } from "hono/body-limit";
 import { matchedRoutes, routePath } from "hono/route";
@@ -10,6 +9,7 @@ import type { AppDeps, AppEnv, ResolvedDeps } from "./context.ts";
 import { ApiError, toErrorAnswer } from "./errors.ts";
 import { csrfGuard, noStore } from "./http.ts";
 import { createHttpMetrics } from "./http-metrics.ts";
+import { RequestLogger } from "./logger.ts";
 import { adminRoutes } from "./routes/admin.ts";
 import { authRoutes } from "./routes/auth.ts";
 import { healthRoutes } from "./routes/health.ts";
@@ -36,10 +36,10 @@ export function createApp(input: AppDeps): Hono<AppEnv> {
     const started = performance.now();
     const incoming = c.req.header("x-request-id");
     const requestId = incoming && REQUEST_ID.test(incoming) ? incoming : randomUUID();
-    const child = deps.logger.child({ requestId });
+    const log = new RequestLogger(deps.logger, requestId);
     c.set("requestId", requestId);
     c.set("deps", deps);
-    c.set("log", withAudit(child));
+    c.set("log", log);
     c.header("X-Request-Id", requestId);
     await next();
     // The pattern of the handler that answered; when only middleware matched (ALL), no route did.
@@ -49,7 +49,7 @@ export function createApp(input: AppDeps): Hono<AppEnv> {
     deps.metrics.requests.inc({ method: c.req.method, route, status: String(c.res.status) });
     deps.metrics.duration.observe({ method: c.req.method, route }, seconds);
     if (route !== "/metrics" && route !== "/healthz" && route !== "/readyz") {
-      child.info(
+      log.info(
         { method: c.req.method, route, status: c.res.status, durationMs: Math.round(seconds * 1e5) / 100 },
         "request",
       );

@@ -9,7 +9,7 @@ import type { Mailer } from "./mailer.ts";
 
 export interface AppDeps {
   config: ApiConfig;
-  /** A pino logger; each request logs through a child carrying its request id. */
+  /** A pino logger; each request logs through a RequestLogger that adds its request id to every line. */
   logger: PinoLogger;
   mailer: Mailer;
   /** The API's clock (Retry-After, timestamps it writes). Default: the system clock. */

@@ -1,0 +1,82 @@
+import { Writable } from "node:stream";
+import { describe, expect, it } from "vitest";
+import { createLogger, RequestLogger, redactSecrets } from "../src/logger.ts";
+
+/** A logger writing into an array of parsed lines (synchronously, so lines are there when the call returns). */
+function capture(level = "debug") {
+  const lines: Record<string, unknown>[] = [];
+  const sink = new Writable({
+    write(chunk, _encoding, callback) {
+      for (const line of String(chunk).split("\n")) if (line.trim()) lines.push(JSON.parse(line));
+      callback();
+    },
+  });
+  return { logger: createLogger(level, sink), lines };
+}
+
+describe("log redaction", () => {
+  it("blanks secret-named fields at the top level and one level down, and leaves the caller's object alone", () => {
+    const { logger, lines } = capture();
+    const fields = {
+      password: "hunter2",
+      sessionToken: "tok",
+      headers: { cookie: "sid=abc", "set-cookie": "sid=def", authorization: "Bearer xyz", accept: "json" },
+      body: { newPassword: "n", currentPassword: "c", email: "a@example.com" },
+      list: ["token"],
+      count: 3,
+    };
+    const before = structuredClone(fields);
+    logger.info(fields, "with secrets");
+    expect(fields).toEqual(before);
+    const line = lines.at(-1);
+    expect(line).toMatchObject({
+      password: "[redacted]",
+      sessionToken: "[redacted]",
+      headers: {
+        cookie: "[redacted]",
+        "set-cookie": "[redacted]",
+        authorization: "[redacted]",
+        accept: "json",
+      },
+      body: { newPassword: "[redacted]", currentPassword: "[redacted]", email: "a@example.com" },
+      list: ["token"],
+      count: 3,
+    });
+    expect(JSON.stringify(line)).not.toMatch(/hunter2|tok"|sid=|xyz/);
+  });
+
+  it("returns a line without secrets as it is (no copy)", () => {
+    const fields = { method: "GET", route: "/v1/auth/session", status: 200, nested: { ok: true } };
+    expect(redactSecrets(fields)).toBe(fields);
+  });
+
+  it("blanks bindings of child loggers too", () => {
+    const { logger, lines } = capture();
+    logger
+      .child({ token: "abc" })
+      .child({ headers: { cookie: "sid" } })
+      .info({}, "grandchild");
+    expect(lines.at(-1)).toMatchObject({
+      token: "[redacted]",
+      headers: { cookie: "[redacted]" },
+      msg: "grandchild",
+    });
+  });
+});
+
+describe("RequestLogger", () => {
+  it("puts the request id on every line, marks audit lines, and respects the level", () => {
+    const { logger, lines } = capture("info");
+    const log = new RequestLogger(logger, "req-1");
+    log.debug({ a: 1 }, "hidden");
+    log.info({ a: 2 }, "shown");
+    log.audit({ userId: "u", password: "p" }, "changed");
+    log.error({ code: "X" }, "failed");
+    expect(lines.map((line) => [line.msg, line.requestId, line.level])).toEqual([
+      ["shown", "req-1", 30],
+      ["changed", "req-1", 30],
+      ["failed", "req-1", 50],
+    ]);
+    expect(lines[1]).toMatchObject({ audit: true, userId: "u", password: "[redacted]" });
+  });
+});
