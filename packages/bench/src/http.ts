@@ -1,6 +1,7 @@
-// Section 4: GET /v1/auth/session over HTTP. The real API (bun src/index.ts) beside two Bun floors (a constant
-// answer, and the validation SQL through raw node-postgres), each in a child process on loopback, loaded by
-// autocannon with Bearer tokens of seeded sessions.
+// Section 4: the session check over HTTP. The real API (bun src/index.ts, as users start it) beside three Bun
+// floors (a constant answer; the read through raw node-postgres; the least work through Bun.sql) and the peer,
+// Better Auth's default get-session. Each runs in a child process on loopback and is loaded in turn by autocannon
+// with its own credentials for seeded sessions; runs are interleaved and repeated, and medians reported.
 import { randomBytes } from "node:crypto";
 import { rmSync } from "node:fs";
 import { tmpdir } from "node:os";
@@ -8,13 +9,15 @@ import path from "node:path";
 import { fileURLToPath } from "node:url";
 import { freePort } from "@repo/db/embedded";
 import autocannon from "autocannon";
+import { prepareBetterAuth } from "./better-auth/setup.ts";
 import { msText, opsText, ratio, ratioText, table } from "./format.ts";
 import { quantile } from "./harness.ts";
 import { type Child, startChild, waitForHttp } from "./processes.ts";
 import type { Resources } from "./resources.ts";
 
 const ROUTE = "/v1/auth/session";
-/** Pool size of the API and of the raw-pg floor, the same for both. */
+const BETTER_AUTH_ROUTE = "/api/auth/get-session";
+/** Pool size of the API, the database floors and the peer, the same for all. */
 export const HTTP_POOL_SIZE = 16;
 /** Sessions the load cycles over: enough distinct rows that no single one is the hot spot. */
 const TOKENS_IN_LOAD = 256;
@@ -22,41 +25,60 @@ const TOKENS_IN_LOAD = 256;
 const apiRoot = fileURLToPath(new URL("../../../apps/api", import.meta.url));
 const benchRoot = fileURLToPath(new URL("..", import.meta.url));
 const floorScript = fileURLToPath(new URL("./http-floor-server.ts", import.meta.url));
+const betterAuthScript = fileURLToPath(new URL("./better-auth/server.ts", import.meta.url));
 
-export type ServerName = "api" | "raw-pg floor" | "constant floor";
+/** In the order the tables show them. */
+export const SERVER_NAMES = [
+  "api",
+  "bun-sql floor",
+  "raw-pg floor",
+  "better-auth",
+  "constant floor",
+] as const;
+export type ServerName = (typeof SERVER_NAMES)[number];
+
+type Request = { method: "GET"; path: string; headers: Record<string, string> };
 
 interface Server {
   name: ServerName;
   base: string;
   child: Child;
+  /** One request per seeded session, cycled by the load. */
+  requests: Request[];
+  /** Checks that a valid credential is accepted and a made-up one refused. */
+  verify(): Promise<void>;
 }
 
 export interface HttpMeasurement {
   server: ServerName;
   connections: number;
+  /** Medians over the repeats. */
   requestsPerSec: number;
   p50Ms: number;
   p99Ms: number;
-  requests: number;
+  /** Every repeat's requests/s, in run order. */
+  runs: number[];
 }
 
 export interface HttpRow {
   connections: number;
-  api: HttpMeasurement;
-  rawPg: HttpMeasurement;
-  constant: HttpMeasurement;
-  /** API throughput over the raw-pg floor's (target: at least 0.8). */
-  apiToRawPg: number;
-  apiToConstant: number;
+  /** One per server, in SERVER_NAMES order. */
+  servers: HttpMeasurement[];
+  /** The API's requests/s over each server's (target against the minimal floor: at least 0.8). */
+  apiThroughputRatio: Partial<Record<ServerName, number>>;
+  /** The API's p99 over each server's (target against the minimal floor: at most 1.5). */
+  apiP99Ratio: Partial<Record<ServerName, number>>;
 }
 
 export interface HttpOptions {
   connections: number[];
   durationSec: number;
   warmupSec: number;
+  /** Interleaved repeats per connection count; medians are reported. */
+  repeats: number;
 }
 
-async function startServer(
+async function spawnServer(
   name: ServerName,
   args: string[],
   cwd: string,
@@ -64,25 +86,81 @@ async function startServer(
   ready: { path: string; status: number },
   resources: Resources,
   stdoutFile?: string,
-): Promise<Server> {
+): Promise<{ base: string; child: Child }> {
   const port = await freePort();
+  const base = `http://127.0.0.1:${port}`;
   const child = startChild(name, "bun", args, {
     cwd,
     env: { ...env, PORT: String(port), HOST: "127.0.0.1" },
     ...(stdoutFile === undefined ? {} : { stdoutFile }),
   });
   resources.defer(name, () => child.stop());
-  const base = `http://127.0.0.1:${port}`;
   await waitForHttp(child, `${base}${ready.path}`, ready.status);
-  return { name, base, child };
+  return { base, child };
 }
 
-/** Starts the three servers; each is registered with `resources` as soon as it is spawned. */
-async function startServers(databaseUrl: string, resources: Resources): Promise<Server[]> {
+async function get(url: string, headers: Record<string, string>): Promise<{ status: number; body: string }> {
+  const response = await fetch(url, { headers, signal: AbortSignal.timeout(10_000) });
+  return { status: response.status, body: await response.text() };
+}
+
+/** A server answering ROUTE for Bearer tokens: 200 for a seeded session, 401 for an unknown token. */
+function bearerServer(name: ServerName, started: { base: string; child: Child }, tokens: string[]): Server {
+  const requests = tokens.map((token) => ({
+    method: "GET" as const,
+    path: ROUTE,
+    headers: { authorization: `Bearer ${token}` },
+  }));
+  return {
+    name,
+    ...started,
+    requests,
+    async verify() {
+      const ok = await get(`${started.base}${ROUTE}`, requests[0]?.headers ?? {});
+      if (ok.status !== 200) throw new Error(`${name}: a valid session token answered ${ok.status}, not 200`);
+      if (name === "constant floor") return;
+      const unknown = { authorization: `Bearer ${randomBytes(32).toString("base64url")}` };
+      const bad = await get(`${started.base}${ROUTE}`, unknown);
+      if (bad.status !== 401)
+        throw new Error(`${name}: an unknown session token answered ${bad.status}, not 401`);
+    },
+  };
+}
+
+/**
+ * Better Auth answers get-session with 200 either way: the session and its user, or `null`. Its load uses the
+ * signed session cookies of sessions made by its own sign-up.
+ */
+function betterAuthServer(started: { base: string; child: Child }, cookies: string[]): Server {
+  const requests = cookies.map((cookie) => ({
+    method: "GET" as const,
+    path: BETTER_AUTH_ROUTE,
+    headers: { cookie },
+  }));
+  return {
+    name: "better-auth",
+    ...started,
+    requests,
+    async verify() {
+      const ok = await get(`${started.base}${BETTER_AUTH_ROUTE}`, requests[0]?.headers ?? {});
+      if (ok.status !== 200 || !ok.body.includes('"user"')) {
+        throw new Error(`better-auth: a valid session cookie answered ${ok.status} ${ok.body.slice(0, 200)}`);
+      }
+      const forged = { cookie: `better-auth.session_token=${randomBytes(24).toString("base64url")}.forged` };
+      const bad = await get(`${started.base}${BETTER_AUTH_ROUTE}`, forged);
+      if (bad.status !== 200 || bad.body.trim() !== "null") {
+        throw new Error(`better-auth: a forged cookie answered ${bad.status} ${bad.body.slice(0, 200)}`);
+      }
+    },
+  };
+}
+
+/** Starts the five servers; each is registered with `resources` as soon as it is spawned. */
+async function startServers(databaseUrl: string, tokens: string[], resources: Resources): Promise<Server[]> {
   const apiLogFile = path.join(tmpdir(), `repo-bench-api-${process.pid}.log`);
   resources.defer("api log", async () => rmSync(apiLogFile, { force: true }));
   const dbEnv = { DATABASE_URL: databaseUrl, DATABASE_POOL_MAX: String(HTTP_POOL_SIZE) };
-  const api = await startServer(
+  const api = await spawnServer(
     "api",
     ["src/index.ts"],
     apiRoot,
@@ -92,58 +170,45 @@ async function startServers(databaseUrl: string, resources: Resources): Promise<
     resources,
     apiLogFile,
   );
-  // Without a token the floors' route answers 401 (raw-pg) or 200 (constant): either way, it is listening.
-  const noToken = { path: ROUTE, status: 401 };
-  const rawPg = await startServer(
-    "raw-pg floor",
-    [floorScript, "raw-pg"],
+  // Without a token the database floors answer 401 and the constant one 200: either way, listening.
+  const floor = (mode: string, env: Record<string, string>, status: number) =>
+    spawnServer(
+      `${mode} floor` as ServerName,
+      [floorScript, mode],
+      benchRoot,
+      env,
+      { path: ROUTE, status },
+      resources,
+    );
+  const started = [
+    bearerServer("api", api, tokens),
+    bearerServer("bun-sql floor", await floor("bun-sql", dbEnv, 401), tokens),
+    bearerServer("raw-pg floor", await floor("raw-pg", dbEnv, 401), tokens),
+  ];
+  const betterAuth = await prepareBetterAuth(databaseUrl, tokens.length);
+  const peer = await spawnServer(
+    "better-auth",
+    [betterAuthScript],
     benchRoot,
-    dbEnv,
-    noToken,
+    { ...dbEnv, BETTER_AUTH_SECRET: betterAuth.secret },
+    // Without a cookie, get-session answers 200 with null.
+    { path: BETTER_AUTH_ROUTE, status: 200 },
     resources,
   );
-  const constant = await startServer(
-    "constant floor",
-    [floorScript, "constant"],
-    benchRoot,
-    {},
-    { path: ROUTE, status: 200 },
-    resources,
-  );
-  return [api, rawPg, constant];
-}
-
-async function statusFor(base: string, token: string): Promise<number> {
-  const response = await fetch(`${base}${ROUTE}`, {
-    headers: { authorization: `Bearer ${token}` },
-    signal: AbortSignal.timeout(10_000),
-  });
-  await response.arrayBuffer();
-  return response.status;
-}
-
-/** A valid token must answer 200; an unknown one 401 (except on the constant floor, which checks nothing). */
-async function verify(server: Server, validToken: string): Promise<void> {
-  const ok = await statusFor(server.base, validToken);
-  if (ok !== 200) throw new Error(`${server.name}: a valid session token answered ${ok}, not 200`);
-  if (server.name === "constant floor") return;
-  const bad = await statusFor(server.base, randomBytes(32).toString("base64url"));
-  if (bad !== 401) throw new Error(`${server.name}: an unknown session token answered ${bad}, not 401`);
+  started.push(betterAuthServer(peer, betterAuth.cookies));
+  started.push(bearerServer("constant floor", await floor("constant", {}, 200), tokens));
+  return started;
 }
 
 /** One autocannon run; latency percentiles come from the per-response times (autocannon's own are whole ms). */
-async function load(server: Server, tokens: string[], connections: number, seconds: number) {
+async function load(server: Server, connections: number, seconds: number) {
   const latencies: number[] = [];
   const instance = autocannon(
     {
-      url: `${server.base}${ROUTE}`,
+      url: `${server.base}${server.requests[0]?.path ?? ROUTE}`,
       connections,
       duration: seconds,
-      requests: tokens.map((token) => ({
-        method: "GET" as const,
-        path: ROUTE,
-        headers: { authorization: `Bearer ${token}` },
-      })),
+      requests: server.requests,
     },
     () => {},
   );
@@ -161,44 +226,44 @@ async function load(server: Server, tokens: string[], connections: number, secon
     );
   }
   const sorted = Float64Array.from(latencies).sort();
-  return { requests: result["2xx"], seconds: result.duration, sorted };
-}
-
-async function measureServer(
-  server: Server,
-  tokens: string[],
-  connections: number,
-  options: HttpOptions,
-): Promise<HttpMeasurement> {
-  if (options.warmupSec > 0) await load(server, tokens, connections, options.warmupSec);
-  const run = await load(server, tokens, connections, options.durationSec);
-  server.child.assertRunning();
   return {
-    server: server.name,
-    connections,
-    requestsPerSec: run.seconds > 0 ? run.requests / run.seconds : 0,
-    p50Ms: quantile(run.sorted, 0.5),
-    p99Ms: quantile(run.sorted, 0.99),
-    requests: run.requests,
+    requestsPerSec: result.duration > 0 ? result["2xx"] / result.duration : 0,
+    p50Ms: quantile(sorted, 0.5),
+    p99Ms: quantile(sorted, 0.99),
   };
 }
 
-export const HTTP_HEADERS = ["connections", "server", "requests/s", "p50 ms", "p99 ms", "API / this"];
+const median = (values: number[]): number => quantile(Float64Array.from(values).sort(), 0.5);
+
+export const HTTP_HEADERS = [
+  "connections",
+  "server",
+  "requests/s",
+  "p50 ms",
+  "p99 ms",
+  "API req/s / this",
+  "API p99 / this",
+  "runs (req/s)",
+];
 
 export function httpCells(row: HttpRow): string[][] {
-  return [row.api, row.rawPg, row.constant].map((m) => [
+  const api = row.servers.find((m) => m.server === "api");
+  return row.servers.map((m) => [
     String(row.connections),
     m.server,
     opsText(m.requestsPerSec),
     msText(m.p50Ms),
     msText(m.p99Ms),
-    ratioText(ratio(row.api.requestsPerSec, m.requestsPerSec)),
+    ratioText(ratio(api?.requestsPerSec ?? 0, m.requestsPerSec)),
+    ratioText(ratio(api?.p99Ms ?? 0, m.p99Ms)),
+    m.runs.map(opsText).join(" · "),
   ]);
 }
 
 /**
- * Starts the servers, checks their answers, then loads each in turn (order rotated per connection count) and
- * stops them. The load generator shares the machine with the server, as it would for any of the three.
+ * Starts the servers, checks their answers, then for each connection count loads every server in turn
+ * (`repeats` rounds, the order rotated each round so no server always follows the same one), and stops them.
+ * The load generator shares the machine with the server, as it does for every one of them.
  */
 export async function httpSection(
   databaseUrl: string,
@@ -207,29 +272,44 @@ export async function httpSection(
   resources: Resources,
   print: (text: string) => void,
 ): Promise<HttpRow[]> {
-  const servers = await startServers(databaseUrl, resources);
   const tokens = sessionTokens.slice(0, TOKENS_IN_LOAD);
-  const first = tokens[0];
-  if (first === undefined) throw new Error("no session tokens were seeded");
-  for (const server of servers) await verify(server, first);
+  if (tokens.length === 0) throw new Error("no session tokens were seeded");
+  const servers = await startServers(databaseUrl, tokens, resources);
+  for (const server of servers) await server.verify();
 
   const rows: HttpRow[] = [];
-  for (const [round, connections] of options.connections.entries()) {
-    const results = new Map<ServerName, HttpMeasurement>();
-    for (let k = 0; k < servers.length; k++) {
-      const server = servers[(round + k) % servers.length] as Server;
-      results.set(server.name, await measureServer(server, tokens, connections, options));
+  let turn = 0;
+  for (const connections of options.connections) {
+    const runs = new Map<ServerName, Array<Awaited<ReturnType<typeof load>>>>();
+    for (let round = 0; round < options.repeats; round++) {
+      turn++;
+      for (let k = 0; k < servers.length; k++) {
+        const server = servers[(turn + k) % servers.length] as Server;
+        if (options.warmupSec > 0) await load(server, connections, options.warmupSec);
+        const run = await load(server, connections, options.durationSec);
+        server.child.assertRunning();
+        runs.set(server.name, [...(runs.get(server.name) ?? []), run]);
+      }
     }
-    const api = results.get("api") as HttpMeasurement;
-    const rawPg = results.get("raw-pg floor") as HttpMeasurement;
-    const constant = results.get("constant floor") as HttpMeasurement;
+    const measured = SERVER_NAMES.map((name): HttpMeasurement => {
+      const list = runs.get(name) ?? [];
+      return {
+        server: name,
+        connections,
+        requestsPerSec: median(list.map((r) => r.requestsPerSec)),
+        p50Ms: median(list.map((r) => r.p50Ms)),
+        p99Ms: median(list.map((r) => r.p99Ms)),
+        runs: list.map((r) => r.requestsPerSec),
+      };
+    });
+    const api = measured[0] as HttpMeasurement;
     const row: HttpRow = {
       connections,
-      api,
-      rawPg,
-      constant,
-      apiToRawPg: ratio(api.requestsPerSec, rawPg.requestsPerSec),
-      apiToConstant: ratio(api.requestsPerSec, constant.requestsPerSec),
+      servers: measured,
+      apiThroughputRatio: Object.fromEntries(
+        measured.map((m) => [m.server, ratio(api.requestsPerSec, m.requestsPerSec)]),
+      ),
+      apiP99Ratio: Object.fromEntries(measured.map((m) => [m.server, ratio(api.p99Ms, m.p99Ms)])),
     };
     print(table(HTTP_HEADERS, httpCells(row)));
     rows.push(row);

@@ -23,7 +23,7 @@ export interface Meta {
   node: string;
   seed: SeedSizes;
   harness: { reps: number; durationMs: number; warmupMs: number; concurrencies: number[]; poolSize: number };
-  http: { connections: number[]; durationSec: number; warmupSec: number; poolSize: number };
+  http: { connections: number[]; durationSec: number; warmupSec: number; repeats: number; poolSize: number };
   passwordIterations: number;
   wallSeconds?: number;
 }
@@ -96,7 +96,9 @@ export function markdown(results: BenchResults, links: { json: string; svg: stri
     "Written by `bun run bench` (full mode); rerun it to refresh this file, or `bun run bench --quick` for a " +
       "short smoke run that leaves this file alone. How to read: every ratio compares two things measured in " +
       "the same run on the same machine (`service/floor` 1.00x means the service costs nothing over raw " +
-      "node-postgres); absolute numbers depend on the machine. Raw numbers: " +
+      "node-postgres); absolute numbers depend on the machine. Each section says what its floor is: the least " +
+      "work that gives the same answer, measured beside the product, never our own SQL sent another way " +
+      "passed off as the minimum. Raw numbers: " +
       `[results.json](${links.json}); chart: [service-vs-floor.svg](${links.svg}).`,
     "",
     "| | |",
@@ -125,13 +127,30 @@ export function markdown(results: BenchResults, links: { json: string; svg: stri
     "",
     "## 4. HTTP: GET /v1/auth/session",
     "",
-    `autocannon (in the bench process, on the same machine) with Bearer tokens of seeded sessions, ` +
-      `${meta.http.durationSec} s per run after ${meta.http.warmupSec} s warm-up. The API and the raw-pg floor ` +
-      `each have a pool of ${meta.http.poolSize}. \`API / this\` is the API's requests/s over that server's. ` +
-      "The API runs as users start it: production defaults, access log on at `info`, written to a file. The " +
-      "raw-pg floor is the least correct work for the same answer: Hono on Bun, SHA-256 of the token, the " +
-      "read-only validation `SELECT` (session joined with its user) as a named prepared statement, JSON. The " +
-      "constant floor answers a fixed body: what Bun and Hono cost with no database at all.",
+    `autocannon (in the bench process, on the same machine) loads each server in turn for ` +
+      `${meta.http.durationSec} s after ${meta.http.warmupSec} s of warm-up, ${meta.http.repeats} round(s) per ` +
+      "connection count, the order rotated each round; the table shows medians and every run's requests/s. " +
+      `Every server that reads PostgreSQL has a pool of ${meta.http.poolSize}. The servers:`,
+    "",
+    "- **api**: this product as users start it (`bun run start`): `NODE_ENV=production`, default log level, so " +
+      "the access log is on at `info` (written to a file). Bearer tokens of seeded sessions.",
+    "- **bun-sql floor**, the minimal floor: the least correct work for the same answer. Hono on Bun, SHA-256 of " +
+      "the token, one prepared `SELECT` of the live session joined with its user through Bun's built-in " +
+      "PostgreSQL client, JSON. No logging, no metrics, no coalescing.",
+    "- **raw-pg floor**: the same work through node-postgres, the driver the API uses, running the API's read as " +
+      "a named prepared statement. The gap between the two floors is what node-postgres costs on Bun, not what " +
+      "this product adds.",
+    "- **better-auth**: the peer, Better Auth's default `GET /api/auth/get-session` (Better Auth 1.7 with its " +
+      "Drizzle adapter over node-postgres, Hono on Bun, tables from its CLI's schema in the same database), " +
+      "with the signed session cookies of sessions made by its own sign-up. One setting differs from its " +
+      "defaults: its rate limiter is off (under `NODE_ENV=production` it allows 100 requests per 10 s per " +
+      "client address, so a load run would measure 429s).",
+    "- **constant floor**: a fixed JSON answer: what Bun, Hono and the load generator cost with no database.",
+    "",
+    "`API req/s / this` above 1 means the API serves more requests per second than that server; `API p99 / " +
+      "this` below 1 means its slowest 1% answer faster. Targets at 16 connections: at least 0.8x the minimal " +
+      "floor's requests/s with at most 1.5x its p99, and at least 5x Better Auth's requests/s. The API can beat a " +
+      "floor: concurrent session checks share one read (group commit), which no floor does.",
     "",
     sectionBody(results.http, (rows) => table(HTTP_HEADERS, rows.flatMap(httpCells))),
     "",
