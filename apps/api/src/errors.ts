@@ -1,7 +1,7 @@
 // API error codes and the one table mapping them (and @repo/db's DbError codes) to HTTP statuses.
 // Routes throw ApiError or let DbError through; app.onError turns either into `{ error: { code, message,
 // requestId } }` and never shows a stack, SQL or internal detail.
-import { DbError, toDbError } from "@repo/db";
+import { type CodeOfKind, DbError, type ErrorCode, toDbError } from "@repo/db";
 import { HTTPException } from "hono/http-exception";
 import type { ContentfulStatusCode } from "hono/utils/http-status";
 
@@ -40,31 +40,25 @@ export const API_ERRORS = {
   QUERY_TIMEOUT: { status: 503, message: "The database did not answer in time; retry later" },
   SERIALIZATION_FAILURE: { status: 503, message: "A concurrent change conflicted; retry" },
   DEADLOCK_DETECTED: { status: 503, message: "A concurrent change conflicted; retry" },
+  LOCK_NOT_ACQUIRED: { status: 503, message: "Another process holds the lock; retry later" },
 } as const satisfies Record<string, { status: ContentfulStatusCode; message: string }>;
 
 export type ApiErrorCode = keyof typeof API_ERRORS;
 
-/** DbError codes that mean "the database is busy or away": 503 under the same code; the client may retry. */
-const UNAVAILABLE = new Set<string>([
-  "POOL_EXHAUSTED",
-  "DATABASE_UNAVAILABLE",
-  "TOO_MANY_CONNECTIONS",
-  "QUERY_TIMEOUT",
-  "SERIALIZATION_FAILURE",
-  "DEADLOCK_DETECTED",
-]);
+/** DbError codes answered under another API code. */
+const DB_CODE_ALIASES = {
+  // An unproven address grants nothing, and says nothing either: it answers like a wrong password.
+  EMAIL_NOT_VERIFIED: "INVALID_CREDENTIALS",
+} as const satisfies Partial<Record<ErrorCode, ApiErrorCode>>;
 
-/** DbError codes passed through as API codes of the same name. */
-const PASSED_THROUGH = new Set<string>([
-  "VALIDATION_FAILED",
-  "INVALID_CREDENTIALS",
-  "NOT_FOUND",
-  "EMAIL_TAKEN",
-  "PHONE_TAKEN",
-  "ACCOUNT_ALREADY_LINKED",
-  "TOKEN_INVALID",
-  "PASSWORD_TOO_WEAK",
-]);
+// Every DbError code a client may see (kinds `rejected` and `unavailable`, declared in @repo/db) is answered
+// under its own name or an alias: a new code without an entry above fails to compile here, naming the code.
+type Unanswered = Exclude<
+  CodeOfKind<"rejected"> | CodeOfKind<"unavailable">,
+  ApiErrorCode | keyof typeof DB_CODE_ALIASES
+>;
+const everyShownCodeAnswered: [Unanswered] extends [never] ? true : Unanswered = true;
+void everyShownCodeAnswered;
 
 export class ApiError extends Error {
   override readonly name = "ApiError";
@@ -125,18 +119,18 @@ export function toErrorAnswer(error: unknown): ErrorAnswer {
     return answer(error.code, extra);
   }
   if (error instanceof DbError) {
-    // An unproven address grants nothing, and says nothing either: it answers like a wrong password.
-    if (error.code === "EMAIL_NOT_VERIFIED") return answer("INVALID_CREDENTIALS");
-    if (UNAVAILABLE.has(error.code)) return answer(error.code as ApiErrorCode);
-    if (PASSED_THROUGH.has(error.code)) {
-      const code = error.code as ApiErrorCode;
-      // Validation and password-policy messages name fields and rules, never values or SQL: safe to show.
-      if (code === "VALIDATION_FAILED" || code === "PASSWORD_TOO_WEAK") {
-        return answer(code, { message: error.message, ...(error.details ? { details: error.details } : {}) });
-      }
-      return answer(code);
+    const alias = DB_CODE_ALIASES[error.code as keyof typeof DB_CODE_ALIASES];
+    if (alias !== undefined) return answer(alias);
+    // Internal failures are the server's: the client sees INTERNAL_ERROR and the log gets the stack.
+    if (error.kind === "internal" || !Object.hasOwn(API_ERRORS, error.code)) {
+      return answer("INTERNAL_ERROR", { unexpected: true });
     }
-    return answer("INTERNAL_ERROR", { unexpected: true });
+    const code = error.code as ApiErrorCode;
+    // Validation and password-policy messages name fields and rules, never values or SQL: safe to show.
+    if (code === "VALIDATION_FAILED" || code === "PASSWORD_TOO_WEAK") {
+      return answer(code, { message: error.message, ...(error.details ? { details: error.details } : {}) });
+    }
+    return answer(code);
   }
   if (error instanceof HTTPException) {
     const code = STATUS_CODES[error.status];
@@ -145,7 +139,7 @@ export function toErrorAnswer(error: unknown): ErrorAnswer {
   }
   // A database or connection failure that reached here untranslated (a query run outside the services and
   // transaction()) still means "busy or away, retry" when it is one: translate it as the services would.
-  const translated = toDbError(error).code;
-  if (UNAVAILABLE.has(translated)) return answer(translated as ApiErrorCode);
+  const translated = toDbError(error);
+  if (translated.kind === "unavailable") return answer(translated.code as ApiErrorCode);
   return answer("INTERNAL_ERROR", { unexpected: true });
 }

@@ -337,8 +337,8 @@ describe("pre-hijacking, the races and edges a review found (item 1)", () => {
       pending = signIn(t, email, PASSWORD);
       for (let i = 0; i < 100 && (await waiting()) === 0; i++) await new Promise((r) => setTimeout(r, 20));
       expect(await waiting()).toBeGreaterThan(0);
-      await UsersService.setPassword({ id: user.id, password: prepared }, undefined, { tx });
-      await SessionsService.revokeAllForUser({ userId: user.id }, undefined, { tx });
+      await UsersService.setPassword({ id: user.id, password: prepared }, { tx });
+      await SessionsService.revokeAllForUser({ userId: user.id }, { tx });
     });
     const raced = await pending;
     expect(raced?.status).toBe(401);

@@ -1,42 +1,71 @@
 // Typed errors for the data layer: every failure leaves @repo/db as a DbError with a stable UPPER_SNAKE code,
 // never as a raw PostgreSQL error or SQLSTATE. The API maps these codes to HTTP statuses in one place.
 
-/** Every code this package can raise, with whether retrying the same call can succeed. */
+/**
+ * What a failure means for whoever made the call; every code belongs to exactly one kind, declared below:
+ * - `rejected`: the input or the state of the data refuses the call (bad input, not found, taken, wrong
+ *   password). The caller's business: logged at warn, answered with the code itself.
+ * - `unavailable`: the database is busy or away, or a concurrent change conflicted. Retrying the same call
+ *   later can succeed (`retryable`): logged at error, answered 503 with the code.
+ * - `internal`: a bug or a broken deployment (a constraint the services should have prevented, bad
+ *   configuration, a failed migration). Logged at error with its cause, never shown to a client.
+ */
+export type ErrorKind = "rejected" | "unavailable" | "internal";
+
+/** Every code this package can raise and its kind. Adding a code: one entry here (and its HTTP status). */
 export const ERROR_CODES = {
   // Translated from PostgreSQL / the driver.
-  UNIQUE_VIOLATION: { retryable: false },
-  FOREIGN_KEY_VIOLATION: { retryable: false },
-  NOT_NULL_VIOLATION: { retryable: false },
-  CHECK_VIOLATION: { retryable: false },
-  INVALID_INPUT: { retryable: false },
-  SERIALIZATION_FAILURE: { retryable: true },
-  DEADLOCK_DETECTED: { retryable: true },
-  QUERY_TIMEOUT: { retryable: true },
-  TOO_MANY_CONNECTIONS: { retryable: true },
-  POOL_EXHAUSTED: { retryable: true },
-  DATABASE_UNAVAILABLE: { retryable: true },
-  DATABASE_ERROR: { retryable: false },
+  UNIQUE_VIOLATION: { kind: "internal" },
+  FOREIGN_KEY_VIOLATION: { kind: "internal" },
+  NOT_NULL_VIOLATION: { kind: "internal" },
+  CHECK_VIOLATION: { kind: "internal" },
+  INVALID_INPUT: { kind: "internal" },
+  SERIALIZATION_FAILURE: { kind: "unavailable" },
+  DEADLOCK_DETECTED: { kind: "unavailable" },
+  QUERY_TIMEOUT: { kind: "unavailable" },
+  TOO_MANY_CONNECTIONS: { kind: "unavailable" },
+  POOL_EXHAUSTED: { kind: "unavailable" },
+  DATABASE_UNAVAILABLE: { kind: "unavailable" },
+  DATABASE_ERROR: { kind: "internal" },
   // Raised by this package itself.
-  CONFIG_INVALID: { retryable: false },
-  NOT_INITIALIZED: { retryable: false },
-  MIGRATION_FAILED: { retryable: false },
-  LOCK_NOT_ACQUIRED: { retryable: true },
-  VALIDATION_FAILED: { retryable: false },
-  NOT_FOUND: { retryable: false },
-  EMAIL_TAKEN: { retryable: false },
-  PHONE_TAKEN: { retryable: false },
-  ACCOUNT_ALREADY_LINKED: { retryable: false },
-  INVALID_CREDENTIALS: { retryable: false },
-  TOKEN_INVALID: { retryable: false },
+  CONFIG_INVALID: { kind: "internal" },
+  NOT_INITIALIZED: { kind: "internal" },
+  MIGRATION_FAILED: { kind: "internal" },
+  /** Another process holds the lock (migrations, a maintenance job): try again later. */
+  LOCK_NOT_ACQUIRED: { kind: "unavailable" },
+  VALIDATION_FAILED: { kind: "rejected" },
+  NOT_FOUND: { kind: "rejected" },
+  EMAIL_TAKEN: { kind: "rejected" },
+  PHONE_TAKEN: { kind: "rejected" },
+  ACCOUNT_ALREADY_LINKED: { kind: "rejected" },
+  INVALID_CREDENTIALS: { kind: "rejected" },
+  TOKEN_INVALID: { kind: "rejected" },
   /** A new password is too common, contains the email's local part, or appears in a breach corpus. */
-  PASSWORD_TOO_WEAK: { retryable: false },
+  PASSWORD_TOO_WEAK: { kind: "rejected" },
   /** The password matched, but the account's email address is not proven yet (it grants nothing). */
-  EMAIL_NOT_VERIFIED: { retryable: false },
-  DECRYPTION_FAILED: { retryable: false },
-  UNKNOWN_ENCRYPTION_KEY: { retryable: false },
-} as const satisfies Record<string, { retryable: boolean }>;
+  EMAIL_NOT_VERIFIED: { kind: "rejected" },
+  DECRYPTION_FAILED: { kind: "internal" },
+  UNKNOWN_ENCRYPTION_KEY: { kind: "internal" },
+} as const satisfies Record<string, { kind: ErrorKind }>;
 
 export type ErrorCode = keyof typeof ERROR_CODES;
+
+/** The codes of one kind, as a type: `CodeOfKind<"unavailable">` is "QUERY_TIMEOUT" | "POOL_EXHAUSTED" | .... */
+export type CodeOfKind<K extends ErrorKind> = {
+  [C in ErrorCode]: (typeof ERROR_CODES)[C]["kind"] extends K ? C : never;
+}[ErrorCode];
+
+/** The kind of a code; `internal` for anything that is not one of ours. */
+export function errorKind(code: string): ErrorKind {
+  return Object.hasOwn(ERROR_CODES, code) ? ERROR_CODES[code as ErrorCode].kind : "internal";
+}
+
+/** The codes of one kind, as a list (for tables and tests). */
+export function codesOfKind<K extends ErrorKind>(kind: K): CodeOfKind<K>[] {
+  return (Object.keys(ERROR_CODES) as ErrorCode[]).filter(
+    (code) => ERROR_CODES[code].kind === kind,
+  ) as CodeOfKind<K>[];
+}
 
 export interface DbErrorOptions {
   cause?: unknown;
@@ -52,6 +81,8 @@ export interface DbErrorOptions {
 export class DbError<C extends ErrorCode = ErrorCode> extends Error {
   override readonly name = "DbError";
   readonly code: C;
+  readonly kind: ErrorKind;
+  /** Retrying the same call later can succeed (the kind is `unavailable`). */
   readonly retryable: boolean;
   readonly constraint?: string;
   readonly table?: string;
@@ -60,7 +91,8 @@ export class DbError<C extends ErrorCode = ErrorCode> extends Error {
   constructor(code: C, message: string, options: DbErrorOptions = {}) {
     super(message, options.cause === undefined ? undefined : { cause: options.cause });
     this.code = code;
-    this.retryable = ERROR_CODES[code].retryable;
+    this.kind = ERROR_CODES[code].kind;
+    this.retryable = this.kind === "unavailable";
     if (options.constraint !== undefined) this.constraint = options.constraint;
     if (options.table !== undefined) this.table = options.table;
     if (options.details !== undefined) this.details = options.details;

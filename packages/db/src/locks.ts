@@ -25,7 +25,7 @@ export interface AdvisoryLockOptions {
 /**
  * Runs `fn` inside a transaction holding a transaction-scoped advisory lock named `name`.
  * @throws DbError LOCK_NOT_ACQUIRED with `{ wait: false }` when another transaction holds it.
- * @example await withAdvisoryLock("cleanup:sessions", (tx) => SessionsService.cleanupExpired({}, undefined, { tx }));
+ * @example await withAdvisoryLock("cleanup:sessions", (tx) => SessionsService.cleanupExpired({}, { tx }));
  */
 export async function withAdvisoryLock<T>(
   name: string,

@@ -59,8 +59,10 @@ describe("advisory locks", () => {
       "boom",
     );
     expect((await tryWithAdvisoryLock("failing", async () => 1)).acquired).toBe(true);
+    // pg_locks is cluster-wide: other test files' databases may hold advisory locks of their own right now.
     const locks = await db.execute<{ n: number }>(
-      sql`SELECT count(*)::int AS n FROM pg_locks WHERE locktype = 'advisory'`,
+      sql`SELECT count(*)::int AS n FROM pg_locks
+          WHERE locktype = 'advisory' AND database = (SELECT oid FROM pg_database WHERE datname = current_database())`,
     );
     expect(locks.rows[0]?.n).toBe(0);
   });

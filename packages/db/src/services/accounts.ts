@@ -6,7 +6,6 @@ import { uuidv7 } from "uuidv7";
 import { z } from "zod";
 import { type DatabaseOrTransaction, db, transaction } from "../connection.ts";
 import { DbError, isDbError } from "../errors.ts";
-import { type Logger, noopLogger } from "../logger.ts";
 import { withMetrics } from "../metrics.ts";
 import { type Account, accounts } from "../schema/accounts.ts";
 import { users } from "../schema/users.ts";
@@ -15,11 +14,11 @@ import {
   type PublicUser,
   publicUserColumns,
   type ServiceOptions,
-  serviceCall,
   userNotFound,
   uuidSchema,
   validate,
 } from "./common.ts";
+import { type Call, defineService } from "./define.ts";
 import { currentEncryptionKeyId, decrypt, type EncryptedValue, encrypt, tokenAad } from "./encryption.ts";
 
 /** An account as returned to callers: everything but the encrypted tokens and their key id. */
@@ -224,62 +223,59 @@ async function upsert(
  *   (another user has it), CONFIG_INVALID (tokens given but no encryption key configured).
  * @example await link({ userId, provider: "google", providerAccountId: sub, accessToken, refreshToken });
  */
-export async function link(
-  payload: LinkAccountInput,
-  logger: Logger = noopLogger,
-  options: ServiceOptions = {},
-): Promise<LinkedAccount> {
-  return await serviceCall(
-    "accounts.link",
-    logger,
-    { userId: payload?.userId, provider: payload?.provider },
-    async () => {
-      const input = validate(linkInput, payload);
-      const first = await upsert(options.tx ?? db, input);
-      const outcome =
-        first ??
-        // Rare path: nothing written. Find out why under a row lock, in a transaction.
-        (await transaction(
-          async (tx) => {
-            const [user] = await withMetrics("select", "users", () =>
-              tx
-                .select({ id: users.id })
-                .from(users)
-                .where(and(eq(users.id, input.userId), isNull(users.deletedAt))),
-            );
-            if (!user) throw userNotFound();
-            const [existing] = await withMetrics("select", "accounts", () =>
-              tx
-                .select()
-                .from(accounts)
-                .where(
-                  and(
-                    eq(accounts.provider, input.provider),
-                    eq(accounts.providerAccountId, input.providerAccountId),
-                  ),
-                )
-                .for("update"),
-            );
-            if (!existing) {
-              // Unlinked between the upsert and the lock: the same upsert now inserts (or meets a new owner).
-              const retried = await upsert(tx, input);
-              if (!retried) throw alreadyLinked();
-              return retried;
-            }
-            if (existing.userId !== input.userId) throw alreadyLinked();
-            return { account: await rewrite(tx, existing, input), inserted: false };
-          },
-          { tx: options.tx },
-        ));
-      const { account, inserted } = outcome;
-      logger.audit(
-        { accountId: account.id, userId: account.userId, provider: account.provider },
-        inserted ? "account linked" : "account tokens updated",
-      );
-      return account;
-    },
-  );
-}
+export const link = defineService(
+  {
+    name: "accounts.link",
+    table: "accounts",
+    arity: 1,
+    logFields: ([payload]) => ({ userId: payload?.userId, provider: payload?.provider }),
+  },
+  async ({ logger, options }: Call<ServiceOptions>, payload: LinkAccountInput): Promise<LinkedAccount> => {
+    const input = validate(linkInput, payload);
+    const first = await upsert(options.tx ?? db, input);
+    const outcome =
+      first ??
+      // Rare path: nothing written. Find out why under a row lock, in a transaction.
+      (await transaction(
+        async (tx) => {
+          const [user] = await withMetrics("select", "users", () =>
+            tx
+              .select({ id: users.id })
+              .from(users)
+              .where(and(eq(users.id, input.userId), isNull(users.deletedAt))),
+          );
+          if (!user) throw userNotFound();
+          const [existing] = await withMetrics("select", "accounts", () =>
+            tx
+              .select()
+              .from(accounts)
+              .where(
+                and(
+                  eq(accounts.provider, input.provider),
+                  eq(accounts.providerAccountId, input.providerAccountId),
+                ),
+              )
+              .for("update"),
+          );
+          if (!existing) {
+            // Unlinked between the upsert and the lock: the same upsert now inserts (or meets a new owner).
+            const retried = await upsert(tx, input);
+            if (!retried) throw alreadyLinked();
+            return retried;
+          }
+          if (existing.userId !== input.userId) throw alreadyLinked();
+          return { account: await rewrite(tx, existing, input), inserted: false };
+        },
+        { tx: options.tx },
+      ));
+    const { account, inserted } = outcome;
+    logger.audit(
+      { accountId: account.id, userId: account.userId, provider: account.provider },
+      inserted ? "account linked" : "account tokens updated",
+    );
+    return account;
+  },
+);
 
 /**
  * Relink of a row whose kept tokens are encrypted under an older key: decrypts what is kept and writes every
@@ -326,38 +322,38 @@ async function rewrite(
  * @throws DbError VALIDATION_FAILED, NOT_FOUND (no such account, or not that user's).
  * @example await unlink({ accountId, userId: currentUser.id });
  */
-export async function unlink(
-  payload: { accountId: string; userId?: string | undefined },
-  logger: Logger = noopLogger,
-  options: ServiceOptions = {},
-): Promise<LinkedAccount> {
-  return await serviceCall(
-    "accounts.unlink",
-    logger,
-    { accountId: payload?.accountId, userId: payload?.userId },
-    async () => {
-      const input = validate(unlinkInput, payload);
-      const handle = options.tx ?? db;
-      const [account] = await withMetrics("delete", "accounts", () =>
-        handle
-          .delete(accounts)
-          .where(
-            and(
-              eq(accounts.id, input.accountId),
-              input.userId === undefined ? undefined : eq(accounts.userId, input.userId),
-            ),
-          )
-          .returning(linkedAccountColumns),
-      );
-      if (!account) throw new DbError("NOT_FOUND", "Account not found", { table: "accounts" });
-      logger.audit(
-        { accountId: account.id, userId: account.userId, provider: account.provider },
-        "account unlinked",
-      );
-      return account;
-    },
-  );
-}
+export const unlink = defineService(
+  {
+    name: "accounts.unlink",
+    table: "accounts",
+    arity: 1,
+    logFields: ([payload]) => ({ accountId: payload?.accountId, userId: payload?.userId }),
+  },
+  async (
+    { logger, options }: Call<ServiceOptions>,
+    payload: { accountId: string; userId?: string | undefined },
+  ): Promise<LinkedAccount> => {
+    const input = validate(unlinkInput, payload);
+    const handle = options.tx ?? db;
+    const [account] = await withMetrics("delete", "accounts", () =>
+      handle
+        .delete(accounts)
+        .where(
+          and(
+            eq(accounts.id, input.accountId),
+            input.userId === undefined ? undefined : eq(accounts.userId, input.userId),
+          ),
+        )
+        .returning(linkedAccountColumns),
+    );
+    if (!account) throw new DbError("NOT_FOUND", "Account not found", { table: "accounts" });
+    logger.audit(
+      { accountId: account.id, userId: account.userId, provider: account.provider },
+      "account unlinked",
+    );
+    return account;
+  },
+);
 
 /**
  * The account and user for a provider identity (the OAuth callback's lookup), or null when it is not linked
@@ -365,12 +361,17 @@ export async function unlink(
  * @throws DbError VALIDATION_FAILED.
  * @example const found = await findByProvider({ provider: "github", providerAccountId: String(profile.id) });
  */
-export async function findByProvider(
-  payload: { provider: string; providerAccountId: string },
-  logger: Logger = noopLogger,
-  options: ServiceOptions = {},
-): Promise<{ account: LinkedAccount; user: AccountUser } | null> {
-  return await serviceCall("accounts.findByProvider", logger, { provider: payload?.provider }, async () => {
+export const findByProvider = defineService(
+  {
+    name: "accounts.findByProvider",
+    table: "accounts",
+    arity: 1,
+    logFields: ([payload]) => ({ provider: payload?.provider }),
+  },
+  async (
+    { options }: Call<ServiceOptions>,
+    payload: { provider: string; providerAccountId: string },
+  ): Promise<{ account: LinkedAccount; user: AccountUser } | null> => {
     const input = validate(findInput, payload);
     const handle = options.tx ?? db;
     // accounts_provider_account_key finds the row; the user's primary key the join.
@@ -384,20 +385,17 @@ export async function findByProvider(
         ),
     );
     return found ?? null;
-  });
-}
+  },
+);
 
 /**
  * The identities linked to a user, oldest first.
  * @throws DbError VALIDATION_FAILED.
  * @example const linked = await listForUser(user.id);
  */
-export async function listForUser(
-  userId: string,
-  logger: Logger = noopLogger,
-  options: ServiceOptions = {},
-): Promise<LinkedAccount[]> {
-  return await serviceCall("accounts.listForUser", logger, { userId }, async () => {
+export const listForUser = defineService(
+  { name: "accounts.listForUser", table: "accounts", arity: 1, logFields: ([userId]) => ({ userId }) },
+  async ({ options }: Call<ServiceOptions>, userId: string): Promise<LinkedAccount[]> => {
     const id = validate(uuid, userId);
     const handle = options.tx ?? db;
     // accounts_user_id_idx.
@@ -408,8 +406,8 @@ export async function listForUser(
         .where(eq(accounts.userId, id))
         .orderBy(asc(accounts.createdAt), asc(accounts.id)),
     );
-  });
-}
+  },
+);
 
 /**
  * The decrypted provider tokens of an account, or null when there is no such account.
@@ -417,12 +415,9 @@ export async function listForUser(
  *   UNKNOWN_ENCRYPTION_KEY (the row's key is no longer configured), CONFIG_INVALID (no key ring).
  * @example const tokens = await getTokens(account.id); await callProvider(tokens?.accessToken);
  */
-export async function getTokens(
-  accountId: string,
-  logger: Logger = noopLogger,
-  options: ServiceOptions = {},
-): Promise<AccountTokens | null> {
-  return await serviceCall("accounts.getTokens", logger, { accountId }, async () => {
+export const getTokens = defineService(
+  { name: "accounts.getTokens", table: "accounts", arity: 1, logFields: ([accountId]) => ({ accountId }) },
+  async ({ logger, options }: Call<ServiceOptions>, accountId: string): Promise<AccountTokens | null> => {
     const id = validate(uuid, accountId);
     const handle = options.tx ?? db;
     const [row] = await withMetrics("select", "accounts", () =>
@@ -437,8 +432,8 @@ export async function getTokens(
     };
     logger.debug({ accountId: row.id }, "account tokens read");
     return tokens;
-  });
-}
+  },
+);
 
 /**
  * After a key rotation: re-encrypts, under the current key, the tokens of every row still on another key,
@@ -447,12 +442,12 @@ export async function getTokens(
  * @throws DbError VALIDATION_FAILED, CONFIG_INVALID (no key ring).
  * @example const { reencrypted, failedIds } = await reencrypt({ batchSize: 200 });
  */
-export async function reencrypt(
-  payload: { batchSize?: number | undefined; maxBatches?: number | undefined } = {},
-  logger: Logger = noopLogger,
-  options: ServiceOptions = {},
-): Promise<{ reencrypted: number; failedIds: string[] }> {
-  return await serviceCall("accounts.reencrypt", logger, {}, async () => {
+export const reencrypt = defineService(
+  { name: "accounts.reencrypt", table: "accounts", arity: 1 },
+  async (
+    { logger, options }: Call<ServiceOptions>,
+    payload: { batchSize?: number | undefined; maxBatches?: number | undefined } = {},
+  ): Promise<{ reencrypted: number; failedIds: string[] }> => {
     const input = validate(reencryptInput, payload);
     const keyId = currentEncryptionKeyId();
     const failedIds: string[] = [];
@@ -517,5 +512,5 @@ export async function reencrypt(
     }
     if (reencrypted > 0) logger.audit({ reencrypted, keyId }, "account tokens re-encrypted");
     return { reencrypted, failedIds };
-  });
-}
+  },
+);

@@ -7,11 +7,11 @@ import { now } from "../clock.ts";
 import { coalescer } from "../coalesce.ts";
 import { db } from "../connection.ts";
 import { DbError, isDbError } from "../errors.ts";
-import { type Logger, noopLogger } from "../logger.ts";
 import { withMetrics } from "../metrics.ts";
 import type { CacheEntry } from "../schema/index.ts";
 import { defineStatement, param } from "../statements.ts";
-import { deleteInBatches, noNul, type ServiceOptions, serviceCall, validate } from "./common.ts";
+import { deleteInBatches, noNul, type ServiceOptions, validate } from "./common.ts";
+import { type Call, type CallTail, defineService, splitCallArguments } from "./define.ts";
 
 const TABLE = "cache";
 
@@ -359,37 +359,33 @@ const setCoalesced = coalescer<SetEntry, void>({
  * @throws DbError VALIDATION_FAILED (bad resourceType or key).
  * @example const profile = await get<Profile>("profile", userId);
  */
-export async function get<T = unknown>(
-  resourceType: string,
-  key: string,
-  logger: Logger = noopLogger,
-  options: ServiceOptions = {},
-): Promise<T | null> {
-  return await serviceCall("cache.get", logger, { resourceType }, async () => {
+export const get = defineService(
+  { name: "cache.get", table: TABLE, arity: 2, logFields: ([resourceType]) => ({ resourceType }) },
+  async ({ options }: Call<ServiceOptions>, resourceType: string, key: string): Promise<unknown | null> => {
     const type = validate(resourceTypeSchema, resourceType);
     const name = validate(keySchema, key);
     const pair = { type, key: name };
     const value =
       options.tx === undefined ? await getCoalesced(pair) : (await getBatch([pair], options.tx))[0];
     // Decoded per caller: callers sharing a coalesced read must not share (and mutate) one object.
-    return value === null || value === undefined ? null : (decode(value) as T);
-  });
-}
+    return value === null || value === undefined ? null : decode(value);
+  },
+) as <T = unknown>(resourceType: string, key: string, ...rest: CallTail) => Promise<T | null>;
 
 /**
  * Stores a value (any JSON; Dates anywhere inside come back as Dates), replacing what was there.
  * @throws DbError VALIDATION_FAILED (bad key, TTL or value: undefined, function, BigInt, over 1 MiB, ...).
  * @example await set("profile", userId, profile, { ttlSeconds: 300 });
  */
-export async function set(
-  resourceType: string,
-  key: string,
-  value: unknown,
-  ttl: TtlOption = {},
-  logger: Logger = noopLogger,
-  options: ServiceOptions = {},
-): Promise<void> {
-  await serviceCall("cache.set", logger, { resourceType }, async () => {
+export const set = defineService(
+  { name: "cache.set", table: "cache", arity: 4, logFields: ([resourceType]) => ({ resourceType }) },
+  async (
+    { options }: Call<ServiceOptions>,
+    resourceType: string,
+    key: string,
+    value: unknown,
+    ttl: TtlOption = {},
+  ): Promise<void> => {
     const type = validate(resourceTypeSchema, resourceType);
     const name = validate(keySchema, key);
     const parsedTtl = validate(ttlSchema, ttl);
@@ -397,21 +393,17 @@ export async function set(
     const entry = { type, key: name, json, expiresAt: expiry(now(), parsedTtl) };
     if (options.tx === undefined) await setCoalesced(entry);
     else await setBatch([entry], options.tx);
-  });
-}
+  },
+);
 
 /**
  * Deletes an entry; true when a live (unexpired) entry was removed.
  * @throws DbError VALIDATION_FAILED (bad resourceType or key).
  * @example await CacheService.delete("profile", userId);
  */
-async function deleteEntry(
-  resourceType: string,
-  key: string,
-  logger: Logger = noopLogger,
-  options: ServiceOptions = {},
-): Promise<boolean> {
-  return await serviceCall("cache.delete", logger, { resourceType }, async () => {
+const deleteEntry = defineService(
+  { name: "cache.delete", table: TABLE, arity: 2, logFields: ([resourceType]) => ({ resourceType }) },
+  async ({ options }: Call<ServiceOptions>, resourceType: string, key: string): Promise<boolean> => {
     const type = validate(resourceTypeSchema, resourceType);
     const name = validate(keySchema, key);
     const handle = options.tx ?? db;
@@ -422,8 +414,8 @@ async function deleteEntry(
         RETURNING (expires_at IS NULL OR expires_at > ${at}::timestamptz) AS live`),
     );
     return result.rows[0]?.live === true;
-  });
-}
+  },
+);
 
 export { deleteEntry as delete };
 
@@ -433,16 +425,21 @@ export { deleteEntry as delete };
  * @throws DbError VALIDATION_FAILED (bad keys, more than 1000).
  * @example const found = await getMany<Profile>("profile", ids); found.get(id);
  */
-export async function getMany<T = unknown>(
-  resourceType: string,
-  keys: readonly string[],
-  logger: Logger = noopLogger,
-  options: ServiceOptions = {},
-): Promise<Map<string, T>> {
-  return await serviceCall("cache.getMany", logger, { resourceType, count: keys?.length }, async () => {
+export const getMany = defineService(
+  {
+    name: "cache.getMany",
+    table: TABLE,
+    arity: 2,
+    logFields: ([resourceType, keys]) => ({ resourceType, count: keys?.length }),
+  },
+  async (
+    { options }: Call<ServiceOptions>,
+    resourceType: string,
+    keys: readonly string[],
+  ): Promise<Map<string, unknown>> => {
     const type = validate(resourceTypeSchema, resourceType);
     const names = [...new Set(validate(keysSchema, keys))];
-    const found = new Map<string, T>();
+    const found = new Map<string, unknown>();
     if (names.length === 0) return found;
     const values = await getBatch(
       names.map((key) => ({ type, key })),
@@ -450,11 +447,15 @@ export async function getMany<T = unknown>(
     );
     names.forEach((key, index) => {
       const value = values[index];
-      if (value !== null && value !== undefined) found.set(key, decode(value) as T);
+      if (value !== null && value !== undefined) found.set(key, decode(value));
     });
     return found;
-  });
-}
+  },
+) as <T = unknown>(
+  resourceType: string,
+  keys: readonly string[],
+  ...rest: CallTail
+) => Promise<Map<string, T>>;
 
 /**
  * Stores several entries of one resource type in one statement, all with the same TTL. When a key appears
@@ -462,14 +463,19 @@ export async function getMany<T = unknown>(
  * @throws DbError VALIDATION_FAILED (bad keys or values, more than 1000 entries, over 16 MiB in total).
  * @example await setMany("profile", users.map((u) => ({ key: u.id, value: u })), { ttlSeconds: 60 });
  */
-export async function setMany(
-  resourceType: string,
-  entries: ReadonlyArray<{ key: string; value: unknown }>,
-  ttl: TtlOption = {},
-  logger: Logger = noopLogger,
-  options: ServiceOptions = {},
-): Promise<void> {
-  await serviceCall("cache.setMany", logger, { resourceType, count: entries?.length }, async () => {
+export const setMany = defineService(
+  {
+    name: "cache.setMany",
+    table: "cache",
+    arity: 3,
+    logFields: ([resourceType, entries]) => ({ resourceType, count: entries?.length }),
+  },
+  async (
+    { options }: Call<ServiceOptions>,
+    resourceType: string,
+    entries: ReadonlyArray<{ key: string; value: unknown }>,
+    ttl: TtlOption = {},
+  ): Promise<void> => {
     const type = validate(resourceTypeSchema, resourceType);
     const parsed = validate(entriesSchema, entries);
     const parsedTtl = validate(ttlSchema, ttl);
@@ -482,8 +488,8 @@ export async function setMany(
     });
     if (bytes > MAX_BATCH_BYTES) throw invalidValue("entries", `the batch exceeds ${MAX_BATCH_BYTES} bytes`);
     if (batch.length > 0) await setBatch(batch, options.tx);
-  });
-}
+  },
+);
 
 // Loads in flight in this process, by resource type and key: concurrent getOrSet callers share one.
 const inFlight = new Map<string, Promise<unknown>>();
@@ -501,9 +507,9 @@ export async function getOrSet<T>(
   key: string,
   loader: () => Promise<T>,
   ttl: TtlOption = {},
-  logger: Logger = noopLogger,
-  options: ServiceOptions = {},
+  ...rest: CallTail
 ): Promise<T> {
+  const { logger, options } = splitCallArguments<ServiceOptions>(rest, 0);
   const load = async (): Promise<T> => {
     const cached = await get<T>(resourceType, key, logger, options);
     if (cached !== null) return cached;
@@ -529,15 +535,15 @@ export async function getOrSet<T>(
  * @throws DbError VALIDATION_FAILED (bad key, `by` or TTL; the entry holds something other than an integer).
  * @example const { value, expiresAt } = await increment("login-attempts", ip, 1, { ttlSeconds: 60 });
  */
-export async function increment(
-  resourceType: string,
-  key: string,
-  by = 1,
-  ttl: TtlOption = {},
-  logger: Logger = noopLogger,
-  options: ServiceOptions = {},
-): Promise<Counter> {
-  return await serviceCall("cache.increment", logger, { resourceType }, async () => {
+export const increment = defineService(
+  { name: "cache.increment", table: "cache", arity: 4, logFields: ([resourceType]) => ({ resourceType }) },
+  async (
+    { options }: Call<ServiceOptions>,
+    resourceType: string,
+    key: string,
+    by: number = 1,
+    ttl: TtlOption = {},
+  ): Promise<Counter> => {
     const type = validate(resourceTypeSchema, resourceType);
     const name = validate(keySchema, key);
     const step = validate(incrementSchema, by);
@@ -559,8 +565,8 @@ export async function increment(
     const row = result.rows[0];
     if (!row) throw new Error("INSERT ... RETURNING gave no row");
     return { value: Number(row.value), expiresAt: row.expires_at };
-  });
-}
+  },
+);
 
 /**
  * Removes an entry and returns its value, atomically: of concurrent takers exactly one gets it. Null when
@@ -568,21 +574,17 @@ export async function increment(
  * @throws DbError VALIDATION_FAILED (bad resourceType or key).
  * @example const state = await take<OAuthState>("oauth-state", stateParam);
  */
-export async function take<T = unknown>(
-  resourceType: string,
-  key: string,
-  logger: Logger = noopLogger,
-  options: ServiceOptions = {},
-): Promise<T | null> {
-  return await serviceCall("cache.take", logger, { resourceType }, async () => {
+export const take = defineService(
+  { name: "cache.take", table: TABLE, arity: 2, logFields: ([resourceType]) => ({ resourceType }) },
+  async ({ options }: Call<ServiceOptions>, resourceType: string, key: string): Promise<unknown | null> => {
     const type = validate(resourceTypeSchema, resourceType);
     const name = validate(keySchema, key);
     const params = { type, key: name, at: now() };
     const result = await withMetrics("take", TABLE, () => takeStatement.run(options.tx, params));
     const row = result.rows[0];
-    return row?.live === true ? (decode(row.value) as T) : null;
-  });
-}
+    return row?.live === true ? decode(row.value) : null;
+  },
+) as <T = unknown>(resourceType: string, key: string, ...rest: CallTail) => Promise<T | null>;
 
 /**
  * Deletes expired entries in batches; safe to run from several processes at once. Returns how many rows
@@ -590,12 +592,9 @@ export async function take<T = unknown>(
  * @throws DbError VALIDATION_FAILED (bad batch sizes).
  * @example const deleted = await cleanupExpired({ batchSize: 5000 });
  */
-export async function cleanupExpired(
-  input: CleanupInput = {},
-  logger: Logger = noopLogger,
-  options: ServiceOptions = {},
-): Promise<number> {
-  return await serviceCall("cache.cleanupExpired", logger, {}, async () => {
+export const cleanupExpired = defineService(
+  { name: "cache.cleanupExpired", table: "cache", arity: 1 },
+  async ({ logger, options }: Call<ServiceOptions>, input: CleanupInput = {}): Promise<number> => {
     const { batchSize, maxBatches } = validate(batchSchema, input);
     const handle = options.tx ?? db;
     const at = now();
@@ -616,5 +615,5 @@ export async function cleanupExpired(
     });
     if (total > 0) logger.info({ table: TABLE, deleted: total }, "expired cache entries deleted");
     return total;
-  });
-}
+  },
+);

@@ -3,7 +3,7 @@ import { createHash, randomBytes, randomInt, timingSafeEqual } from "node:crypto
 import { getTableColumns } from "drizzle-orm";
 import { z } from "zod";
 import type { DatabaseOrTransaction } from "../connection.ts";
-import { DbError, toDbError } from "../errors.ts";
+import { DbError } from "../errors.ts";
 import type { Logger } from "../logger.ts";
 import { type User, users } from "../schema/index.ts";
 
@@ -25,10 +25,14 @@ export function userNotFound(cause?: unknown): DbError<"NOT_FOUND"> {
   return new DbError("NOT_FOUND", "User not found", cause === undefined ? {} : { cause, table: "users" });
 }
 
-/** The last argument of every service function. */
+/**
+ * The last argument of every service function: `fn(input, logger, { tx })` or `fn(input, { tx, logger })`.
+ */
 export interface ServiceOptions {
   /** Run on this transaction (or database) instead of the pool; the call then commits or rolls back with it. */
   tx?: DatabaseOrTransaction | undefined;
+  /** The logger, when it is not passed as the argument before the options. */
+  logger?: Logger | undefined;
 }
 
 /** For reads of soft-deleted rows. */
@@ -58,50 +62,6 @@ export function validate<S extends z.ZodType>(schema: S, input: unknown): z.outp
       details,
     },
   );
-}
-
-/**
- * Runs a service call: any failure is logged (code and ids only, never secrets) and rethrown as DbError.
- * Typed errors raised on purpose (NOT_FOUND, VALIDATION_FAILED, ...) are logged at warn, the rest at error.
- */
-/**
- * Log fields are meant to carry ids; a secret passed where an id belongs (`revoke(token)` instead of
- * `revoke(session.id)`) is blanked rather than written to the log.
- */
-function safeFields(fields: Record<string, unknown>): Record<string, unknown> {
-  const safe: Record<string, unknown> = {};
-  for (const [key, value] of Object.entries(fields)) {
-    safe[key] = typeof value === "string" && isWellFormedSecret(value) ? "[redacted]" : value;
-  }
-  return safe;
-}
-
-export async function serviceCall<T>(
-  operation: string,
-  logger: Logger,
-  fields: Record<string, unknown>,
-  fn: () => Promise<T>,
-): Promise<T> {
-  try {
-    return await fn();
-  } catch (error) {
-    const typed = toDbError(error);
-    const expected = [
-      "VALIDATION_FAILED",
-      "NOT_FOUND",
-      "EMAIL_TAKEN",
-      "PHONE_TAKEN",
-      "INVALID_CREDENTIALS",
-      "TOKEN_INVALID",
-      "ACCOUNT_ALREADY_LINKED",
-      "PASSWORD_TOO_WEAK",
-      "EMAIL_NOT_VERIFIED",
-    ];
-    const logged = { operation, code: typed.code, ...safeFields(fields) };
-    if (expected.includes(typed.code)) logger.warn(logged, `${operation} rejected`);
-    else logger.error(logged, `${operation} failed`);
-    throw typed;
-  }
 }
 
 /**

@@ -9,7 +9,6 @@ import { now } from "../clock.ts";
 import { type DatabaseOrTransaction, db, statementTransaction } from "../connection.ts";
 import { DbError } from "../errors.ts";
 import { advisoryLockKey } from "../locks.ts";
-import { type Logger, noopLogger } from "../logger.ts";
 import { withMetrics } from "../metrics.ts";
 import {
   type OneTimeToken,
@@ -25,11 +24,11 @@ import {
   generateSecret,
   isWellFormedSecret,
   type ServiceOptions,
-  serviceCall,
   sha256,
   uuidSchema,
   validate,
 } from "./common.ts";
+import { type Call, type CallTail, defineService } from "./define.ts";
 import { type PreparedPassword, preparedFromHash, preparedHash } from "./passwords.ts";
 
 const TABLE = "one_time_tokens";
@@ -310,12 +309,17 @@ async function issue(
  * @throws DbError VALIDATION_FAILED (bad input), NOT_FOUND (unknown or deleted userId).
  * @example const { token, record } = await create({ userId, purpose: "password_reset", sentTo: email });
  */
-export async function create(
-  input: CreateTokenInput,
-  logger: Logger = noopLogger,
-  options: ServiceOptions = {},
-): Promise<{ token: string; record: OneTimeTokenRecord }> {
-  return await serviceCall("oneTimeTokens.create", logger, { userId: input?.userId }, async () => {
+export const create = defineService(
+  {
+    name: "oneTimeTokens.create",
+    table: "one_time_tokens",
+    arity: 1,
+    logFields: ([input]) => ({ userId: input?.userId }),
+  },
+  async (
+    { logger, options }: Call<ServiceOptions>,
+    input: CreateTokenInput,
+  ): Promise<{ token: string; record: OneTimeTokenRecord }> => {
     const { password, profile, ...rest } = input ?? {};
     const parsed = validate(createSchema, rest);
     if ((password !== undefined || profile !== undefined) && parsed.purpose !== "email_verification") {
@@ -351,8 +355,8 @@ export async function create(
       "one-time token issued",
     );
     return { token, record };
-  });
-}
+  },
+);
 
 /**
  * Issues a short numeric code, retiring older live codes and tokens of the same target. What is stored is
@@ -360,12 +364,17 @@ export async function create(
  * @throws DbError VALIDATION_FAILED (bad input), NOT_FOUND (unknown or deleted userId), CONFIG_INVALID (no key).
  * @example const { code } = await createCode({ purpose: "phone_verification", sentTo: "+14155550123" });
  */
-export async function createCode(
-  input: CreateCodeInput,
-  logger: Logger = noopLogger,
-  options: ServiceOptions = {},
-): Promise<{ code: string; record: OneTimeTokenRecord }> {
-  return await serviceCall("oneTimeTokens.createCode", logger, { userId: input?.userId }, async () => {
+export const createCode = defineService(
+  {
+    name: "oneTimeTokens.createCode",
+    table: "one_time_tokens",
+    arity: 1,
+    logFields: ([input]) => ({ userId: input?.userId }),
+  },
+  async (
+    { logger, options }: Call<ServiceOptions>,
+    input: CreateCodeInput,
+  ): Promise<{ code: string; record: OneTimeTokenRecord }> => {
     const parsed = validate(createCodeSchema, input);
     requireCodeKey();
     const at = now();
@@ -390,8 +399,8 @@ export async function createCode(
       "one-time code issued",
     );
     return { code, record };
-  });
-}
+  },
+);
 
 // ---------------------------------------------------------------------------------------------------------
 // The key of numeric codes. A code has 10^4..10^10 values: a plain or salted SHA-256 of it is reversed by
@@ -455,12 +464,17 @@ function codeDigest(id: string, code: string): Buffer {
  * @throws DbError VALIDATION_FAILED (unknown purpose, bad address).
  * @example const record = await verifyCode({ sentTo: "+14155550123", purpose: "phone_verification", code });
  */
-export async function verifyCode(
-  input: { sentTo: string; purpose: OneTimeTokenPurpose; code: string },
-  logger: Logger = noopLogger,
-  options: VerifyCodeOptions = {},
-): Promise<OneTimeTokenRecord | null> {
-  return await serviceCall("oneTimeTokens.verifyCode", logger, { purpose: input?.purpose }, async () => {
+export const verifyCode = defineService(
+  {
+    name: "oneTimeTokens.verifyCode",
+    table: "one_time_tokens",
+    arity: 1,
+    logFields: ([input]) => ({ purpose: input?.purpose }),
+  },
+  async (
+    { logger, options }: Call<VerifyCodeOptions>,
+    input: { sentTo: string; purpose: OneTimeTokenPurpose; code: string },
+  ): Promise<OneTimeTokenRecord | null> => {
     const parsed = validate(verifyCodeSchema, input);
     requireCodeKey();
     const maxAttempts = validate(maxAttemptsSchema, options.maxAttempts ?? DEFAULT_MAX_ATTEMPTS);
@@ -540,8 +554,8 @@ export async function verifyCode(
     if (!used) return null;
     logger.audit({ tokenId: used.id, userId: used.userId, purpose: used.purpose }, "one-time code used");
     return used;
-  });
-}
+  },
+);
 
 /**
  * Uses a link token exactly once. Returns its record, or null when it is malformed, unknown, expired, used,
@@ -552,10 +566,9 @@ export async function verifyCode(
 export async function consume(
   token: string,
   purpose: OneTimeTokenPurpose,
-  logger: Logger = noopLogger,
-  options: ServiceOptions = {},
+  ...rest: CallTail
 ): Promise<OneTimeTokenRecord | null> {
-  return (await consumeLink(token, purpose, logger, options))?.record ?? null;
+  return (await consumeLink(token, purpose, ...rest))?.record ?? null;
 }
 
 /** The parameters of the link statements, or null for a string that cannot be a secret we issued. */
@@ -579,13 +592,18 @@ function toRegistration(row: Record<string, unknown>): LinkRegistration {
  * @throws DbError VALIDATION_FAILED (unknown purpose).
  * @example const used = await consumeLink(token, "email_verification", logger, { tx });
  */
-export async function consumeLink(
-  token: string,
-  purpose: OneTimeTokenPurpose,
-  logger: Logger = noopLogger,
-  options: ServiceOptions = {},
-): Promise<LinkRegistration | null> {
-  return await serviceCall("oneTimeTokens.consume", logger, { purpose }, async () => {
+export const consumeLink = defineService(
+  {
+    name: "oneTimeTokens.consume",
+    table: "one_time_tokens",
+    arity: 2,
+    logFields: ([, purpose]) => ({ purpose }),
+  },
+  async (
+    { logger, options }: Call<ServiceOptions>,
+    token: string,
+    purpose: OneTimeTokenPurpose,
+  ): Promise<LinkRegistration | null> => {
     const params = linkParams(token, validate(purposeSchema, purpose));
     if (!params) return null;
     const result = await withMetrics("consume", TABLE, () => consumeStatement.run(options.tx, params));
@@ -593,8 +611,8 @@ export async function consumeLink(
     const used = toRegistration(result.rows[0]);
     logger.audit({ tokenId: used.record.id, userId: used.record.userId, purpose }, "one-time token used");
     return used;
-  });
-}
+  },
+);
 
 /**
  * Says whether a link token is currently usable, without using it (for showing a form before a POST).
@@ -604,10 +622,9 @@ export async function consumeLink(
 export async function peek(
   token: string,
   purpose: OneTimeTokenPurpose,
-  logger: Logger = noopLogger,
-  options: ServiceOptions = {},
+  ...rest: CallTail
 ): Promise<OneTimeTokenRecord | null> {
-  return (await peekLink(token, purpose, logger, options))?.record ?? null;
+  return (await peekLink(token, purpose, ...rest))?.record ?? null;
 }
 
 /**
@@ -615,19 +632,24 @@ export async function peek(
  * @throws DbError VALIDATION_FAILED (unknown purpose).
  * @example const pending = await peekLink(token, "email_verification");
  */
-export async function peekLink(
-  token: string,
-  purpose: OneTimeTokenPurpose,
-  logger: Logger = noopLogger,
-  options: ServiceOptions = {},
-): Promise<LinkRegistration | null> {
-  return await serviceCall("oneTimeTokens.peek", logger, { purpose }, async () => {
+export const peekLink = defineService(
+  {
+    name: "oneTimeTokens.peek",
+    table: "one_time_tokens",
+    arity: 2,
+    logFields: ([, purpose]) => ({ purpose }),
+  },
+  async (
+    { options }: Call<ServiceOptions>,
+    token: string,
+    purpose: OneTimeTokenPurpose,
+  ): Promise<LinkRegistration | null> => {
     const params = linkParams(token, validate(purposeSchema, purpose));
     if (!params) return null;
     const result = await withMetrics("select", TABLE, () => peekStatement.run(options.tx, params));
     return result.rows[0] ? toRegistration(result.rows[0]) : null;
-  });
-}
+  },
+);
 
 /**
  * Reserves one guess of the password a link carries, before the guess is checked; false when the link is not
@@ -635,21 +657,26 @@ export async function peekLink(
  * @throws DbError VALIDATION_FAILED (unknown purpose).
  * @example if (!(await reserveLinkAttempt(token, "email_verification"))) throw tokenInvalid();
  */
-export async function reserveLinkAttempt(
-  token: string,
-  purpose: OneTimeTokenPurpose,
-  logger: Logger = noopLogger,
-  options: ServiceOptions = {},
-): Promise<boolean> {
-  return await serviceCall("oneTimeTokens.reserveLinkAttempt", logger, { purpose }, async () => {
+export const reserveLinkAttempt = defineService(
+  {
+    name: "oneTimeTokens.reserveLinkAttempt",
+    table: "one_time_tokens",
+    arity: 2,
+    logFields: ([, purpose]) => ({ purpose }),
+  },
+  async (
+    { options }: Call<ServiceOptions>,
+    token: string,
+    purpose: OneTimeTokenPurpose,
+  ): Promise<boolean> => {
     const params = linkParams(token, validate(purposeSchema, purpose));
     if (!params) return false;
     const result = await withMetrics("reserve_attempt", TABLE, () =>
       reserveStatement.run(options.tx, params),
     );
     return result.rows.length > 0;
-  });
-}
+  },
+);
 
 /**
  * Retires a user's live tokens and codes (all purposes, or one), e.g. after a password change. Returns how
@@ -657,13 +684,18 @@ export async function reserveLinkAttempt(
  * @throws DbError VALIDATION_FAILED (bad userId or purpose).
  * @example await invalidateForUser(userId, { purpose: "password_reset" }, logger, { tx });
  */
-export async function invalidateForUser(
-  userId: string,
-  filter: { purpose?: OneTimeTokenPurpose | undefined } = {},
-  logger: Logger = noopLogger,
-  options: ServiceOptions = {},
-): Promise<number> {
-  return await serviceCall("oneTimeTokens.invalidateForUser", logger, { userId }, async () => {
+export const invalidateForUser = defineService(
+  {
+    name: "oneTimeTokens.invalidateForUser",
+    table: "one_time_tokens",
+    arity: 2,
+    logFields: ([userId]) => ({ userId }),
+  },
+  async (
+    { logger, options }: Call<ServiceOptions>,
+    userId: string,
+    filter: { purpose?: OneTimeTokenPurpose | undefined } = {},
+  ): Promise<number> => {
     const id = validate(userIdSchema, userId);
     const purpose = validate(purposeSchema.optional(), filter?.purpose);
     const handle = options.tx ?? db;
@@ -686,8 +718,8 @@ export async function invalidateForUser(
       logger.audit({ userId: id, purpose, count: retired.length }, "one-time tokens invalidated");
     }
     return retired.length;
-  });
-}
+  },
+);
 
 /**
  * Hard-deletes tokens that are expired, used or retired, in batches; safe to run from several processes at
@@ -695,12 +727,9 @@ export async function invalidateForUser(
  * @throws DbError VALIDATION_FAILED (bad batch sizes).
  * @example const deleted = await cleanupExpired({ batchSize: 500 });
  */
-export async function cleanupExpired(
-  input: CleanupInput = {},
-  logger: Logger = noopLogger,
-  options: ServiceOptions = {},
-): Promise<number> {
-  return await serviceCall("oneTimeTokens.cleanupExpired", logger, {}, async () => {
+export const cleanupExpired = defineService(
+  { name: "oneTimeTokens.cleanupExpired", table: "one_time_tokens", arity: 1 },
+  async ({ logger, options }: Call<ServiceOptions>, input: CleanupInput = {}): Promise<number> => {
     const { batchSize, maxBatches } = validate(batchSchema, input);
     const handle: DatabaseOrTransaction = options.tx ?? db;
     const at = now();
@@ -725,5 +754,5 @@ export async function cleanupExpired(
     });
     if (total > 0) logger.info({ table: TABLE, deleted: total }, "expired one-time tokens deleted");
     return total;
-  });
-}
+  },
+);

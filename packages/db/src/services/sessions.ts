@@ -11,7 +11,6 @@ import { now } from "../clock.ts";
 import { coalescer } from "../coalesce.ts";
 import { type DatabaseOrTransaction, db, statementTransaction } from "../connection.ts";
 import { DbError, isDbError, toDbError } from "../errors.ts";
-import { type Logger, noopLogger } from "../logger.ts";
 import { withMetrics } from "../metrics.ts";
 import { type Session, sessions } from "../schema/sessions.ts";
 import { users } from "../schema/users.ts";
@@ -24,12 +23,12 @@ import {
   type PublicUser,
   publicUserColumns,
   type ServiceOptions,
-  serviceCall,
   sha256,
   userNotFound,
   uuidSchema,
   validate as validateInput,
 } from "./common.ts";
+import { type Call, defineService } from "./define.ts";
 
 // ---------------------------------------------------------------------------------------------------------
 // Configuration
@@ -306,12 +305,17 @@ const createStatement = defineStatement<PublicSession & { revokedForCap: string[
  *   user, or deleted), CONFIG_INVALID (bad per-call config).
  * @example const { session, token } = await create({ userId, authMethod: "password", ipAddress: "203.0.113.7" });
  */
-export async function create(
-  payload: CreateSessionInput,
-  logger: Logger = noopLogger,
-  options: SessionServiceOptions = {},
-): Promise<{ session: PublicSession; token: string }> {
-  return await serviceCall("sessions.create", logger, { userId: payload?.userId }, async () => {
+export const create = defineService(
+  {
+    name: "sessions.create",
+    table: "sessions",
+    arity: 1,
+    logFields: ([payload]) => ({ userId: payload?.userId }),
+  },
+  async (
+    { logger, options }: Call<SessionServiceOptions>,
+    payload: CreateSessionInput,
+  ): Promise<{ session: PublicSession; token: string }> => {
     const input = validateInput(createInput, payload);
     const cfg = configFor(options);
     const token = generateSecret();
@@ -364,8 +368,8 @@ export async function create(
       "session created",
     );
     return { session, token };
-  });
-}
+  },
+);
 
 /** What the read binds: the tokens' digests and the instants of timesFor(). */
 interface ReadParams extends Record<string, unknown> {
@@ -529,12 +533,12 @@ const userKeys = Object.keys(publicUserColumns);
  * @throws DbError only for database failures (DATABASE_UNAVAILABLE, QUERY_TIMEOUT, ...).
  * @example const auth = await validate(cookieToken); if (!auth) return c.text("Unauthorized", 401);
  */
-export async function validate(
-  token: string,
-  logger: Logger = noopLogger,
-  options: SessionServiceOptions = {},
-): Promise<{ session: PublicSession; user: SessionUser } | null> {
-  return await serviceCall("sessions.validate", logger, {}, async () => {
+export const validate = defineService(
+  { name: "sessions.validate", table: "sessions", arity: 1 },
+  async (
+    { logger, options }: Call<SessionServiceOptions>,
+    token: string,
+  ): Promise<{ session: PublicSession; user: SessionUser } | null> => {
     if (!isWellFormedSecret(token)) return null;
     const row =
       options.tx === undefined && options.config === undefined
@@ -544,8 +548,8 @@ export async function validate(
     const session = pick<PublicSession>(row, sessionKeys, "s.");
     if (row.refreshed) logger.debug({ sessionId: session.id }, "session extended");
     return { session, user: pick<SessionUser>(row, userKeys, "u.") };
-  });
-}
+  },
+);
 
 /**
  * Replaces a live session's token with a new one (after sign-in elevation, privilege change, ...). The old
@@ -553,12 +557,12 @@ export async function validate(
  * @throws DbError TOKEN_INVALID when the token is malformed, unknown, revoked, expired or its user deleted.
  * @example const { token } = await rotate(oldToken); setCookie(c, "session", token);
  */
-export async function rotate(
-  token: string,
-  logger: Logger = noopLogger,
-  options: SessionServiceOptions = {},
-): Promise<{ session: PublicSession; token: string }> {
-  return await serviceCall("sessions.rotate", logger, {}, async () => {
+export const rotate = defineService(
+  { name: "sessions.rotate", table: "sessions", arity: 1 },
+  async (
+    { logger, options }: Call<SessionServiceOptions>,
+    token: string,
+  ): Promise<{ session: PublicSession; token: string }> => {
     if (!isWellFormedSecret(token)) throw tokenInvalid();
     const times = timesFor(configFor(options));
     const next = generateSecret();
@@ -588,8 +592,8 @@ export async function rotate(
     if (!session) throw tokenInvalid();
     logger.audit({ sessionId: session.id, userId: session.userId }, "session token rotated");
     return { session, token: next };
-  });
-}
+  },
+);
 
 function tokenInvalid(): DbError<"TOKEN_INVALID"> {
   return new DbError("TOKEN_INVALID", "The session token is invalid or expired");
@@ -612,12 +616,14 @@ export interface RevokeSessionOptions extends SessionServiceOptions {
  *   the given user's).
  * @example await revoke(sessionIdFromUrl, log, { userId: currentUser.id });
  */
-export async function revoke(
-  sessionId: string,
-  logger: Logger = noopLogger,
-  options: RevokeSessionOptions = {},
-): Promise<PublicSession> {
-  return await serviceCall("sessions.revoke", logger, { sessionId, userId: options.userId }, async () => {
+export const revoke = defineService(
+  {
+    name: "sessions.revoke",
+    table: "sessions",
+    arity: 1,
+    logFields: ([sessionId], options) => ({ sessionId, userId: options.userId }),
+  },
+  async ({ logger, options }: Call<RevokeSessionOptions>, sessionId: string): Promise<PublicSession> => {
     const id = validateInput(uuid, sessionId);
     const userId = validateInput(uuid.optional(), options.userId);
     const at = now();
@@ -639,8 +645,8 @@ export async function revoke(
     if (!session) throw new DbError("NOT_FOUND", "Session not found", { table: "sessions" });
     logger.audit({ sessionId: session.id, userId: session.userId }, "session revoked");
     return session;
-  });
-}
+  },
+);
 
 /**
  * Revokes every live session of a user ("sign out everywhere"), optionally keeping the current one.
@@ -648,12 +654,17 @@ export async function revoke(
  * @throws DbError VALIDATION_FAILED (not a uuid).
  * @example await revokeAllForUser({ userId, except: currentSession.id });
  */
-export async function revokeAllForUser(
-  payload: { userId: string; except?: string | undefined },
-  logger: Logger = noopLogger,
-  options: SessionServiceOptions = {},
-): Promise<number> {
-  return await serviceCall("sessions.revokeAllForUser", logger, { userId: payload?.userId }, async () => {
+export const revokeAllForUser = defineService(
+  {
+    name: "sessions.revokeAllForUser",
+    table: "sessions",
+    arity: 1,
+    logFields: ([payload]) => ({ userId: payload?.userId }),
+  },
+  async (
+    { logger, options }: Call<SessionServiceOptions>,
+    payload: { userId: string; except?: string | undefined },
+  ): Promise<number> => {
     const input = validateInput(revokeAllInput, payload);
     const at = now();
     const handle = options.tx ?? db;
@@ -681,20 +692,17 @@ export async function revokeAllForUser(
       "user sessions revoked",
     );
     return rows.length;
-  });
-}
+  },
+);
 
 /**
  * The user's live sessions (active, not expired), newest first, for a "your devices" page.
  * @throws DbError VALIDATION_FAILED (not a uuid).
  * @example const devices = await listForUser(user.id);
  */
-export async function listForUser(
-  userId: string,
-  logger: Logger = noopLogger,
-  options: SessionServiceOptions = {},
-): Promise<PublicSession[]> {
-  return await serviceCall("sessions.listForUser", logger, { userId }, async () => {
+export const listForUser = defineService(
+  { name: "sessions.listForUser", table: "sessions", arity: 1, logFields: ([userId]) => ({ userId }) },
+  async ({ options }: Call<SessionServiceOptions>, userId: string): Promise<PublicSession[]> => {
     const id = validateInput(uuid, userId);
     const times = timesFor(configFor(options));
     const handle = options.tx ?? db;
@@ -713,8 +721,8 @@ export async function listForUser(
         )
         .orderBy(desc(sessions.createdAt), desc(sessions.id)),
     );
-  });
-}
+  },
+);
 
 /**
  * Deletes expired sessions (revoked ones included: revoking pulls expires_at back to now) in batches, and
@@ -723,12 +731,12 @@ export async function listForUser(
  * @throws DbError VALIDATION_FAILED (bad batch size).
  * @example const deleted = await cleanupExpired({ batchSize: 1000 });
  */
-export async function cleanupExpired(
-  payload: { batchSize?: number | undefined; maxBatches?: number | undefined } = {},
-  logger: Logger = noopLogger,
-  options: SessionServiceOptions = {},
-): Promise<number> {
-  return await serviceCall("sessions.cleanupExpired", logger, {}, async () => {
+export const cleanupExpired = defineService(
+  { name: "sessions.cleanupExpired", table: "sessions", arity: 1 },
+  async (
+    { logger, options }: Call<SessionServiceOptions>,
+    payload: { batchSize?: number | undefined; maxBatches?: number | undefined } = {},
+  ): Promise<number> => {
     const input = validateInput(cleanupInput, payload);
     const at = now();
     const handle = options.tx ?? db;
@@ -749,5 +757,5 @@ export async function cleanupExpired(
     });
     if (total > 0) logger.audit({ deleted: total }, "expired sessions deleted");
     return total;
-  });
-}
+  },
+);

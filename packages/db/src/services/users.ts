@@ -7,7 +7,7 @@ import { z } from "zod";
 import { now } from "../clock.ts";
 import { type DatabaseOrTransaction, db, transaction } from "../connection.ts";
 import { DbError, isDbError } from "../errors.ts";
-import { type Logger, noopLogger } from "../logger.ts";
+import type { Logger } from "../logger.ts";
 import { withMetrics } from "../metrics.ts";
 import { accounts, users } from "../schema/index.ts";
 import { defineStatement, param, type Statement, selectColumns } from "../statements.ts";
@@ -18,9 +18,9 @@ import {
   publicUserColumns,
   type ReadOptions,
   type ServiceOptions,
-  serviceCall,
   validate,
 } from "./common.ts";
+import { type Call, defineService } from "./define.ts";
 import { exceedsJsonDepth } from "./json-depth.ts";
 import type { OneTimeTokenRecord } from "./one-time-tokens.ts";
 import * as OneTimeTokensService from "./one-time-tokens.ts";
@@ -282,11 +282,6 @@ function passwordTooWeak(reason: string): DbError<"PASSWORD_TOO_WEAK"> {
   });
 }
 
-/** An id for log lines, only when it looks like one: unvalidated input must not flood the logs. */
-function logId(value: unknown): string | undefined {
-  return typeof value === "string" && value.length <= 64 ? value : undefined;
-}
-
 function notFound(id: string): DbError<"NOT_FOUND"> {
   return new DbError("NOT_FOUND", `No user ${id}`, { table: "users" });
 }
@@ -451,12 +446,9 @@ async function findOneBy(
  * @throws DbError VALIDATION_FAILED, EMAIL_TAKEN, PHONE_TAKEN.
  * @example const user = await create({ email: "Ada@Example.com", password: "correct horse" });
  */
-export async function create(
-  payload: CreateUserInput,
-  logger: Logger = noopLogger,
-  options: ServiceOptions = {},
-): Promise<PublicUser> {
-  return await serviceCall("users.create", logger, {}, async () => {
+export const create = defineService(
+  { name: "users.create", table: "users", arity: 1 },
+  async ({ logger, options }: Call<ServiceOptions>, payload: CreateUserInput): Promise<PublicUser> => {
     const { password, ...input } = validate(createSchema, payload);
     const passwordHash = password === undefined ? null : await hashOf(password, input.email);
     const at = now();
@@ -474,23 +466,20 @@ export async function create(
     if (!user) throw new DbError("DATABASE_ERROR", "INSERT returned no row", { table: "users" });
     logger.audit({ userId: user.id, withPassword: passwordHash !== null }, "user created");
     return user;
-  });
-}
+  },
+);
 
 /**
  * The user with this id, or null. Soft-deleted users only with `{ includeDeleted: true }`.
  * @throws DbError VALIDATION_FAILED when `id` is not a UUID.
  * @example const user = await findById(id);
  */
-export async function findById(
-  id: string,
-  logger: Logger = noopLogger,
-  options: ReadOptions = {},
-): Promise<PublicUser | null> {
-  return await serviceCall("users.findById", logger, { userId: logId(id) }, async () => {
+export const findById = defineService(
+  { name: "users.findById", table: "users", arity: 1, logFields: ([id]) => ({ userId: id }) },
+  async ({ options }: Call<ReadOptions>, id: string): Promise<PublicUser | null> => {
     return await findOneBy("id", validate(idSchema, id), options);
-  });
-}
+  },
+);
 
 /**
  * The user with this email (normalized first), or null. With `{ includeDeleted: true }` a deleted user can
@@ -498,32 +487,26 @@ export async function findById(
  * @throws DbError VALIDATION_FAILED when the email is malformed.
  * @example const user = await findByEmail("ada@example.com");
  */
-export async function findByEmail(
-  email: string,
-  logger: Logger = noopLogger,
-  options: ReadOptions = {},
-): Promise<PublicUser | null> {
-  return await serviceCall("users.findByEmail", logger, {}, async () => {
+export const findByEmail = defineService(
+  { name: "users.findByEmail", table: "users", arity: 1 },
+  async ({ options }: Call<ReadOptions>, email: string): Promise<PublicUser | null> => {
     const normalized = validate(emailSchema, email);
     return await findOneBy("email", normalized, options);
-  });
-}
+  },
+);
 
 /**
  * The user with this phone number (normalized to E.164 first), or null; deleted users as in findByEmail.
  * @throws DbError VALIDATION_FAILED when the number is not a valid international number.
  * @example const user = await findByPhone("+1 415 555 2671");
  */
-export async function findByPhone(
-  phoneNumber: string,
-  logger: Logger = noopLogger,
-  options: ReadOptions = {},
-): Promise<PublicUser | null> {
-  return await serviceCall("users.findByPhone", logger, {}, async () => {
+export const findByPhone = defineService(
+  { name: "users.findByPhone", table: "users", arity: 1 },
+  async ({ options }: Call<ReadOptions>, phoneNumber: string): Promise<PublicUser | null> => {
     const normalized = validate(phoneSchema, phoneNumber);
     return await findOneBy("phone_number", normalized, options);
-  });
-}
+  },
+);
 
 /**
  * One page of users in creation (id) order. Each filter is a list of LIKE patterns (`%` any run, `_` one
@@ -532,20 +515,17 @@ export async function findByPhone(
  * @throws DbError VALIDATION_FAILED for a bad limit (1..1000, default 50), pattern or cursor.
  * @example const { users, nextCursor } = await list({ emails: ["%@example.com"], limit: 100 });
  */
-export async function list(
-  payload: ListUsersInput = {},
-  logger: Logger = noopLogger,
-  options: ReadOptions = {},
-): Promise<UserPage> {
-  return await serviceCall("users.list", logger, {}, async () => {
+export const list = defineService(
+  { name: "users.list", table: "users", arity: 1 },
+  async ({ options }: Call<ReadOptions>, payload: ListUsersInput = {}): Promise<UserPage> => {
     const input = validate(listSchema, payload);
     const { statement, params } = listQuery(input, options);
     const { rows } = await withMetrics("select", "users", () => statement.run(options.tx, params));
     const page = rows.slice(0, input.limit);
     const last = page.at(-1);
     return { users: page, nextCursor: rows.length > input.limit && last ? encodeCursor(last.id) : null };
-  });
-}
+  },
+);
 
 /**
  * The PostgreSQL plan of the query `list` would run for this payload, one line per element (diagnostics:
@@ -553,18 +533,18 @@ export async function list(
  * @throws DbError VALIDATION_FAILED as list does.
  * @example console.log((await explainList({ emails: ["%@example.com"] })).join("\n"));
  */
-export async function explainList(
-  payload: ListUsersInput & { analyze?: boolean } = {},
-  logger: Logger = noopLogger,
-  options: ReadOptions = {},
-): Promise<string[]> {
-  return await serviceCall("users.explainList", logger, {}, async () => {
+export const explainList = defineService(
+  { name: "users.explainList", table: "users", arity: 1 },
+  async (
+    { options }: Call<ReadOptions>,
+    payload: ListUsersInput & { analyze?: boolean } = {},
+  ): Promise<string[]> => {
     const { analyze, ...rest } = payload;
     const input = validate(listSchema, rest);
     const { statement, params } = listQuery(input, options);
     return await withMetrics("explain", "users", () => statement.explain(options.tx, params, analyze));
-  });
-}
+  },
+);
 
 /**
  * Full-text search over names, email words and metadata strings, best match first (ts_rank), active users
@@ -573,12 +553,9 @@ export async function explainList(
  * @throws DbError VALIDATION_FAILED for an empty query or a bad limit (1..100, default 20).
  * @example const found = await search({ query: "ada lovelace" });
  */
-export async function search(
-  payload: SearchUsersInput,
-  logger: Logger = noopLogger,
-  options: ServiceOptions = {},
-): Promise<PublicUser[]> {
-  return await serviceCall("users.search", logger, {}, async () => {
+export const search = defineService(
+  { name: "users.search", table: "users", arity: 1 },
+  async ({ options }: Call<ServiceOptions>, payload: SearchUsersInput): Promise<PublicUser[]> => {
     const input = validate(searchSchema, payload);
     const handle = options.tx ?? db;
     // Prefix mode builds the tsquery text itself from letters and digits only, so no user input can carry
@@ -601,8 +578,8 @@ export async function search(
         .orderBy(desc(rank), asc(users.id))
         .limit(input.limit),
     );
-  });
-}
+  },
+);
 
 /**
  * Changes some fields of an active user; `null` clears a nullable field and `metadata` is replaced whole.
@@ -611,12 +588,9 @@ export async function search(
  * @throws DbError VALIDATION_FAILED (also for an empty patch), NOT_FOUND, EMAIL_TAKEN, PHONE_TAKEN.
  * @example await update({ id, patch: { firstName: "Ada", metadata: { plan: "pro" } } });
  */
-export async function update(
-  payload: UpdateUserInput,
-  logger: Logger = noopLogger,
-  options: ServiceOptions = {},
-): Promise<PublicUser> {
-  return await serviceCall("users.update", logger, { userId: logId(payload?.id) }, async () => {
+export const update = defineService(
+  { name: "users.update", table: "users", arity: 1, logFields: ([payload]) => ({ userId: payload?.id }) },
+  async ({ logger, options }: Call<ServiceOptions>, payload: UpdateUserInput): Promise<PublicUser> => {
     const { id, patch } = validate(updateSchema, payload);
     const set: PgUpdateSetSource<typeof users> = {};
     for (const [key, value] of Object.entries(patch)) {
@@ -669,8 +643,8 @@ export async function update(
           );
     logger.audit({ userId: id, fields: Object.keys(set), retiredTokens }, "user updated");
     return user;
-  });
-}
+  },
+);
 
 /**
  * Soft-deletes an active user and, in the same transaction, revokes all their active sessions, invalidates
@@ -679,12 +653,9 @@ export async function update(
  * @throws DbError VALIDATION_FAILED, NOT_FOUND (missing or already deleted).
  * @example await softDelete(user.id);
  */
-export async function softDelete(
-  id: string,
-  logger: Logger = noopLogger,
-  options: ServiceOptions = {},
-): Promise<PublicUser> {
-  return await serviceCall("users.softDelete", logger, { userId: logId(id) }, async () => {
+export const softDelete = defineService(
+  { name: "users.softDelete", table: "users", arity: 1, logFields: ([id]) => ({ userId: id }) },
+  async ({ logger, options }: Call<ServiceOptions>, id: string): Promise<PublicUser> => {
     const userId = validate(idSchema, id);
     const at = now();
     const { user, revokedSessions, invalidatedTokens, unlinkedAccounts } = await transaction(
@@ -717,8 +688,8 @@ export async function softDelete(
     );
     logger.audit({ userId, revokedSessions, invalidatedTokens, unlinkedAccounts }, "user soft-deleted");
     return user;
-  });
-}
+  },
+);
 
 /**
  * Undoes a soft delete. Sessions and tokens revoked by the delete stay revoked.
@@ -726,12 +697,9 @@ export async function softDelete(
  *   another user took the address meanwhile.
  * @example await restore(user.id);
  */
-export async function restore(
-  id: string,
-  logger: Logger = noopLogger,
-  options: ServiceOptions = {},
-): Promise<PublicUser> {
-  return await serviceCall("users.restore", logger, { userId: logId(id) }, async () => {
+export const restore = defineService(
+  { name: "users.restore", table: "users", arity: 1, logFields: ([id]) => ({ userId: id }) },
+  async ({ logger, options }: Call<ServiceOptions>, id: string): Promise<PublicUser> => {
     const userId = validate(idSchema, id);
     const handle = options.tx ?? db;
     // Re-entering the partial unique indexes is what detects an address taken meanwhile, atomically.
@@ -747,8 +715,8 @@ export async function restore(
     if (!user) throw notFound(userId);
     logger.audit({ userId }, "user restored");
     return user;
-  });
-}
+  },
+);
 
 /**
  * Hard-deletes users soft-deleted more than `retentionMs` ago (their sessions, tokens and accounts go with
@@ -757,12 +725,9 @@ export async function restore(
  * @throws DbError VALIDATION_FAILED for a negative retention or bad batch settings.
  * @example const purged = await purge({ retentionMs: 30 * 24 * 3600_000 });
  */
-export async function purge(
-  payload: PurgeUsersInput,
-  logger: Logger = noopLogger,
-  options: ServiceOptions = {},
-): Promise<number> {
-  return await serviceCall("users.purge", logger, {}, async () => {
+export const purge = defineService(
+  { name: "users.purge", table: "users", arity: 1 },
+  async ({ logger, options }: Call<ServiceOptions>, payload: PurgeUsersInput): Promise<number> => {
     const input = validate(purgeSchema, payload);
     const cutoff = new Date(now().getTime() - input.retentionMs);
     const handle = options.tx ?? db;
@@ -784,8 +749,8 @@ export async function purge(
     });
     if (total > 0) logger.audit({ count: total, cutoff: cutoff.toISOString() }, "deleted users purged");
     return total;
-  });
-}
+  },
+);
 
 /**
  * Sets (or replaces) the password of an active user. Pass a PreparedPassword (preparePassword) to keep the
@@ -793,12 +758,14 @@ export async function purge(
  * @throws DbError VALIDATION_FAILED (password not 8..1024 characters after NFKC), PASSWORD_TOO_WEAK, NOT_FOUND.
  * @example await setPassword({ id: user.id, password: await preparePassword({ password, email }) });
  */
-export async function setPassword(
-  payload: SetPasswordInput,
-  logger: Logger = noopLogger,
-  options: ServiceOptions = {},
-): Promise<PublicUser> {
-  return await serviceCall("users.setPassword", logger, { userId: logId(payload?.id) }, async () => {
+export const setPassword = defineService(
+  {
+    name: "users.setPassword",
+    table: "users",
+    arity: 1,
+    logFields: ([payload]) => ({ userId: payload?.id }),
+  },
+  async ({ logger, options }: Call<ServiceOptions>, payload: SetPasswordInput): Promise<PublicUser> => {
     const { id, password } = validate(setPasswordSchema, payload);
     const passwordHash = await hashOf(password);
     const handle = options.tx ?? db;
@@ -812,8 +779,8 @@ export async function setPassword(
     if (!user) throw notFound(id);
     logger.audit({ userId: id }, "password set");
     return user;
-  });
-}
+  },
+);
 
 /**
  * A column of the user's newest live sign-up registration (see register), as a correlated subquery.
@@ -916,15 +883,15 @@ async function checkPassword(
  * @throws DbError INVALID_CREDENTIALS, EMAIL_NOT_VERIFIED, VALIDATION_FAILED (malformed email, empty password).
  * @example const user = await verifyPassword({ email: "ada@example.com", password: "correct horse" });
  */
-export async function verifyPassword(
-  payload: VerifyPasswordInput,
-  logger: Logger = noopLogger,
-  options: VerifyPasswordOptions = {},
-): Promise<PublicUser> {
-  return await serviceCall("users.verifyPassword", logger, {}, async () => {
+export const verifyPassword = defineService(
+  { name: "users.verifyPassword", table: "users", arity: 1 },
+  async (
+    { logger, options }: Call<VerifyPasswordOptions>,
+    payload: VerifyPasswordInput,
+  ): Promise<PublicUser> => {
     return (await checkPassword(payload, logger, options)).user;
-  });
-}
+  },
+);
 
 export interface SignInOptions extends VerifyPasswordOptions {
   /** The session to create (its userId is filled in). */
@@ -941,12 +908,12 @@ export interface SignInOptions extends VerifyPasswordOptions {
  * @throws DbError INVALID_CREDENTIALS, EMAIL_NOT_VERIFIED, VALIDATION_FAILED.
  * @example const { user, token } = await signIn({ email, password }, log, { session: { authMethod: "password" } });
  */
-export async function signIn(
-  payload: VerifyPasswordInput,
-  logger: Logger = noopLogger,
-  options: SignInOptions,
-): Promise<{ user: PublicUser; session: SessionsService.PublicSession; token: string }> {
-  return await serviceCall("users.signIn", logger, {}, async () => {
+export const signIn = defineService(
+  { name: "users.signIn", table: "users", arity: 1 },
+  async (
+    { logger, options }: Call<SignInOptions>,
+    payload: VerifyPasswordInput,
+  ): Promise<{ user: PublicUser; session: SessionsService.PublicSession; token: string }> => {
     const { user, stored } = await checkPassword(payload, logger, { ...options, tx: undefined });
     const at = now();
     return await transaction(
@@ -974,10 +941,15 @@ export async function signIn(
       },
       { tx: options.tx },
     );
-  });
-}
+  },
+  // The session to create is required: the options are not optional here.
+) as (
+  payload: VerifyPasswordInput,
+  loggerOrOptions: Logger | SignInOptions,
+  options?: SignInOptions,
+) => Promise<{ user: PublicUser; session: SessionsService.PublicSession; token: string }>;
 
-export interface PreparePasswordOptions {
+export interface PreparePasswordOptions extends ServiceOptions {
   /** Also look the password up in a breach corpus (Pwned Passwords range API); fails open. */
   breachCheck?: BreachCheckOptions | undefined;
 }
@@ -989,17 +961,17 @@ export interface PreparePasswordOptions {
  * @throws DbError VALIDATION_FAILED (length), PASSWORD_TOO_WEAK (details.password says why).
  * @example const password = await preparePassword({ password: body.password, email: body.email });
  */
-export async function preparePassword(
-  payload: PreparePasswordInput,
-  logger: Logger = noopLogger,
-  options: PreparePasswordOptions = {},
-): Promise<PreparedPassword> {
-  return await serviceCall("users.preparePassword", logger, {}, async () => {
+export const preparePassword = defineService(
+  { name: "users.preparePassword", table: "users", arity: 1 },
+  async (
+    { logger, options }: Call<PreparePasswordOptions>,
+    payload: PreparePasswordInput,
+  ): Promise<PreparedPassword> => {
     const { password, email } = validate(preparePasswordSchema, payload);
     await assertPasswordStrength(password, { email, breachCheck: options.breachCheck }, logger);
     return preparedFromHash(await hashPassword(password));
-  });
-}
+  },
+);
 
 export interface RegisterOptions extends ServiceOptions {
   /**
@@ -1030,12 +1002,9 @@ export interface Registration {
  * @throws DbError VALIDATION_FAILED, NOT_FOUND (the account was deleted meanwhile; retry).
  * @example const { outcome, verification } = await register({ email, password: await preparePassword({ password, email }) });
  */
-export async function register(
-  payload: RegisterInput,
-  logger: Logger = noopLogger,
-  options: RegisterOptions = {},
-): Promise<Registration> {
-  return await serviceCall("users.register", logger, {}, async () => {
+export const register = defineService(
+  { name: "users.register", table: "users", arity: 1 },
+  async ({ logger, options }: Call<RegisterOptions>, payload: RegisterInput): Promise<Registration> => {
     const input = validate(registerSchema, payload);
     const at = now();
     const result = await transaction(
@@ -1092,8 +1061,8 @@ export async function register(
     );
     logger.audit({ userId: result.user.id, outcome: result.outcome }, "sign-up registered");
     return result;
-  });
-}
+  },
+);
 
 /**
  * Issues a fresh email verification link for an unverified account. Older links stay: a link that carries a
@@ -1103,12 +1072,12 @@ export async function register(
  * @throws DbError VALIDATION_FAILED.
  * @example const link = await sendVerification({ userId: user.id });
  */
-export async function sendVerification(
-  payload: { userId: string } | { email: string },
-  logger: Logger = noopLogger,
-  options: ServiceOptions = {},
-): Promise<{ token: string; record: OneTimeTokenRecord } | null> {
-  return await serviceCall("users.sendVerification", logger, {}, async () => {
+export const sendVerification = defineService(
+  { name: "users.sendVerification", table: "users", arity: 1 },
+  async (
+    { logger, options }: Call<ServiceOptions>,
+    payload: { userId: string } | { email: string },
+  ): Promise<{ token: string; record: OneTimeTokenRecord } | null> => {
     const target = validate(verificationTargetSchema, payload);
     const where = "userId" in target ? eq(users.id, target.userId) : eq(users.email, target.email);
     // The user row first, then the token rows, like register and useEmailLink.
@@ -1131,8 +1100,8 @@ export async function sendVerification(
       },
       { tx: options.tx },
     );
-  });
-}
+  },
+);
 
 export interface EmailLinkOptions extends ServiceOptions {
   /** Sign in: create this session (its userId filled in) in the same transaction, after the proof. */
@@ -1171,12 +1140,17 @@ export interface EmailLinkResult {
  *   newPassword; a sign-up's link without password).
  * @example const { user, session } = await useEmailLink({ token, purpose: "magic_link" }, log, { session: { authMethod: "magic_link" } });
  */
-export async function useEmailLink(
-  payload: UseEmailLinkInput,
-  logger: Logger = noopLogger,
-  options: EmailLinkOptions = {},
-): Promise<EmailLinkResult> {
-  return await serviceCall("users.useEmailLink", logger, { purpose: payload?.purpose }, async () => {
+export const useEmailLink = defineService(
+  {
+    name: "users.useEmailLink",
+    table: "users",
+    arity: 1,
+    logFields: ([payload]) => ({ purpose: payload?.purpose }),
+  },
+  async (
+    { logger, options }: Call<EmailLinkOptions>,
+    payload: UseEmailLinkInput,
+  ): Promise<EmailLinkResult> => {
     const input = validate(useEmailLinkSchema, payload);
     if ((input.purpose === "password_reset") !== (input.newPassword !== undefined)) {
       throw new DbError(
@@ -1278,8 +1252,8 @@ export async function useEmailLink(
       result.firstProof ? "email address proven for the first time" : "email link used",
     );
     return result;
-  });
-}
+  },
+);
 
 /**
  * Whether a live user has a password (accounts made by a magic link or a provider have none), for deciding
@@ -1287,12 +1261,9 @@ export async function useEmailLink(
  * @throws DbError VALIDATION_FAILED, NOT_FOUND.
  * @example if (await hasPassword(user.id)) await verifyPassword({ email, password });
  */
-export async function hasPassword(
-  id: string,
-  logger: Logger = noopLogger,
-  options: ServiceOptions = {},
-): Promise<boolean> {
-  return await serviceCall("users.hasPassword", logger, { userId: logId(id) }, async () => {
+export const hasPassword = defineService(
+  { name: "users.hasPassword", table: "users", arity: 1, logFields: ([id]) => ({ userId: id }) },
+  async ({ options }: Call<ServiceOptions>, id: string): Promise<boolean> => {
     const userId = validate(idSchema, id);
     const [row] = await withMetrics("select", "users", () =>
       (options.tx ?? db)
@@ -1302,5 +1273,5 @@ export async function hasPassword(
     );
     if (!row) throw notFound(userId);
     return row.has;
-  });
-}
+  },
+);

@@ -85,8 +85,8 @@ describe("get / set / delete", () => {
   it("joins the caller's transaction", async () => {
     await expect(
       transaction(async (tx) => {
-        await CacheService.set("tx", "k", 1, {}, undefined, { tx });
-        expect(await CacheService.get("tx", "k", undefined, { tx })).toBe(1);
+        await CacheService.set("tx", "k", 1, {}, { tx });
+        expect(await CacheService.get("tx", "k", { tx })).toBe(1);
         throw new Error("roll back");
       }),
     ).rejects.toThrow("roll back");

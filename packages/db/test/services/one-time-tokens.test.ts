@@ -80,10 +80,10 @@ describe("create / consume", () => {
     const { token, record } = await create({ purpose: "password_reset", sentTo: "tx@example.com" });
     await expect(
       transaction(async (tx) => {
-        const used = await consume(token, "password_reset", undefined, { tx });
+        const used = await consume(token, "password_reset", { tx });
         expect(used?.id).toBe(record.id);
         // Inside the transaction it is already used.
-        expect(await consume(token, "password_reset", undefined, { tx })).toBeNull();
+        expect(await consume(token, "password_reset", { tx })).toBeNull();
         throw new Error("abort the flow");
       }),
     ).rejects.toThrow("abort the flow");
@@ -275,13 +275,19 @@ describe("codes", () => {
   it("honours maxAttempts", async () => {
     const { code } = await createCode({ purpose: "phone_verification", sentTo: "+15550000002" });
     const wrong = code === "111111" ? "111112" : "111111";
-    await verifyCode({ sentTo: "+15550000002", purpose: "phone_verification", code: wrong }, undefined, {
-      maxAttempts: 1,
-    });
-    expect(
-      await verifyCode({ sentTo: "+15550000002", purpose: "phone_verification", code }, undefined, {
+    await verifyCode(
+      { sentTo: "+15550000002", purpose: "phone_verification", code: wrong },
+      {
         maxAttempts: 1,
-      }),
+      },
+    );
+    expect(
+      await verifyCode(
+        { sentTo: "+15550000002", purpose: "phone_verification", code },
+        {
+          maxAttempts: 1,
+        },
+      ),
     ).toBeNull();
   });
 

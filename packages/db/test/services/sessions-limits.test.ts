@@ -186,10 +186,10 @@ describe("maxPerUser", () => {
     const clock = useManualClock();
     const userId = await insertUser("expired");
     const config = { maxPerUser: 2 };
-    const old = await create({ userId, authMethod: "password" }, undefined, { config });
+    const old = await create({ userId, authMethod: "password" }, { config });
     clock.advance(7 * DAY);
-    const b = await create({ userId, authMethod: "password" }, undefined, { config });
-    const c = await create({ userId, authMethod: "password" }, undefined, { config });
+    const b = await create({ userId, authMethod: "password" }, { config });
+    const c = await create({ userId, authMethod: "password" }, { config });
     expect(await liveIds(userId, clock.now())).toEqual([c.session.id, b.session.id]);
     // Idle-expired, not revoked: it is left for cleanupExpired().
     expect((await rowsOf(userId)).find((row) => row.id === old.session.id)?.status).toBe("active");
@@ -224,16 +224,13 @@ describe("maxPerUser", () => {
   it("runs inside a caller's transaction: revocations roll back with it, and other creations wait for it", async () => {
     const userId = await insertUser("in-tx");
     const config = { maxPerUser: 2 };
-    const a = await create({ userId, authMethod: "password" }, undefined, { config });
-    const b = await create({ userId, authMethod: "password" }, undefined, { config });
+    const a = await create({ userId, authMethod: "password" }, { config });
+    const b = await create({ userId, authMethod: "password" }, { config });
 
     await expect(
       transaction(async (tx) => {
-        const c = await create({ userId, authMethod: "password" }, undefined, { config, tx });
-        expect((await listForUser(userId, undefined, { tx })).map((s) => s.id)).toEqual([
-          c.session.id,
-          b.session.id,
-        ]);
+        const c = await create({ userId, authMethod: "password" }, { config, tx });
+        expect((await listForUser(userId, { tx })).map((s) => s.id)).toEqual([c.session.id, b.session.id]);
         throw new Error("undo");
       }),
     ).rejects.toThrow("undo");
@@ -242,8 +239,8 @@ describe("maxPerUser", () => {
     // A creation outside waits for the transaction holding the user row, then counts its session too.
     let outside: Promise<unknown> = Promise.resolve();
     const inside = await transaction(async (tx) => {
-      const c = await create({ userId, authMethod: "password" }, undefined, { config, tx });
-      outside = create({ userId, authMethod: "password" }, undefined, { config });
+      const c = await create({ userId, authMethod: "password" }, { config, tx });
+      outside = create({ userId, authMethod: "password" }, { config });
       expect(await stillPending(outside, 300)).toBe(true);
       return c;
     });
@@ -278,14 +275,14 @@ describe("revoke with userId", () => {
     const alices = await create({ userId: alice, authMethod: "password" });
     const bobs = await create({ userId: bob, authMethod: "password" });
 
-    expect((await failure(revoke(bobs.session.id, undefined, { userId: alice }))).code).toBe("NOT_FOUND");
+    expect((await failure(revoke(bobs.session.id, { userId: alice }))).code).toBe("NOT_FOUND");
     expect((await validate(bobs.token))?.session.id).toBe(bobs.session.id);
     expect((await rowsOf(bob))[0]).toMatchObject({ status: "active", revoked_at: null });
 
     const spy = vi.spyOn(pg.Client.prototype, "query");
     let revoked: Awaited<ReturnType<typeof revoke>>;
     try {
-      revoked = await revoke(alices.session.id, undefined, { userId: alice });
+      revoked = await revoke(alices.session.id, { userId: alice });
       expect(spy.mock.calls).toHaveLength(1);
     } finally {
       spy.mockRestore();
@@ -293,9 +290,7 @@ describe("revoke with userId", () => {
     expect(revoked).toMatchObject({ id: alices.session.id, userId: alice, status: "revoked" });
     expect(await validate(alices.token)).toBeNull();
 
-    expect((await failure(revoke(bobs.session.id, undefined, { userId: "nope" }))).code).toBe(
-      "VALIDATION_FAILED",
-    );
+    expect((await failure(revoke(bobs.session.id, { userId: "nope" }))).code).toBe("VALIDATION_FAILED");
     // Without userId, revoke() still ends any session by id (sign-out of the current session, admin).
     expect((await revoke(bobs.session.id)).status).toBe("revoked");
   });

@@ -464,7 +464,7 @@ describe("cleanupExpired", () => {
     expect(await cleanupExpired({ batchSize: 10, maxBatches: 2 })).toBe(20);
     await expect(
       transaction(async (tx) => {
-        expect(await cleanupExpired({ batchSize: 4 }, undefined, { tx })).toBe(10);
+        expect(await cleanupExpired({ batchSize: 4 }, { tx })).toBe(10);
         throw new Error("roll back");
       }),
     ).rejects.toThrow("roll back");
@@ -503,9 +503,12 @@ describe("configuration and metrics", () => {
 
     useManualClock();
     const userId = await makeUser();
-    const { session, token } = await create({ userId, authMethod: "password" }, undefined, {
-      config: { idleTimeoutMs: 2 * HOUR, refreshIntervalMs: MINUTE },
-    });
+    const { session, token } = await create(
+      { userId, authMethod: "password" },
+      {
+        config: { idleTimeoutMs: 2 * HOUR, refreshIntervalMs: MINUTE },
+      },
+    );
     expect(session.expiresAt).toEqual(new Date(START.getTime() + 2 * HOUR));
     configureSessions({ idleTimeoutMs: HOUR, refreshIntervalMs: MINUTE });
     expect(sessionConfig().idleTimeoutMs).toBe(HOUR);
@@ -514,7 +517,7 @@ describe("configuration and metrics", () => {
     const result = await validate(token);
     expect(result?.session.expiresAt).toEqual(new Date(START.getTime() + 2 * MINUTE + HOUR));
     await expect(
-      create({ userId, authMethod: "password" }, undefined, { config: { refreshIntervalMs: 2 * HOUR } }),
+      create({ userId, authMethod: "password" }, { config: { refreshIntervalMs: 2 * HOUR } }),
     ).rejects.toMatchObject({ code: "CONFIG_INVALID" });
   });
 
@@ -548,8 +551,8 @@ describe("configuration and metrics", () => {
     const before = await sessionCount();
     await expect(
       transaction(async (tx) => {
-        const { token } = await create({ userId, authMethod: "password" }, undefined, { tx });
-        expect(await validate(token, undefined, { tx })).not.toBeNull();
+        const { token } = await create({ userId, authMethod: "password" }, { tx });
+        expect(await validate(token, { tx })).not.toBeNull();
         throw new Error("undo");
       }),
     ).rejects.toThrow("undo");

@@ -190,17 +190,13 @@ describe("find", () => {
     expect(await UsersService.findById(user.id)).toBeNull();
     expect(await UsersService.findByEmail(user.email ?? "")).toBeNull();
     expect(await UsersService.findByPhone("+81312345678")).toBeNull();
-    const deleted = await UsersService.findById(user.id, undefined, { includeDeleted: true });
+    const deleted = await UsersService.findById(user.id, { includeDeleted: true });
     expect(deleted?.deletedAt).toBeInstanceOf(Date);
-    expect((await UsersService.findByPhone("+81312345678", undefined, { includeDeleted: true }))?.id).toBe(
-      user.id,
-    );
+    expect((await UsersService.findByPhone("+81312345678", { includeDeleted: true }))?.id).toBe(user.id);
 
     // The address is free again; with includeDeleted the active owner wins over the deleted one.
     const again = await UsersService.create({ email: user.email ?? "" });
-    expect((await UsersService.findByEmail(user.email ?? "", undefined, { includeDeleted: true }))?.id).toBe(
-      again.id,
-    );
+    expect((await UsersService.findByEmail(user.email ?? "", { includeDeleted: true }))?.id).toBe(again.id);
   });
 
   it("rejects a malformed email or phone in lookups", async () => {
@@ -289,7 +285,7 @@ describe("list", () => {
     expect((await UsersService.list({ emails: ["%@listdel.test"] })).users.map((u) => u.id)).toEqual([
       kept.id,
     ]);
-    const all = await UsersService.list({ emails: ["%@listdel.test"] }, undefined, { includeDeleted: true });
+    const all = await UsersService.list({ emails: ["%@listdel.test"] }, { includeDeleted: true });
     expect(all.users.map((u) => u.id)).toEqual([gone.id, kept.id]);
     const viaPayload = await UsersService.list({ emails: ["%@listdel.test"], includeDeleted: true });
     expect(viaPayload.users).toHaveLength(2);
@@ -574,7 +570,7 @@ describe("softDelete and restore", () => {
     const session = await addSession(user.id);
     await expect(
       transaction(async (tx) => {
-        await UsersService.softDelete(user.id, undefined, { tx });
+        await UsersService.softDelete(user.id, { tx });
         throw new Error("roll back");
       }),
     ).rejects.toThrow("roll back");
@@ -596,9 +592,7 @@ describe("softDelete and restore", () => {
     await UsersService.softDelete(user.id);
     const taker = await UsersService.create({ email: user.email ?? "" });
     await rejectsWith(UsersService.restore(user.id), "EMAIL_TAKEN");
-    expect(
-      (await UsersService.findById(user.id, undefined, { includeDeleted: true }))?.deletedAt,
-    ).not.toBeNull();
+    expect((await UsersService.findById(user.id, { includeDeleted: true }))?.deletedAt).not.toBeNull();
 
     await UsersService.softDelete(taker.id);
     await UsersService.create({ phoneNumber: "+14155550199" });
@@ -628,9 +622,9 @@ describe("purge", () => {
     clock.advance(20 * DAY);
 
     expect(await UsersService.purge({ retentionMs: 25 * DAY })).toBe(2);
-    expect(await UsersService.findById(old1.id, undefined, { includeDeleted: true })).toBeNull();
-    expect(await UsersService.findById(old2.id, undefined, { includeDeleted: true })).toBeNull();
-    expect(await UsersService.findById(recent.id, undefined, { includeDeleted: true })).not.toBeNull();
+    expect(await UsersService.findById(old1.id, { includeDeleted: true })).toBeNull();
+    expect(await UsersService.findById(old2.id, { includeDeleted: true })).toBeNull();
+    expect(await UsersService.findById(recent.id, { includeDeleted: true })).not.toBeNull();
     expect(await UsersService.findById(alive.id)).not.toBeNull();
     expect(
       await db

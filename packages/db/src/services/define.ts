@@ -1,0 +1,119 @@
+// defineService(): the one wrapper every service function is made with. It owns what each function used to
+// write out by hand: splitting the optional logger and options off the arguments (`fn(input, logger?, { tx })`
+// or `fn(input, { tx, logger })`), bounded and redacted log fields, translation of every failure to DbError
+// with a log line at the level its kind calls for, and the handle (`tx ?? db`) the body runs on.
+import { type DatabaseOrTransaction, db } from "../connection.ts";
+import { toDbError } from "../errors.ts";
+import { type LogFields, type Logger, noopLogger } from "../logger.ts";
+import { withMetrics } from "../metrics.ts";
+import { isWellFormedSecret, type ServiceOptions } from "./common.ts";
+
+/** The last argument of every service function (its own options extend it). */
+export type CallOptions = ServiceOptions;
+
+/** What a service body is given besides its own arguments. */
+export interface Call<O extends CallOptions> {
+  logger: Logger;
+  /** The caller's transaction, or the pool. */
+  handle: DatabaseOrTransaction;
+  /** The caller's options (tx and logger included, as passed). */
+  options: O;
+  /** Runs one query on `table`, counted and timed in db_queries_total / db_query_duration_seconds. */
+  query<T>(operation: string, fn: () => Promise<T>): Promise<T>;
+}
+
+/** Either the logger or the options (with the logger inside): what may follow the positional arguments. */
+export type LoggerOrOptions<O extends CallOptions> = Logger | O;
+
+/** The optional arguments after a service function's own: the logger or the options, then the options. */
+export type CallTail<O extends CallOptions = CallOptions> = [
+  loggerOrOptions?: LoggerOrOptions<O>,
+  options?: O,
+];
+
+export interface ServiceSpec<A extends unknown[], O extends CallOptions> {
+  /** `<namespace>.<function>`, as it appears in logs. */
+  name: string;
+  /** The table its queries are counted under. */
+  table: string;
+  /** How many positional arguments come before the logger (optional ones included). */
+  arity: A["length"];
+  /** Ids worth logging with a failure; values are capped and secrets blanked. */
+  logFields?: (args: A, options: O) => LogFields;
+}
+
+/** Longer strings in log fields are cut: an id never needs more, and a huge value must not flood the log. */
+const LOG_VALUE_MAX = 64;
+
+/** Ids only: a secret passed where an id belongs is blanked, long strings are cut, objects are left out. */
+export function boundedLogFields(fields: LogFields): LogFields {
+  const out: LogFields = {};
+  for (const [key, value] of Object.entries(fields)) {
+    if (value === undefined) continue;
+    if (typeof value === "string") {
+      out[key] = isWellFormedSecret(value) ? "[redacted]" : String(value).slice(0, LOG_VALUE_MAX);
+    } else if (typeof value === "number" || typeof value === "boolean" || value === null) {
+      out[key] = value;
+    }
+  }
+  return out;
+}
+
+const isLogger = (value: unknown): value is Logger =>
+  typeof value === "object" && value !== null && typeof (value as Logger).info === "function";
+
+/** Splits `[...positional, loggerOrOptions?, options?]` at `arity`. */
+export function splitCallArguments<O extends CallOptions>(
+  args: readonly unknown[],
+  arity: number,
+): { positional: unknown[]; logger: Logger; options: O } {
+  const positional = args.slice(0, arity);
+  const next = args[arity];
+  const last = args[arity + 1];
+  let logger: Logger = noopLogger;
+  let options = {} as O;
+  if (isLogger(next)) {
+    logger = next;
+    if (last !== undefined && last !== null) options = last as O;
+  } else if (next !== undefined && next !== null) {
+    options = next as O;
+    if (options.logger) logger = options.logger;
+  } else if (last !== undefined && last !== null) {
+    options = last as O;
+    if (options.logger) logger = options.logger;
+  }
+  return { positional, logger, options };
+}
+
+/**
+ * Makes a service function: `(…positional, logger?, options?)` or `(…positional, { tx, logger, … })`. The body
+ * runs on `call.handle`; anything it throws leaves as a DbError, logged at warn when its kind is `rejected`
+ * (the caller's input or state) and at error otherwise.
+ * @example export const findById = defineService({ name: "users.findById", table: "users", arity: 1 },
+ *   async (call, id: string) => ...);
+ */
+export function defineService<A extends unknown[], R, O extends CallOptions = CallOptions>(
+  spec: ServiceSpec<A, O>,
+  body: (call: Call<O>, ...args: A) => Promise<R>,
+): (...args: [...A, ...CallTail<O>]) => Promise<R> {
+  const query = <T>(operation: string, fn: () => Promise<T>) => withMetrics(operation, spec.table, fn);
+  return async (...args) => {
+    const { positional, logger, options } = splitCallArguments<O>(args, spec.arity);
+    const call: Call<O> = { logger, handle: options.tx ?? db, options, query };
+    try {
+      return await body(call, ...(positional as A));
+    } catch (error) {
+      const typed = toDbError(error);
+      let fields: LogFields = {};
+      try {
+        fields = spec.logFields ? boundedLogFields(spec.logFields(positional as A, options)) : {};
+      } catch {
+        // Log fields from input that failed validation may not be computable: log without them.
+      }
+      const logged = { operation: spec.name, code: typed.code, ...fields };
+      if (typed.kind === "rejected") logger.warn(logged, `${spec.name} rejected`);
+      else logger.error(logged, `${spec.name} failed`);
+      throw typed;
+    }
+  };
+}
