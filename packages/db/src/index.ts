@@ -5,6 +5,14 @@ export { manualClock, now, resetClock, setClock } from "./clock.ts";
 export { coalescer } from "./coalesce.ts";
 export * from "./config.ts";
 export * from "./connection.ts";
+export {
+  type AccountEncryptionConfig,
+  configureAccountEncryption,
+  currentEncryptionKeyId,
+  isAccountEncryptionConfigured,
+  loadAccountEncryptionFromEnv,
+  resetAccountEncryption,
+} from "./crypto/encryption.ts";
 export * from "./errors.ts";
 export * from "./locks.ts";
 export * from "./logger.ts";
@@ -15,14 +23,6 @@ export type { AccountTokens, LinkedAccount } from "./services/accounts.ts";
 export * as AccountsService from "./services/accounts.ts";
 export * as CacheService from "./services/cache.ts";
 export type { ReadOptions, ServiceOptions } from "./services/common.ts";
-export {
-  type AccountEncryptionConfig,
-  configureAccountEncryption,
-  currentEncryptionKeyId,
-  isAccountEncryptionConfigured,
-  loadAccountEncryptionFromEnv,
-  resetAccountEncryption,
-} from "./services/encryption.ts";
 export * as OneTimeTokensService from "./services/one-time-tokens.ts";
 export {
   CODE_KEY_MIN_BYTES,

@@ -5,6 +5,13 @@ import { and, asc, eq, getTableColumns, isNotNull, isNull, ne, notInArray, sql }
 import { uuidv7 } from "uuidv7";
 import { z } from "zod";
 import { type DatabaseOrTransaction, db, transaction } from "../connection.ts";
+import {
+  currentEncryptionKeyId,
+  decrypt,
+  type EncryptedValue,
+  encrypt,
+  tokenAad,
+} from "../crypto/encryption.ts";
 import { DbError, isDbError } from "../errors.ts";
 import { withMetrics } from "../metrics.ts";
 import { type Account, accounts } from "../schema/accounts.ts";
@@ -19,7 +26,6 @@ import {
   validate,
 } from "./common.ts";
 import { type Call, defineService } from "./define.ts";
-import { currentEncryptionKeyId, decrypt, type EncryptedValue, encrypt, tokenAad } from "./encryption.ts";
 
 /** An account as returned to callers: everything but the encrypted tokens and their key id. */
 export type LinkedAccount = Omit<

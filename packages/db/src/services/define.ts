@@ -3,10 +3,11 @@
 // or `fn(input, { tx, logger })`), bounded and redacted log fields, translation of every failure to DbError
 // with a log line at the level its kind calls for, and the handle (`tx ?? db`) the body runs on.
 import { type DatabaseOrTransaction, db } from "../connection.ts";
+import { isWellFormedSecret } from "../crypto/secrets.ts";
 import { toDbError } from "../errors.ts";
 import { type LogFields, type Logger, noopLogger } from "../logger.ts";
 import { withMetrics } from "../metrics.ts";
-import { isWellFormedSecret, type ServiceOptions } from "./common.ts";
+import type { ServiceOptions } from "./common.ts";
 
 /** The last argument of every service function (its own options extend it). */
 export type CallOptions = ServiceOptions;

@@ -7,6 +7,14 @@ import { uuidv7 } from "uuidv7";
 import { z } from "zod";
 import { now } from "../clock.ts";
 import { type DatabaseOrTransaction, db, statementTransaction } from "../connection.ts";
+import { type PreparedPassword, preparedFromHash, preparedHash } from "../crypto/passwords.ts";
+import {
+  constantTimeEqual,
+  generateNumericCode,
+  generateSecret,
+  isWellFormedSecret,
+  sha256,
+} from "../crypto/secrets.ts";
 import { DbError } from "../errors.ts";
 import { advisoryLockKey } from "../locks.ts";
 import { withMetrics } from "../metrics.ts";
@@ -17,19 +25,8 @@ import {
   oneTimeTokens,
 } from "../schema/index.ts";
 import { defineStatement, param, selectColumns } from "../statements.ts";
-import {
-  constantTimeEqual,
-  deleteInBatches,
-  generateNumericCode,
-  generateSecret,
-  isWellFormedSecret,
-  type ServiceOptions,
-  sha256,
-  uuidSchema,
-  validate,
-} from "./common.ts";
+import { deleteInBatches, type ServiceOptions, uuidSchema, validate } from "./common.ts";
 import { type Call, type CallTail, defineService } from "./define.ts";
-import { type PreparedPassword, preparedFromHash, preparedHash } from "./passwords.ts";
 
 const TABLE = "one_time_tokens";
 

@@ -10,6 +10,7 @@ import { z } from "zod";
 import { now } from "../clock.ts";
 import { coalescer } from "../coalesce.ts";
 import { type DatabaseOrTransaction, db, statementTransaction } from "../connection.ts";
+import { generateSecret, isWellFormedSecret, sha256 } from "../crypto/secrets.ts";
 import { DbError, isDbError, toDbError } from "../errors.ts";
 import { withMetrics } from "../metrics.ts";
 import { type Session, sessions } from "../schema/sessions.ts";
@@ -17,13 +18,10 @@ import { users } from "../schema/users.ts";
 import { defineStatement, param, selectColumns } from "../statements.ts";
 import {
   deleteInBatches,
-  generateSecret,
-  isWellFormedSecret,
   noNul,
   type PublicUser,
   publicUserColumns,
   type ServiceOptions,
-  sha256,
   userNotFound,
   uuidSchema,
   validate as validateInput,

@@ -6,7 +6,25 @@ import { parsePhoneNumberFromString } from "libphonenumber-js";
 import { z } from "zod";
 import { now } from "../clock.ts";
 import { type DatabaseOrTransaction, db, transaction } from "../connection.ts";
+import {
+  assertPasswordStrength,
+  type BreachCheckOptions,
+  passwordWeakness,
+} from "../crypto/password-policy.ts";
+import {
+  candidatePasswordSchema,
+  hashPassword,
+  isPreparedPassword,
+  needsRehash,
+  type PreparedPassword,
+  passwordSchema,
+  preparedFromHash,
+  preparedHash,
+  verifyAgainstDummy,
+  verifyPasswordHash,
+} from "../crypto/passwords.ts";
 import { DbError, isDbError } from "../errors.ts";
+import { exceedsJsonDepth } from "../json-depth.ts";
 import type { Logger } from "../logger.ts";
 import { withMetrics } from "../metrics.ts";
 import { accounts, users } from "../schema/index.ts";
@@ -21,27 +39,13 @@ import {
   validate,
 } from "./common.ts";
 import { type Call, defineService } from "./define.ts";
-import { exceedsJsonDepth } from "./json-depth.ts";
 import type { OneTimeTokenRecord } from "./one-time-tokens.ts";
 import * as OneTimeTokensService from "./one-time-tokens.ts";
-import { assertPasswordStrength, type BreachCheckOptions, passwordWeakness } from "./password-policy.ts";
-import {
-  candidatePasswordSchema,
-  hashPassword,
-  isPreparedPassword,
-  needsRehash,
-  type PreparedPassword,
-  passwordSchema,
-  preparedFromHash,
-  preparedHash,
-  verifyAgainstDummy,
-  verifyPasswordHash,
-} from "./passwords.ts";
 import * as SessionsService from "./sessions.ts";
 
+export type { BreachCheckOptions } from "../crypto/password-policy.ts";
+export type { PreparedPassword } from "../crypto/passwords.ts";
 export type { PublicUser } from "./common.ts";
-export type { BreachCheckOptions } from "./password-policy.ts";
-export type { PreparedPassword } from "./passwords.ts";
 
 export const EMAIL_MAX_LENGTH = 254;
 export const NAME_MAX_LENGTH = 200;

@@ -3,6 +3,12 @@ import { eq } from "drizzle-orm";
 import { uuidv7 } from "uuidv7";
 import { beforeEach, describe, expect, it } from "vitest";
 import { db } from "../../src/connection.ts";
+import {
+  configureAccountEncryption,
+  currentEncryptionKeyId,
+  loadAccountEncryptionFromEnv,
+  resetAccountEncryption,
+} from "../../src/crypto/encryption.ts";
 import { DbError, isDbError } from "../../src/errors.ts";
 import { dbQueriesTotal } from "../../src/metrics.ts";
 import { accounts, users } from "../../src/schema/index.ts";
@@ -14,12 +20,6 @@ import {
   reencrypt,
   unlink,
 } from "../../src/services/accounts.ts";
-import {
-  configureAccountEncryption,
-  currentEncryptionKeyId,
-  loadAccountEncryptionFromEnv,
-  resetAccountEncryption,
-} from "../../src/services/encryption.ts";
 import { insertUser, useTestDatabase } from "../../src/testing/index.ts";
 
 const database = useTestDatabase({ config: { poolMax: 20 } });

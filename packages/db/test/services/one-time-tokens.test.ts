@@ -2,10 +2,10 @@ import { createHmac } from "node:crypto";
 import { eq, sql } from "drizzle-orm";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { db, getPool, transaction } from "../../src/connection.ts";
+import { sha256 } from "../../src/crypto/secrets.ts";
 import type { Logger } from "../../src/logger.ts";
 import { registry } from "../../src/metrics.ts";
 import { oneTimeTokens, users } from "../../src/schema/index.ts";
-import { sha256 } from "../../src/services/common.ts";
 import {
   CODE_KEY_MIN_BYTES,
   cleanupExpired,

@@ -5,10 +5,10 @@ import pg from "pg";
 import { afterEach, describe, expect, it, vi } from "vitest";
 import { manualClock, resetClock, setClock } from "../../src/clock.ts";
 import { transaction } from "../../src/connection.ts";
+import { sha256 } from "../../src/crypto/secrets.ts";
 import { DbError } from "../../src/errors.ts";
 import type { LogFields, Logger } from "../../src/logger.ts";
 import { dbQueriesTotal } from "../../src/metrics.ts";
-import { sha256 } from "../../src/services/common.ts";
 import {
   configureSessions,
   create,

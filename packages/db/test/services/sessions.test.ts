@@ -5,10 +5,10 @@ import { uuidv7 } from "uuidv7";
 import { afterEach, describe, expect, it, vi } from "vitest";
 import { manualClock, resetClock, setClock } from "../../src/clock.ts";
 import { db, transaction } from "../../src/connection.ts";
+import { sha256 } from "../../src/crypto/secrets.ts";
 import { DbError, isDbError } from "../../src/errors.ts";
 import { dbQueriesTotal } from "../../src/metrics.ts";
 import { sessions, users } from "../../src/schema/index.ts";
-import { sha256 } from "../../src/services/common.ts";
 import {
   cleanupExpired,
   configureSessions,

@@ -6,11 +6,11 @@ import { count, eq, sql } from "drizzle-orm";
 import { afterAll, afterEach, beforeAll, describe, expect, it } from "vitest";
 import { manualClock, resetClock, setClock } from "../../src/clock.ts";
 import { db, transaction } from "../../src/connection.ts";
+import { type PASSWORD_HASH_POLICY, passwordVerificationsTotal } from "../../src/crypto/passwords.ts";
 import type { ErrorCode } from "../../src/errors.ts";
 import type { LogFields, Logger } from "../../src/logger.ts";
 import { dbQueriesTotal } from "../../src/metrics.ts";
 import { oneTimeTokens, sessions, users } from "../../src/schema/index.ts";
-import { type PASSWORD_HASH_POLICY, passwordVerificationsTotal } from "../../src/services/passwords.ts";
 import * as UsersService from "../../src/services/users.ts";
 import { useTestDatabase } from "../../src/testing/index.ts";
 

@@ -1,6 +1,6 @@
 import { describe, expect, it } from "vitest";
 import { z } from "zod";
-import { exceedsJsonDepth } from "../../src/services/json-depth.ts";
+import { exceedsJsonDepth } from "../src/json-depth.ts";
 
 /** `levels` arrays inside one another, built without recursion. */
 function nestedArrays(levels: number): unknown {

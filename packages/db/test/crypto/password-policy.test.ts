@@ -3,14 +3,14 @@ import { createServer, type IncomingHttpHeaders, type Server, type ServerRespons
 import { createRequire } from "node:module";
 import type { AddressInfo } from "node:net";
 import { afterAll, beforeAll, beforeEach, describe, expect, it } from "vitest";
-import { DbError } from "../../src/errors.ts";
-import type { LogFields, Logger } from "../../src/logger.ts";
 import {
   assertPasswordStrength,
   commonPasswordCount,
   isPasswordBreached,
   passwordWeakness,
-} from "../../src/services/password-policy.ts";
+} from "../../src/crypto/password-policy.ts";
+import { DbError } from "../../src/errors.ts";
+import type { LogFields, Logger } from "../../src/logger.ts";
 
 // Checked before any test touches the list: importing the module must not load (decompress) the package.
 const require = createRequire(import.meta.url);
