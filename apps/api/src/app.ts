@@ -7,7 +7,8 @@ import { matchedRoutes, routePath } from "hono/route";
 import { backgroundTasks } from "./background.ts";
 import type { AppDeps, AppEnv, ResolvedDeps } from "./context.ts";
 import { ApiError, toErrorAnswer } from "./errors.ts";
-import { csrfGuard, noStore } from "./http.ts";
+import { createGuards } from "./guards.ts";
+import { noStore, sessionCookie } from "./http.ts";
 import { createHttpMetrics } from "./http-metrics.ts";
 import { RequestLogger } from "./logger.ts";
 import { adminRoutes } from "./routes/admin.ts";
@@ -28,7 +29,9 @@ export function createApp(input: AppDeps): Hono<AppEnv> {
     getClientAddress: input.getClientAddress ?? (() => undefined),
     tasks: input.tasks ?? backgroundTasks(),
     metrics: createHttpMetrics(),
+    cookie: sessionCookie(input.config),
   };
+  const guards = createGuards(deps.config);
   const app = new Hono<AppEnv>();
 
   // Request id, per-request logger, access log and HTTP metrics: the outermost middleware.
@@ -66,11 +69,11 @@ export function createApp(input: AppDeps): Hono<AppEnv> {
     }),
   );
   app.use("/v1/*", noStore);
-  app.use("/v1/*", csrfGuard);
+  app.use("/v1/*", guards.csrfGuard);
 
   app.route("/", healthRoutes());
-  app.route("/v1/auth", authRoutes());
-  app.route("/v1/users", userRoutes());
+  app.route("/v1/auth", authRoutes(guards));
+  app.route("/v1/users", userRoutes(guards));
   app.route("/v1/admin", adminRoutes());
 
   app.notFound(() => {

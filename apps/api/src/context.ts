@@ -3,6 +3,7 @@ import type { Logger, PublicSession, SessionUser } from "@repo/db";
 import type { Context } from "hono";
 import type { BackgroundTasks } from "./background.ts";
 import type { ApiConfig } from "./config.ts";
+import type { SessionCookie } from "./http.ts";
 import type { HttpMetrics } from "./http-metrics.ts";
 import type { PinoLogger } from "./logger.ts";
 import type { Mailer } from "./mailer.ts";
@@ -28,6 +29,8 @@ export interface ResolvedDeps extends Required<Omit<AppDeps, "getClientAddress" 
   tasks: BackgroundTasks;
   getClientAddress: (c: Context) => string | undefined;
   metrics: HttpMetrics;
+  /** The session cookie's name and Secure flag, from the configuration. */
+  cookie: SessionCookie;
 }
 
 export interface AppVariables {

@@ -3,11 +3,11 @@
 
 import { createHash, timingSafeEqual } from "node:crypto";
 import { isIP } from "node:net";
-import { CacheService, SessionsService } from "@repo/db";
+import { CacheService } from "@repo/db";
 import type { Context, MiddlewareHandler } from "hono";
 import { deleteCookie, getCookie, setCookie } from "hono/cookie";
 import type { z } from "zod";
-import { allowedOrigins } from "./config.ts";
+import type { ApiConfig } from "./config.ts";
 import type { AppEnv } from "./context.ts";
 import { ApiError } from "./errors.ts";
 import { DEFAULT_MAX_JSON_DEPTH, parseJsonBody } from "./json.ts";
@@ -140,10 +140,17 @@ function normalizeAddress(entry: string | undefined): string | undefined {
 
 const sha256 = (value: string) => createHash("sha256").update(value, "utf8").digest();
 
+const BEARER = /^Bearer\s+(\S+)$/i;
+
+/** The token of an `Authorization: Bearer <token>` header, or undefined: the one parser of that header. */
+export function bearerToken(c: Context<AppEnv>): string | undefined {
+  return BEARER.exec(c.req.header("authorization") ?? "")?.[1];
+}
+
 /** True when the request's `Authorization: Bearer` equals `expected`; constant time whatever the lengths. */
 export function bearerMatches(c: Context<AppEnv>, expected: string): boolean {
-  const match = /^Bearer\s+(\S+)$/i.exec(c.req.header("authorization") ?? "");
-  return match?.[1] !== undefined && timingSafeEqual(sha256(match[1]), sha256(expected));
+  const token = bearerToken(c);
+  return token !== undefined && timingSafeEqual(sha256(token), sha256(expected));
 }
 
 /** A stable key for a rate-limit bucket that does not store the raw email in the cache. */
@@ -214,14 +221,25 @@ export async function withinLimit(
   return !hit.over;
 }
 
-export function isSecure(c: Context<AppEnv>): boolean {
-  return c.var.deps.config.NODE_ENV !== "development";
+/** The session cookie's name and Secure flag, derived once from the configuration. */
+export interface SessionCookie {
+  name: string;
+  secure: boolean;
 }
 
-/** `__Host-session` when cookies are Secure (the prefix pins Secure, Path=/ and no Domain), else `session`. */
+/** Secure outside development; then `__Host-session` (the prefix pins Secure, Path=/ and no Domain). */
+export function sessionCookie(config: ApiConfig): SessionCookie {
+  const secure = config.NODE_ENV !== "development";
+  const name = config.SESSION_COOKIE_NAME;
+  return { name: secure ? `__Host-${name}` : name, secure };
+}
+
+export function isSecure(c: Context<AppEnv>): boolean {
+  return c.var.deps.cookie.secure;
+}
+
 export function cookieName(c: Context<AppEnv>): string {
-  const name = c.var.deps.config.SESSION_COOKIE_NAME;
-  return isSecure(c) ? `__Host-${name}` : name;
+  return c.var.deps.cookie.name;
 }
 
 export function setSessionCookie(c: Context<AppEnv>, token: string, expiresAt: Date): void {
@@ -240,13 +258,11 @@ export function clearSessionCookie(c: Context<AppEnv>): void {
 
 /** The session token a request presents: `Authorization: Bearer` wins over the cookie. */
 export function presentedToken(c: Context<AppEnv>): { token: string; via: "cookie" | "bearer" } | undefined {
-  const match = /^Bearer\s+(\S+)$/i.exec(c.req.header("authorization") ?? "");
-  if (match?.[1]) return { token: match[1], via: "bearer" };
+  const bearer = bearerToken(c);
+  if (bearer !== undefined) return { token: bearer, via: "bearer" };
   const cookie = getCookie(c, cookieName(c));
   return cookie ? { token: cookie, via: "cookie" } : undefined;
 }
-
-const UNSAFE = new Set(["POST", "PUT", "PATCH", "DELETE"]);
 
 /**
  * Clients that are not browsers ask for the session token in the JSON body with `X-Auth-Mode: bearer` (and get
@@ -254,71 +270,11 @@ const UNSAFE = new Set(["POST", "PUT", "PATCH", "DELETE"]);
  * HttpOnly cookie only, so script injected into the page cannot read the token from an answer.
  */
 export function wantsBearer(c: Context<AppEnv>): boolean {
-  return (
-    c.req.header("x-auth-mode")?.trim().toLowerCase() === "bearer" ||
-    BEARER.test(c.req.header("authorization") ?? "")
-  );
+  return c.req.header("x-auth-mode")?.trim().toLowerCase() === "bearer" || bearerToken(c) !== undefined;
 }
 
 /** Every /v1 answer is about one person or carries a credential: no shared or browser cache may keep it. */
 export const noStore: MiddlewareHandler<AppEnv> = async (c, next) => {
   await next();
   c.header("Cache-Control", "no-store");
-};
-/** Only a bearer token exempts a request from the origin check: browsers may replay Basic credentials. */
-const BEARER = /^Bearer\s+\S+$/i;
-
-/**
- * CSRF: an unsafe request that carries the session cookie (and no bearer token) must come from an allowed
- * origin, shown by Origin or, failing that, Referer. Any unsafe request whose Origin is foreign is refused
- * too (login CSRF). Bearer-authenticated requests are not at risk: browsers never add that header.
- */
-export const csrfGuard: MiddlewareHandler<AppEnv> = async (c, next) => {
-  // `Origin: null` comes from sandboxed iframes, data: URLs and some redirects: an unsafe request with it is
-  // refused whatever credentials it carries, since no allowed origin can be told from it.
-  if (UNSAFE.has(c.req.method) && c.req.header("origin")?.trim() === "null") {
-    c.var.log.warn({ origin: "null" }, "cross-site request rejected");
-    throw new ApiError("CSRF_REJECTED");
-  }
-  if (UNSAFE.has(c.req.method) && !BEARER.test(c.req.header("authorization") ?? "")) {
-    const allowed = allowedOrigins(c.var.deps.config);
-    const origin = c.req.header("origin");
-    const hasCookie = getCookie(c, cookieName(c)) !== undefined;
-    let source: string | undefined;
-    if (origin && origin !== "null") source = origin;
-    else {
-      const referer = c.req.header("referer");
-      if (referer) {
-        try {
-          source = new URL(referer).origin;
-        } catch {
-          source = "invalid";
-        }
-      }
-    }
-    if (source !== undefined ? !allowed.includes(source) : hasCookie || origin === "null") {
-      c.var.log.warn({ origin: source ?? null }, "cross-site request rejected");
-      throw new ApiError("CSRF_REJECTED");
-    }
-  }
-  await next();
-};
-
-/** Requires a live session (cookie or bearer); sets session, user, sessionToken and authVia. */
-export const requireSession: MiddlewareHandler<AppEnv> = async (c, next) => {
-  const presented = presentedToken(c);
-  if (!presented) throw new ApiError("UNAUTHENTICATED");
-  const auth = await SessionsService.validate(presented.token, c.var.log);
-  if (!auth) {
-    if (presented.via === "cookie") clearSessionCookie(c);
-    throw new ApiError("UNAUTHENTICATED");
-  }
-  // validate() slides the session's expiry; the cookie must follow, or a daily user is signed out when the
-  // cookie set at sign-in expires (a rolling cookie, re-sent with the session's current expiry).
-  if (presented.via === "cookie") setSessionCookie(c, presented.token, auth.session.expiresAt);
-  c.set("session", auth.session);
-  c.set("user", auth.user);
-  c.set("sessionToken", presented.token);
-  c.set("authVia", presented.via);
-  await next();
 };

@@ -12,7 +12,7 @@ import {
   runMigrations,
   withAudit,
 } from "@repo/db";
-import { devDataDir, type EmbeddedPostgres, startEmbeddedPostgres } from "@repo/db/embedded";
+import { resolveDatabase } from "@repo/db/dev-database";
 import { getConnInfo } from "hono/bun";
 import { createApp } from "./app.ts";
 import { backgroundTasks } from "./background.ts";
@@ -34,22 +34,16 @@ async function main(): Promise<void> {
   if (process.env.ACCOUNT_ENCRYPTION_KEYS) loadAccountEncryptionFromEnv();
   loadOneTimeCodeKeyFromEnv();
 
-  let embedded: EmbeddedPostgres | undefined;
-  const env = { ...process.env };
-  if (!env.DATABASE_URL) {
-    if (config.NODE_ENV === "production") {
-      throw new ConfigError({ DATABASE_URL: "is required in production (bun run start)" });
-    }
-    embedded = await startEmbeddedPostgres({
-      dataDir: devDataDir(),
-      onLog: (line) => logger.debug({ postgres: line }, "postgres"),
-    });
-    env.DATABASE_URL = embedded.url;
-    logger.info(
-      { dataDir: embedded.dataDir, port: embedded.port, reused: !embedded.owned },
-      "embedded PostgreSQL ready",
-    );
+  if (!process.env.DATABASE_URL && config.NODE_ENV === "production") {
+    throw new ConfigError({ DATABASE_URL: "is required in production (bun run start)" });
   }
+  // DATABASE_URL, or the embedded development database the db:* scripts use too.
+  const database = await resolveDatabase({
+    logger,
+    onLog: (line) => logger.debug({ postgres: line }, "postgres"),
+  });
+  const embedded = database.embedded;
+  const env = { ...process.env, DATABASE_URL: database.url };
   const dbConfig = loadDatabaseConfig(env);
   await runMigrations({ config: dbConfig, logger });
   initializeDB(dbConfig, { logger });

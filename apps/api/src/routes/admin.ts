@@ -6,7 +6,7 @@ import { z } from "zod";
 import type { AppEnv } from "../context.ts";
 import { ApiError } from "../errors.ts";
 import { bearerMatches, readQuery } from "../http.ts";
-import { userView } from "./auth.ts";
+import { userView } from "../views.ts";
 
 const adminKey: MiddlewareHandler<AppEnv> = async (c, next) => {
   const expected = c.var.deps.config.ADMIN_API_KEY;

@@ -12,6 +12,7 @@ import { type Context, Hono } from "hono";
 import { z } from "zod";
 import type { AppEnv } from "../context.ts";
 import { ApiError } from "../errors.ts";
+import type { Guards } from "../guards.ts";
 import {
   clearHits,
   clearSessionCookie,
@@ -23,11 +24,11 @@ import {
   rateLimit,
   rateLimited,
   readJson,
-  requireSession,
   setSessionCookie,
   wantsBearer,
   withinLimit,
 } from "../http.ts";
+import { sessionView, userView } from "../views.ts";
 
 const email = z.string().trim().min(3).max(254);
 const password = z.string().min(1).max(1024);
@@ -42,37 +43,6 @@ const emailBody = z.strictObject({ email });
 const resetBody = z.strictObject({ token, password });
 const changeBody = z.strictObject({ currentPassword: password, newPassword: password });
 const sessionIdParam = z.guid("must be a UUID");
-
-/** What a client sees of a session. */
-function sessionView(session: PublicSession, currentId?: string) {
-  return {
-    id: session.id,
-    authMethod: session.authMethod,
-    ipAddress: session.ipAddress,
-    userAgent: session.userAgent,
-    createdAt: session.createdAt,
-    lastAccessedAt: session.lastAccessedAt,
-    expiresAt: session.expiresAt,
-    ...(currentId === undefined ? {} : { current: session.id === currentId }),
-  };
-}
-
-/** What a client sees of its user. */
-export function userView(user: PublicUser) {
-  return {
-    id: user.id,
-    email: user.email,
-    emailVerifiedAt: user.emailVerifiedAt,
-    phoneNumber: user.phoneNumber,
-    firstName: user.firstName,
-    lastName: user.lastName,
-    avatarUrl: user.avatarUrl,
-    metadata: user.metadata,
-    lastSignInAt: user.lastSignInAt,
-    createdAt: user.createdAt,
-    updatedAt: user.updatedAt,
-  };
-}
 
 function link(c: Context<AppEnv>, path: string, secret: string): string {
   // APP_URL may carry a base path (https://example.com/app): links go under it, not beside it.
@@ -218,7 +188,7 @@ const CHECK_EMAIL = { status: "check_email" } as const;
 /** How recent a sign-in must be to delete an account that has no password. */
 const RECENT_SIGN_IN_MS = 10 * 60_000;
 
-export function authRoutes(): Hono<AppEnv> {
+export function authRoutes({ requireSession }: Guards): Hono<AppEnv> {
   const auth = new Hono<AppEnv>();
 
   /**

@@ -4,8 +4,10 @@ import { Hono } from "hono";
 import { z } from "zod";
 import type { AppEnv } from "../context.ts";
 import { ApiError } from "../errors.ts";
-import { clearSessionCookie, readJson, requireSession } from "../http.ts";
-import { confirmPassword, signedInRecently, userView } from "./auth.ts";
+import type { Guards } from "../guards.ts";
+import { clearSessionCookie, readJson } from "../http.ts";
+import { userView } from "../views.ts";
+import { confirmPassword, signedInRecently } from "./auth.ts";
 
 const patchBody = z
   .strictObject({
@@ -20,7 +22,7 @@ const patchBody = z
 
 const deleteBody = z.strictObject({ password: z.string().min(1).max(1024).optional() });
 
-export function userRoutes(): Hono<AppEnv> {
+export function userRoutes({ requireSession }: Guards): Hono<AppEnv> {
   const users = new Hono<AppEnv>();
   users.use("/me", requireSession);
 

@@ -2,9 +2,9 @@
 import pg from "pg";
 import { databaseConfigFromUrl, redactUrl } from "../config.ts";
 import { clientOptions } from "../connection.ts";
+import { resolveDatabase } from "../dev-database.ts";
 import { toDbError } from "../errors.ts";
 import { migrationStatus } from "../migrate.ts";
-import { resolveDatabase } from "./dev-database.ts";
 
 const database = await resolveDatabase();
 let exitCode = 0;

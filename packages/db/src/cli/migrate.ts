@@ -2,9 +2,9 @@
 //   --print   print the SQL of pending migrations instead of applying it
 //   --all     with --print: every migration, without connecting
 import { redactUrl } from "../config.ts";
+import { resolveDatabase } from "../dev-database.ts";
 import { consoleLogger } from "../logger.ts";
 import { pendingSql, runMigrations } from "../migrate.ts";
-import { resolveDatabase } from "./dev-database.ts";
 
 const args = new Set(process.argv.slice(2));
 const logger = consoleLogger();

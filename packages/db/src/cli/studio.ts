@@ -3,7 +3,7 @@
 import { spawn } from "node:child_process";
 import path from "node:path";
 import { fileURLToPath } from "node:url";
-import { resolveDatabase } from "./dev-database.ts";
+import { resolveDatabase } from "../dev-database.ts";
 
 const packageRoot = fileURLToPath(new URL("../..", import.meta.url));
 const database = await resolveDatabase();

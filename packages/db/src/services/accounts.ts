@@ -1,43 +1,32 @@
 // Linked OAuth identities. A (provider, provider account id) pair belongs to at most one user; the provider's
 // access and refresh tokens are stored encrypted (AES-256-GCM, see encryption.ts) and never returned except
 // by getTokens(). Every other read returns LinkedAccount, which has no ciphertext columns at all.
-import { and, asc, eq, getTableColumns, isNotNull, isNull, ne, notInArray, sql } from "drizzle-orm";
-import { uuidv7 } from "uuidv7";
-import { z } from "zod";
-import { type DatabaseOrTransaction, db, transaction } from "../connection.ts";
-import {
-  currentEncryptionKeyId,
-  decrypt,
-  type EncryptedValue,
-  encrypt,
-  tokenAad,
-} from "../crypto/encryption.ts";
+import { and, asc, eq, isNotNull, isNull, ne, notInArray } from "drizzle-orm";
+import { db, transaction } from "../connection.ts";
+import { currentEncryptionKeyId } from "../crypto/encryption.ts";
 import { DbError, isDbError } from "../errors.ts";
 import { withMetrics } from "../metrics.ts";
-import { type Account, accounts } from "../schema/accounts.ts";
+import { accounts } from "../schema/accounts.ts";
 import { users } from "../schema/users.ts";
+import { type LinkedAccount, linkedAccountColumns } from "./accounts/columns.ts";
+import { rewrite, upsert } from "./accounts/link-writes.ts";
 import {
-  noNul,
-  type PublicUser,
-  publicUserColumns,
-  type ServiceOptions,
-  userNotFound,
-  uuidSchema,
-  validate,
-} from "./common.ts";
+  findInput,
+  type LinkAccountInput,
+  linkInput,
+  reencryptInput,
+  unlinkInput,
+  uuid,
+} from "./accounts/schemas.ts";
+import { type SealedToken, seal, unseal } from "./accounts/sealing.ts";
+import { type PublicUser, publicUserColumns, type ServiceOptions, userNotFound, validate } from "./common.ts";
 import { type Call, defineService } from "./define.ts";
 
-/** An account as returned to callers: everything but the encrypted tokens and their key id. */
-export type LinkedAccount = Omit<
-  Account,
-  | "accessTokenCiphertext"
-  | "accessTokenIv"
-  | "accessTokenTag"
-  | "refreshTokenCiphertext"
-  | "refreshTokenIv"
-  | "refreshTokenTag"
-  | "encryptionKeyId"
->;
+// Split by concern: the columns callers see (accounts/columns.ts), input schemas (accounts/schemas.ts), token
+// sealing (accounts/sealing.ts) and the writes behind link() (accounts/link-writes.ts). Re-exported by name.
+export type { LinkedAccount } from "./accounts/columns.ts";
+export type { LinkAccountInput } from "./accounts/schemas.ts";
+
 /** The user behind an account: the password hash and the search vector are left out. */
 export type AccountUser = PublicUser;
 
@@ -49,96 +38,6 @@ export interface AccountTokens {
   refreshTokenExpiresAt: Date | null;
 }
 
-const {
-  accessTokenCiphertext: _accessTokenCiphertext,
-  accessTokenIv: _accessTokenIv,
-  accessTokenTag: _accessTokenTag,
-  refreshTokenCiphertext: _refreshTokenCiphertext,
-  refreshTokenIv: _refreshTokenIv,
-  refreshTokenTag: _refreshTokenTag,
-  encryptionKeyId: _encryptionKeyId,
-  ...linkedAccountColumns
-} = getTableColumns(accounts);
-
-// ---------------------------------------------------------------------------------------------------------
-// Input
-
-const uuid = uuidSchema;
-/** Provider ids are short lower-case identifiers: google, github, microsoft-entra, ... */
-const provider = z.string().regex(/^[a-z0-9][a-z0-9_.-]{0,63}$/, "must be a short lower-case identifier");
-// NUL is refused because it separates the parts of the additional authenticated data (and text rejects it).
-const providerAccountId = z.string().min(1).max(255).refine(noNul, "must not contain NUL");
-const providerToken = z.string().min(1).max(16_384).refine(noNul, "must not contain NUL");
-
-const linkInput = z.strictObject({
-  userId: uuid,
-  provider,
-  providerAccountId,
-  scope: z.string().max(4096).refine(noNul, "must not contain NUL").nullish(),
-  accessToken: providerToken.nullish(),
-  accessTokenExpiresAt: z.date().nullish(),
-  refreshToken: providerToken.nullish(),
-  refreshTokenExpiresAt: z.date().nullish(),
-});
-/**
- * What link() takes. On a relink, a field left `undefined` keeps its stored value and `null` clears it
- * (providers often send no new refresh token on re-consent: the stored one survives). A token's expiry
- * follows its token: sending a new token without an expiry clears the old expiry.
- */
-export type LinkAccountInput = z.input<typeof linkInput>;
-
-const unlinkInput = z.strictObject({ accountId: uuid, userId: uuid.optional() });
-const findInput = z.strictObject({ provider, providerAccountId });
-const reencryptInput = z.strictObject({
-  batchSize: z.number().int().min(1).max(10_000).default(100),
-  maxBatches: z.number().int().min(1).max(100_000).default(10_000),
-});
-
-// ---------------------------------------------------------------------------------------------------------
-// Encryption of the two token columns
-
-type TokenColumn = "access_token" | "refresh_token";
-
-interface SealedToken {
-  ciphertext: Buffer | null;
-  iv: Buffer | null;
-  tag: Buffer | null;
-}
-
-const EMPTY: SealedToken = { ciphertext: null, iv: null, tag: null };
-
-function seal(
-  plaintext: string | null | undefined,
-  where: { provider: string; providerAccountId: string },
-  column: TokenColumn,
-): SealedToken {
-  if (plaintext === null || plaintext === undefined) return EMPTY;
-  const { ciphertext, iv, tag } = encrypt(
-    plaintext,
-    tokenAad(where.provider, where.providerAccountId, column),
-  );
-  return { ciphertext, iv, tag };
-}
-
-/** Decrypts one token column of a stored row; null when the column holds no token. */
-function unseal(row: Account, column: TokenColumn): string | null {
-  const stored =
-    column === "access_token"
-      ? { ciphertext: row.accessTokenCiphertext, iv: row.accessTokenIv, tag: row.accessTokenTag }
-      : { ciphertext: row.refreshTokenCiphertext, iv: row.refreshTokenIv, tag: row.refreshTokenTag };
-  if (stored.ciphertext === null) return null;
-  if (stored.iv === null || stored.tag === null || row.encryptionKeyId === null) {
-    throw new DbError("DECRYPTION_FAILED", "The encrypted value is incomplete", { table: "accounts" });
-  }
-  const value: EncryptedValue = {
-    keyId: row.encryptionKeyId,
-    ciphertext: stored.ciphertext,
-    iv: stored.iv,
-    tag: stored.tag,
-  };
-  return decrypt(value, tokenAad(row.provider, row.providerAccountId, column));
-}
-
 function alreadyLinked(): DbError<"ACCOUNT_ALREADY_LINKED"> {
   return new DbError("ACCOUNT_ALREADY_LINKED", "This provider account is linked to another user", {
     table: "accounts",
@@ -147,80 +46,6 @@ function alreadyLinked(): DbError<"ACCOUNT_ALREADY_LINKED"> {
 
 // ---------------------------------------------------------------------------------------------------------
 // Service
-
-type LinkValues = z.output<typeof linkInput>;
-
-/** The single upsert behind link(); undefined when it wrote nothing (see link() for the reasons). */
-async function upsert(
-  handle: DatabaseOrTransaction,
-  input: LinkValues,
-): Promise<{ account: LinkedAccount; inserted: boolean } | undefined> {
-  const given = {
-    scope: input.scope !== undefined,
-    access: input.accessToken !== undefined,
-    accessExpiry: input.accessToken !== undefined || input.accessTokenExpiresAt !== undefined,
-    refresh: input.refreshToken !== undefined,
-    refreshExpiry: input.refreshToken !== undefined || input.refreshTokenExpiresAt !== undefined,
-  };
-  const hasNewToken = Boolean(input.accessToken || input.refreshToken);
-  // Encrypt before any SQL: a missing key ring fails the call without a write.
-  const keyId = hasNewToken ? currentEncryptionKeyId() : null;
-  const access = seal(input.accessToken, input, "access_token");
-  const refresh = seal(input.refreshToken, input, "refresh_token");
-  const columns = Object.entries(linkedAccountColumns).map(
-    ([key, column]) => sql`${sql.identifier(column.name)} AS ${sql.identifier(key)}`,
-  );
-  // One statement for the common cases. INSERT ... SELECT from users: a missing or soft-deleted user inserts
-  // nothing. ON CONFLICT on accounts_provider_account_key turns a relink into an update, but only for the
-  // same user (the DO UPDATE's WHERE): another user's row is left alone and RETURNING gives nothing. The
-  // update also stands back when it would keep a stored token encrypted under an older key next to new
-  // ones under the current key (a row has one key id); link() then re-encrypts in a transaction.
-  // `xmax = 0` is true only for a freshly inserted row version: it tells an insert from an update.
-  const result = await withMetrics("upsert", "accounts", () =>
-    handle
-      .execute<Record<string, unknown>>(sql`
-        INSERT INTO accounts AS a (id, user_id, provider, provider_account_id, scope,
-          access_token_ciphertext, access_token_iv, access_token_tag, access_token_expires_at,
-          refresh_token_ciphertext, refresh_token_iv, refresh_token_tag, refresh_token_expires_at,
-          encryption_key_id)
-        SELECT ${uuidv7()}::uuid, u.id, ${input.provider}, ${input.providerAccountId}, ${input.scope ?? null},
-          ${access.ciphertext}::bytea, ${access.iv}::bytea, ${access.tag}::bytea, ${input.accessTokenExpiresAt ?? null}::timestamptz,
-          ${refresh.ciphertext}::bytea, ${refresh.iv}::bytea, ${refresh.tag}::bytea, ${input.refreshTokenExpiresAt ?? null}::timestamptz,
-          ${keyId}::text
-        FROM users u
-        WHERE u.id = ${input.userId}::uuid AND u.deleted_at IS NULL
-        ON CONFLICT (provider, provider_account_id) DO UPDATE SET
-          scope = CASE WHEN ${given.scope}::boolean THEN EXCLUDED.scope ELSE a.scope END,
-          access_token_ciphertext = CASE WHEN ${given.access}::boolean THEN EXCLUDED.access_token_ciphertext ELSE a.access_token_ciphertext END,
-          access_token_iv = CASE WHEN ${given.access}::boolean THEN EXCLUDED.access_token_iv ELSE a.access_token_iv END,
-          access_token_tag = CASE WHEN ${given.access}::boolean THEN EXCLUDED.access_token_tag ELSE a.access_token_tag END,
-          access_token_expires_at = CASE WHEN ${given.accessExpiry}::boolean THEN EXCLUDED.access_token_expires_at ELSE a.access_token_expires_at END,
-          refresh_token_ciphertext = CASE WHEN ${given.refresh}::boolean THEN EXCLUDED.refresh_token_ciphertext ELSE a.refresh_token_ciphertext END,
-          refresh_token_iv = CASE WHEN ${given.refresh}::boolean THEN EXCLUDED.refresh_token_iv ELSE a.refresh_token_iv END,
-          refresh_token_tag = CASE WHEN ${given.refresh}::boolean THEN EXCLUDED.refresh_token_tag ELSE a.refresh_token_tag END,
-          refresh_token_expires_at = CASE WHEN ${given.refreshExpiry}::boolean THEN EXCLUDED.refresh_token_expires_at ELSE a.refresh_token_expires_at END,
-          encryption_key_id = coalesce(EXCLUDED.encryption_key_id, a.encryption_key_id)
-        WHERE a.user_id = EXCLUDED.user_id
-          AND (EXCLUDED.encryption_key_id IS NULL
-            OR a.encryption_key_id IS NULL
-            OR a.encryption_key_id = EXCLUDED.encryption_key_id
-            OR ((${given.access}::boolean OR a.access_token_ciphertext IS NULL)
-              AND (${given.refresh}::boolean OR a.refresh_token_ciphertext IS NULL)))
-        RETURNING ${sql.join(columns, sql`, `)}, (xmax = 0) AS inserted`)
-      .catch((error: unknown) => {
-        if (isDbError(error, "FOREIGN_KEY_VIOLATION")) throw userNotFound(error);
-        throw error;
-      }),
-  );
-  const row = result.rows[0];
-  if (!row) return undefined;
-  const account: Record<string, unknown> = {};
-  for (const [key, column] of Object.entries(linkedAccountColumns)) {
-    const value = row[key];
-    account[key] = value === null || value === undefined ? null : column.mapFromDriverValue(value);
-  }
-  return { account: account as LinkedAccount, inserted: row.inserted === true };
-}
 
 /**
  * Links a provider identity to a user, or updates its tokens when it is already linked to that user.
@@ -282,46 +107,6 @@ export const link = defineService(
     return account;
   },
 );
-
-/**
- * Relink of a row whose kept tokens are encrypted under an older key: decrypts what is kept and writes every
- * token under the current key, so the row's single key id stays true. The caller holds the row lock.
- */
-async function rewrite(
-  tx: DatabaseOrTransaction,
-  existing: Account,
-  input: LinkValues,
-): Promise<LinkedAccount> {
-  const accessToken = input.accessToken !== undefined ? input.accessToken : unseal(existing, "access_token");
-  const refreshToken =
-    input.refreshToken !== undefined ? input.refreshToken : unseal(existing, "refresh_token");
-  const access = seal(accessToken, input, "access_token");
-  const refresh = seal(refreshToken, input, "refresh_token");
-  const [account] = await withMetrics("update", "accounts", () =>
-    tx
-      .update(accounts)
-      .set({
-        ...(input.scope !== undefined ? { scope: input.scope } : {}),
-        accessTokenCiphertext: access.ciphertext,
-        accessTokenIv: access.iv,
-        accessTokenTag: access.tag,
-        ...(input.accessToken !== undefined || input.accessTokenExpiresAt !== undefined
-          ? { accessTokenExpiresAt: input.accessTokenExpiresAt ?? null }
-          : {}),
-        refreshTokenCiphertext: refresh.ciphertext,
-        refreshTokenIv: refresh.iv,
-        refreshTokenTag: refresh.tag,
-        ...(input.refreshToken !== undefined || input.refreshTokenExpiresAt !== undefined
-          ? { refreshTokenExpiresAt: input.refreshTokenExpiresAt ?? null }
-          : {}),
-        encryptionKeyId: accessToken || refreshToken ? currentEncryptionKeyId() : null,
-      })
-      .where(eq(accounts.id, existing.id))
-      .returning(linkedAccountColumns),
-  );
-  if (!account) throw new DbError("NOT_FOUND", "Account not found", { table: "accounts" });
-  return account;
-}
 
 /**
  * Removes a linked identity. With `userId`, only if it belongs to that user (for self-service pages).

@@ -1,0 +1,198 @@
+// Sessions, validation: the read-only check of a token on every request, the sliding refresh it triggers at
+// most once per refresh interval, and the coalescing of concurrent checks into one read.
+import { type SQL, sql } from "drizzle-orm";
+import { coalescer } from "../../coalesce.ts";
+import type { DatabaseOrTransaction } from "../../connection.ts";
+import { isWellFormedSecret, sha256 } from "../../crypto/secrets.ts";
+import { withMetrics } from "../../metrics.ts";
+import { defineStatement, param, selectColumns } from "../../statements.ts";
+import { publicUserColumns } from "../common.ts";
+import { type Call, defineService } from "../define.ts";
+import {
+  configFor,
+  type SessionConfig,
+  type SessionServiceOptions,
+  sessionConfig,
+  timesFor,
+} from "./config.ts";
+import { type PublicSession, publicSessionColumns, type SessionUser } from "./shared.ts";
+
+/** What the read binds: the tokens' digests and the instants of timesFor(). */
+interface ReadParams extends Record<string, unknown> {
+  /** The digest, for one token. */
+  hash: Buffer | undefined;
+  /** The digests, for a batch. */
+  hashes: Buffer[];
+  at: Date;
+  absoluteCutoff: Date;
+}
+
+/**
+ * The read every validation is: each digest (with its position n in the input) by the unique index on
+ * token_hash, joined with the user, keeping only a live session (active, before its idle expiry and its
+ * absolute lifetime) of a live user. It writes nothing, takes no lock and can run on a replica. The equality is
+ * on a SHA-256 of 256 random bits, so timing reveals nothing usable. An expired row is left for
+ * cleanupExpired(); deleting it here would make every check of a dead token a write.
+ */
+function readStatement(key: string, input: SQL) {
+  return defineStatement<Record<string, unknown>, ReadParams>(
+    key,
+    sql`SELECT i.n, ${selectColumns("s", publicSessionColumns, "s.")}, ${selectColumns("u", publicUserColumns, "u.")}
+      FROM ${input}
+      JOIN sessions s ON s.token_hash = i.token_hash
+      JOIN users u ON u.id = s.user_id
+      WHERE s.status = 'active' AND s.expires_at > ${param("at")}::timestamptz
+        AND s.created_at > ${param("absoluteCutoff")}::timestamptz AND u.deleted_at IS NULL`,
+  );
+}
+
+// One token: a one-row input, so a generic plan's estimates equal a custom plan's and PostgreSQL keeps the
+// generic plan after five runs. With unnest() the generic plan assumes 10 rows, costs more than a custom
+// plan, and PostgreSQL would plan every call, which takes longer than running this statement.
+const validateOne = readStatement(
+  "sessions_validate",
+  sql`(SELECT ${param("hash")}::bytea AS token_hash, 1 AS n) AS i`,
+);
+// Several tokens (a coalesced batch): planned per call, which the batch shares.
+const validateBatch = readStatement(
+  "sessions_validate_batch",
+  sql`unnest(${param("hashes")}::bytea[]) WITH ORDINALITY AS i(token_hash, n)`,
+);
+
+interface RefreshParams extends Record<string, unknown> {
+  ids: string[];
+  at: Date;
+  absoluteCutoff: Date;
+  idleExpiry: Date;
+  absoluteSeconds: number;
+  refreshCutoff: Date;
+}
+
+/**
+ * The sliding refresh, run only for sessions whose refresh is due (at most once per interval each). Its
+ * conditions are re-checked on the row version it locks (READ COMMITTED): a session revoked or expired
+ * meanwhile is not extended, and of concurrent refreshes of one session only the first writes (the others
+ * find last_accessed_at recent). `id = ANY` walks the primary key in id order, and the ids are sorted too, so
+ * two batches lock shared rows in the same order and cannot deadlock.
+ */
+const refreshStatement = defineStatement<Record<string, unknown>, RefreshParams>(
+  "sessions_refresh",
+  sql`UPDATE sessions s
+      SET last_accessed_at = ${param("at")}::timestamptz,
+          expires_at = least(${param("idleExpiry")}::timestamptz,
+                             s.created_at + make_interval(secs => ${param("absoluteSeconds")}::float8))
+      WHERE s.id = ANY(${param("ids")}::uuid[]) AND s.status = 'active'
+        AND s.expires_at > ${param("at")}::timestamptz AND s.created_at > ${param("absoluteCutoff")}::timestamptz
+        AND (s.last_accessed_at IS NULL OR s.last_accessed_at <= ${param("refreshCutoff")}::timestamptz)
+      RETURNING s.id AS "s.id", s.expires_at AS "s.expiresAt", s.last_accessed_at AS "s.lastAccessedAt",
+                s.updated_at AS "s.updatedAt"`,
+);
+
+type ValidatedRow = Record<string, unknown>;
+
+/**
+ * Validates distinct tokens: one read (one round trip), then, only when some session's refresh is due, one
+ * refresh for those. One entry per token, in input order: undefined (not live), the row, or, for a row whose
+ * refresh is due, a promise of the row carrying its new expiry. The returned promise settles once the read has
+ * answered, so a caller gating on it (the coalescer) never waits on the refresh's row locks.
+ */
+async function readMany(
+  tokens: readonly string[],
+  cfg: SessionConfig,
+  handle: DatabaseOrTransaction | undefined,
+): Promise<Array<ValidatedRow | undefined | Promise<ValidatedRow>>> {
+  const times = timesFor(cfg);
+  const hashes = tokens.map(sha256);
+  const params = { hash: hashes[0], hashes, at: times.at, absoluteCutoff: times.absoluteCutoff };
+  const result = await withMetrics("validate", "sessions", () =>
+    (tokens.length === 1 ? validateOne : validateBatch).run(handle, params),
+  );
+  const rows = new Array<ValidatedRow | undefined | Promise<ValidatedRow>>(tokens.length);
+  const due: Array<{ row: ValidatedRow; index: number }> = [];
+  // n is the 1-based position of the token in the input (bigint from unnest, so text from the driver).
+  for (const row of result.rows) {
+    const index = Number(row.n) - 1;
+    rows[index] = row;
+    const last = row["s.lastAccessedAt"] as Date | null;
+    if (last === null || last.getTime() <= times.refreshCutoff.getTime()) due.push({ row, index });
+  }
+  if (due.length > 0) {
+    const refreshed = refreshDue(
+      due.map((entry) => entry.row),
+      times,
+      handle,
+    );
+    for (const { row, index } of due) rows[index] = refreshed.then(() => row);
+  }
+  return rows;
+}
+
+/** Slides the expiry of sessions whose refresh is due; each row that was extended gets the new values. */
+async function refreshDue(
+  due: ValidatedRow[],
+  times: ReturnType<typeof timesFor>,
+  handle: DatabaseOrTransaction | undefined,
+): Promise<void> {
+  const ids = due.map((row) => row["s.id"] as string).sort();
+  const refreshed = await withMetrics("refresh", "sessions", () =>
+    refreshStatement.run(handle, { ...times, ids }),
+  );
+  const byId = new Map(refreshed.rows.map((row) => [row["s.id"] as string, row]));
+  for (const row of due) {
+    const fresh = byId.get(row["s.id"] as string);
+    if (fresh) Object.assign(row, fresh, { refreshed: true });
+  }
+}
+
+/**
+ * How many coalesced validation reads run at once. One: while a read is out, validations gather and the next
+ * read answers all of them (group commit). Under load that turns a round trip per request into one per batch,
+ * which costs the driver and PostgreSQL far less; an idle process still sends a lone check at once. The
+ * refresh is outside the gate, so a session row locked by another transaction stalls only its own callers.
+ */
+const VALIDATE_READS_IN_FLIGHT = 1;
+
+// Validations outside a transaction, with the process-wide configuration, share reads (see above). A call
+// with { tx } or a per-call config runs alone (its snapshot or lifetimes differ).
+const validateCoalesced = coalescer<string, ValidatedRow | undefined | Promise<ValidatedRow>>({
+  key: (token) => token,
+  run: (tokens) => readMany(tokens, sessionConfig(), undefined),
+  maxInFlight: VALIDATE_READS_IN_FLIGHT,
+});
+
+/** The `prefix`ed properties of a row, keyed without the prefix. */
+function pick<T>(row: Record<string, unknown>, keys: readonly string[], prefix: string): T {
+  const out: Record<string, unknown> = {};
+  for (const key of keys) out[key] = row[prefix + key];
+  return out as T;
+}
+
+const sessionKeys = Object.keys(publicSessionColumns);
+const userKeys = Object.keys(publicUserColumns);
+
+/**
+ * Checks a session token and returns the live session with its user, or null. On the common path this is
+ * one read-only statement; at most once per refresh interval per session a conditional UPDATE slides the
+ * expiry (the answer then carries the new one). Expired sessions are not deleted here (cleanupExpired() does).
+ * Concurrent calls in the same tick share one read. A malformed token returns null without touching the
+ * database.
+ * @throws DbError only for database failures (DATABASE_UNAVAILABLE, QUERY_TIMEOUT, ...).
+ * @example const auth = await validate(cookieToken); if (!auth) return c.text("Unauthorized", 401);
+ */
+export const validate = defineService(
+  { name: "sessions.validate", table: "sessions", arity: 1 },
+  async (
+    { logger, options }: Call<SessionServiceOptions>,
+    token: string,
+  ): Promise<{ session: PublicSession; user: SessionUser } | null> => {
+    if (!isWellFormedSecret(token)) return null;
+    const row =
+      options.tx === undefined && options.config === undefined
+        ? await validateCoalesced(token)
+        : await (await readMany([token], configFor(options), options.tx))[0];
+    if (!row) return null;
+    const session = pick<PublicSession>(row, sessionKeys, "s.");
+    if (row.refreshed) logger.debug({ sessionId: session.id }, "session extended");
+    return { session, user: pick<SessionUser>(row, userKeys, "u.") };
+  },
+);
