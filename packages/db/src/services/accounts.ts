@@ -2,7 +2,7 @@
 // access and refresh tokens are stored encrypted (AES-256-GCM, see encryption.ts) and never returned except
 // by getTokens(). Every other read returns LinkedAccount, which has no ciphertext columns at all.
 import { and, asc, eq, isNotNull, isNull, ne, notInArray } from "drizzle-orm";
-import { db, transaction } from "../connection.ts";
+import { transaction } from "../connection.ts";
 import { currentEncryptionKeyId } from "../crypto/encryption.ts";
 import { DbError, isDbError } from "../errors.ts";
 import { withMetrics } from "../metrics.ts";
@@ -61,9 +61,12 @@ export const link = defineService(
     arity: 1,
     logFields: ([payload]) => ({ userId: payload?.userId, provider: payload?.provider }),
   },
-  async ({ logger, options }: Call<ServiceOptions>, payload: LinkAccountInput): Promise<LinkedAccount> => {
+  async (
+    { logger, options, handle }: Call<ServiceOptions>,
+    payload: LinkAccountInput,
+  ): Promise<LinkedAccount> => {
     const input = validate(linkInput, payload);
-    const first = await upsert(options.tx ?? db, input);
+    const first = await upsert(handle, input);
     const outcome =
       first ??
       // Rare path: nothing written. Find out why under a row lock, in a transaction.
@@ -121,11 +124,10 @@ export const unlink = defineService(
     logFields: ([payload]) => ({ accountId: payload?.accountId, userId: payload?.userId }),
   },
   async (
-    { logger, options }: Call<ServiceOptions>,
+    { logger, handle }: Call<ServiceOptions>,
     payload: { accountId: string; userId?: string | undefined },
   ): Promise<LinkedAccount> => {
     const input = validate(unlinkInput, payload);
-    const handle = options.tx ?? db;
     const [account] = await withMetrics("delete", "accounts", () =>
       handle
         .delete(accounts)
@@ -160,11 +162,10 @@ export const findByProvider = defineService(
     logFields: ([payload]) => ({ provider: payload?.provider }),
   },
   async (
-    { options }: Call<ServiceOptions>,
+    { handle }: Call<ServiceOptions>,
     payload: { provider: string; providerAccountId: string },
   ): Promise<{ account: LinkedAccount; user: AccountUser } | null> => {
     const input = validate(findInput, payload);
-    const handle = options.tx ?? db;
     // accounts_provider_account_key finds the row; the user's primary key the join.
     const [found] = await withMetrics("select", "accounts", () =>
       handle
@@ -186,9 +187,8 @@ export const findByProvider = defineService(
  */
 export const listForUser = defineService(
   { name: "accounts.listForUser", table: "accounts", arity: 1, logFields: ([userId]) => ({ userId }) },
-  async ({ options }: Call<ServiceOptions>, userId: string): Promise<LinkedAccount[]> => {
+  async ({ handle }: Call<ServiceOptions>, userId: string): Promise<LinkedAccount[]> => {
     const id = validate(uuid, userId);
-    const handle = options.tx ?? db;
     // accounts_user_id_idx.
     return await withMetrics("select", "accounts", () =>
       handle
@@ -208,9 +208,8 @@ export const listForUser = defineService(
  */
 export const getTokens = defineService(
   { name: "accounts.getTokens", table: "accounts", arity: 1, logFields: ([accountId]) => ({ accountId }) },
-  async ({ logger, options }: Call<ServiceOptions>, accountId: string): Promise<AccountTokens | null> => {
+  async ({ logger, handle }: Call<ServiceOptions>, accountId: string): Promise<AccountTokens | null> => {
     const id = validate(uuid, accountId);
-    const handle = options.tx ?? db;
     const [row] = await withMetrics("select", "accounts", () =>
       handle.select().from(accounts).where(eq(accounts.id, id)),
     );

@@ -4,7 +4,6 @@
 import { sql } from "drizzle-orm";
 import { z } from "zod";
 import { now } from "../clock.ts";
-import { db } from "../connection.ts";
 import { DbError, isDbError } from "../errors.ts";
 import { withMetrics } from "../metrics.ts";
 import type { CacheEntry } from "../schema/index.ts";
@@ -114,10 +113,9 @@ export const set = defineService(
  */
 const deleteEntry = defineService(
   { name: "cache.delete", table: TABLE, arity: 2, logFields: ([resourceType]) => ({ resourceType }) },
-  async ({ options }: Call<ServiceOptions>, resourceType: string, key: string): Promise<boolean> => {
+  async ({ handle }: Call<ServiceOptions>, resourceType: string, key: string): Promise<boolean> => {
     const type = validate(resourceTypeSchema, resourceType);
     const name = validate(keySchema, key);
-    const handle = options.tx ?? db;
     const at = now();
     const result = await withMetrics("delete", TABLE, () =>
       handle.execute<{ live: boolean }>(sql`
@@ -305,9 +303,8 @@ export const take = defineService(
  */
 export const cleanupExpired = defineService(
   { name: "cache.cleanupExpired", table: "cache", arity: 1 },
-  async ({ logger, options }: Call<ServiceOptions>, input: CleanupInput = {}): Promise<number> => {
+  async ({ logger, handle }: Call<ServiceOptions>, input: CleanupInput = {}): Promise<number> => {
     const { batchSize, maxBatches } = validate(batchSchema, input);
-    const handle = options.tx ?? db;
     const at = now();
     // Batches found through cache_expires_at_idx; a row a writer is upserting right now (locked) is left
     // for the next round.

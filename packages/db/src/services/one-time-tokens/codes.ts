@@ -169,7 +169,7 @@ export const verifyCode = defineService(
     logFields: ([input]) => ({ purpose: input?.purpose }),
   },
   async (
-    { logger, options }: Call<VerifyCodeOptions>,
+    { logger, options, handle }: Call<VerifyCodeOptions>,
     input: { sentTo: string; purpose: OneTimeTokenPurpose; code: string },
   ): Promise<OneTimeTokenRecord | null> => {
     const parsed = validate(verifyCodeSchema, input);
@@ -177,7 +177,6 @@ export const verifyCode = defineService(
     const maxAttempts = validate(maxAttemptsSchema, options.maxAttempts ?? DEFAULT_MAX_ATTEMPTS);
     // Codes are digits only; anything else cannot match and costs no attempt.
     if (!/^[0-9]{4,10}$/.test(parsed.code)) return null;
-    const handle = options.tx ?? db;
     const at = now();
 
     // The newest live row for the address (one_time_tokens_live_sent_to_idx). Its attempts are not

@@ -5,7 +5,7 @@ import { and, eq, inArray, isNull, lte, or, type SQL, sql } from "drizzle-orm";
 import { uuidv7 } from "uuidv7";
 import { z } from "zod";
 import { now } from "../../clock.ts";
-import { type DatabaseOrTransaction, db, statementTransaction } from "../../connection.ts";
+import { statementTransaction } from "../../connection.ts";
 import { preparedHash } from "../../crypto/passwords.ts";
 import { generateSecret, sha256 } from "../../crypto/secrets.ts";
 import { DbError } from "../../errors.ts";
@@ -210,13 +210,12 @@ export const invalidateForUser = defineService(
     logFields: ([userId]) => ({ userId }),
   },
   async (
-    { logger, options }: Call<ServiceOptions>,
+    { logger, handle }: Call<ServiceOptions>,
     userId: string,
     filter: { purpose?: OneTimeTokenPurpose | undefined } = {},
   ): Promise<number> => {
     const id = validate(userIdSchema, userId);
     const purpose = validate(purposeSchema.optional(), filter?.purpose);
-    const handle = options.tx ?? db;
     const at = now();
     const retired = await withMetrics("invalidate", TABLE, () =>
       handle
@@ -247,9 +246,8 @@ export const invalidateForUser = defineService(
  */
 export const cleanupExpired = defineService(
   { name: "oneTimeTokens.cleanupExpired", table: "one_time_tokens", arity: 1 },
-  async ({ logger, options }: Call<ServiceOptions>, input: CleanupInput = {}): Promise<number> => {
+  async ({ logger, handle }: Call<ServiceOptions>, input: CleanupInput = {}): Promise<number> => {
     const { batchSize, maxBatches } = validate(batchSchema, input);
-    const handle: DatabaseOrTransaction = options.tx ?? db;
     const at = now();
     // The used/retired arms have no index: this is a background job, a sequential scan is acceptable.
     const total = await deleteInBatches(batchSize, maxBatches, async () => {

@@ -3,7 +3,6 @@
 import { and, desc, eq, gt, ne, sql } from "drizzle-orm";
 import { z } from "zod";
 import { now } from "../../clock.ts";
-import { db } from "../../connection.ts";
 import { generateSecret, isWellFormedSecret, sha256 } from "../../crypto/secrets.ts";
 import { DbError } from "../../errors.ts";
 import { withMetrics } from "../../metrics.ts";
@@ -37,13 +36,12 @@ const cleanupInput = z.strictObject({
 export const rotate = defineService(
   { name: "sessions.rotate", table: "sessions", arity: 1 },
   async (
-    { logger, options }: Call<SessionServiceOptions>,
+    { logger, options, handle }: Call<SessionServiceOptions>,
     token: string,
   ): Promise<{ session: PublicSession; token: string }> => {
     if (!isWellFormedSecret(token)) throw tokenInvalid();
     const times = timesFor(configFor(options));
     const next = generateSecret();
-    const handle = options.tx ?? db;
     // One conditional UPDATE keyed by the old hash: a concurrent rotation that committed first changed
     // token_hash, so PostgreSQL's re-check of the WHERE clause finds no row for the loser.
     const rows = await withMetrics("update", "sessions", () =>
@@ -100,11 +98,13 @@ export const revoke = defineService(
     arity: 1,
     logFields: ([sessionId], options) => ({ sessionId, userId: options.userId }),
   },
-  async ({ logger, options }: Call<RevokeSessionOptions>, sessionId: string): Promise<PublicSession> => {
+  async (
+    { logger, options, handle }: Call<RevokeSessionOptions>,
+    sessionId: string,
+  ): Promise<PublicSession> => {
     const id = validateInput(uuid, sessionId);
     const userId = validateInput(uuid.optional(), options.userId);
     const at = now();
-    const handle = options.tx ?? db;
     // By primary key; the owner is one more condition on the same row, so someone else's session is simply
     // not matched (no read-then-write, no way to tell it apart from an unknown id).
     const rows = await withMetrics("update", "sessions", () =>
@@ -139,12 +139,11 @@ export const revokeAllForUser = defineService(
     logFields: ([payload]) => ({ userId: payload?.userId }),
   },
   async (
-    { logger, options }: Call<SessionServiceOptions>,
+    { logger, handle }: Call<SessionServiceOptions>,
     payload: { userId: string; except?: string | undefined },
   ): Promise<number> => {
     const input = validateInput(revokeAllInput, payload);
     const at = now();
-    const handle = options.tx ?? db;
     // sessions_user_id_idx finds the user's rows; one UPDATE, so a session created meanwhile is either
     // revoked or was not yet visible (never half-handled).
     const rows = await withMetrics("update", "sessions", () =>
@@ -179,10 +178,9 @@ export const revokeAllForUser = defineService(
  */
 export const listForUser = defineService(
   { name: "sessions.listForUser", table: "sessions", arity: 1, logFields: ([userId]) => ({ userId }) },
-  async ({ options }: Call<SessionServiceOptions>, userId: string): Promise<PublicSession[]> => {
+  async ({ options, handle }: Call<SessionServiceOptions>, userId: string): Promise<PublicSession[]> => {
     const id = validateInput(uuid, userId);
     const times = timesFor(configFor(options));
-    const handle = options.tx ?? db;
     // sessions_user_id_idx; the few rows per user are filtered and sorted in memory.
     return await withMetrics("select", "sessions", () =>
       handle
@@ -211,12 +209,11 @@ export const listForUser = defineService(
 export const cleanupExpired = defineService(
   { name: "sessions.cleanupExpired", table: "sessions", arity: 1 },
   async (
-    { logger, options }: Call<SessionServiceOptions>,
+    { logger, handle }: Call<SessionServiceOptions>,
     payload: { batchSize?: number | undefined; maxBatches?: number | undefined } = {},
   ): Promise<number> => {
     const input = validateInput(cleanupInput, payload);
     const at = now();
-    const handle = options.tx ?? db;
     // The inner SELECT walks sessions_expires_at_idx. Sessions past the absolute lifetime always have
     // expires_at <= created_at + absolute, so this one index condition finds them too.
     const total = await deleteInBatches(input.batchSize, input.maxBatches, async () => {

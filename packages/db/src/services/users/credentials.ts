@@ -43,10 +43,9 @@ export const setPassword = defineService(
     arity: 1,
     logFields: ([payload]) => ({ userId: payload?.id }),
   },
-  async ({ logger, options }: Call<ServiceOptions>, payload: SetPasswordInput): Promise<PublicUser> => {
+  async ({ logger, handle }: Call<ServiceOptions>, payload: SetPasswordInput): Promise<PublicUser> => {
     const { id, password } = validate(setPasswordSchema, payload);
     const passwordHash = await hashOf(password);
-    const handle = options.tx ?? db;
     const [user] = await withMetrics("update", "users", () =>
       handle
         .update(users)
@@ -259,10 +258,10 @@ export const preparePassword = defineService(
  */
 export const hasPassword = defineService(
   { name: "users.hasPassword", table: "users", arity: 1, logFields: ([id]) => ({ userId: id }) },
-  async ({ options }: Call<ServiceOptions>, id: string): Promise<boolean> => {
+  async ({ handle }: Call<ServiceOptions>, id: string): Promise<boolean> => {
     const userId = validate(idSchema, id);
     const [row] = await withMetrics("select", "users", () =>
-      (options.tx ?? db)
+      handle
         .select({ has: sql<boolean>`${users.passwordHash} IS NOT NULL` })
         .from(users)
         .where(and(eq(users.id, userId), isNull(users.deletedAt))),

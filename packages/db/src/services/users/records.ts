@@ -3,7 +3,7 @@
 import { and, asc, desc, eq, inArray, isNull, lt, sql } from "drizzle-orm";
 import type { PgUpdateSetSource } from "drizzle-orm/pg-core";
 import { now } from "../../clock.ts";
-import { type DatabaseOrTransaction, db, transaction } from "../../connection.ts";
+import { type DatabaseOrTransaction, transaction } from "../../connection.ts";
 import { DbError, isDbError } from "../../errors.ts";
 import { withMetrics } from "../../metrics.ts";
 import { accounts, users } from "../../schema/index.ts";
@@ -85,11 +85,10 @@ async function writing<T>(fn: () => Promise<T>): Promise<T> {
  */
 export const create = defineService(
   { name: "users.create", table: "users", arity: 1 },
-  async ({ logger, options }: Call<ServiceOptions>, payload: CreateUserInput): Promise<PublicUser> => {
+  async ({ logger, handle }: Call<ServiceOptions>, payload: CreateUserInput): Promise<PublicUser> => {
     const { password, ...input } = validate(createSchema, payload);
     const passwordHash = password === undefined ? null : await hashOf(password, input.email);
     const at = now();
-    const handle = options.tx ?? db;
     // No read-then-write duplicate check: the partial unique indexes decide, so concurrent sign-ups of one
     // address cannot both succeed, and the violated constraint names which field was taken.
     const [user] = await writing(() =>
@@ -192,9 +191,8 @@ export const explainList = defineService(
  */
 export const search = defineService(
   { name: "users.search", table: "users", arity: 1 },
-  async ({ options }: Call<ServiceOptions>, payload: SearchUsersInput): Promise<PublicUser[]> => {
+  async ({ handle }: Call<ServiceOptions>, payload: SearchUsersInput): Promise<PublicUser[]> => {
     const input = validate(searchSchema, payload);
-    const handle = options.tx ?? db;
     // Prefix mode builds the tsquery text itself from letters and digits only, so no user input can carry
     // tsquery operators; each word becomes `word:*`.
     const words = input.query
@@ -227,7 +225,10 @@ export const search = defineService(
  */
 export const update = defineService(
   { name: "users.update", table: "users", arity: 1, logFields: ([payload]) => ({ userId: payload?.id }) },
-  async ({ logger, options }: Call<ServiceOptions>, payload: UpdateUserInput): Promise<PublicUser> => {
+  async (
+    { logger, options, handle }: Call<ServiceOptions>,
+    payload: UpdateUserInput,
+  ): Promise<PublicUser> => {
     const { id, patch } = validate(updateSchema, payload);
     const set: PgUpdateSetSource<typeof users> = {};
     for (const [key, value] of Object.entries(patch)) {
@@ -257,7 +258,7 @@ export const update = defineService(
     let retiredTokens = 0;
     const user =
       patch.email === undefined
-        ? await apply(options.tx ?? db)
+        ? await apply(handle)
         : // A new address: every link sent to the old one (reset, magic link, verification) dies with the
           // change, in the same transaction. The row lock orders this against a link being used right now.
           await transaction(
@@ -336,9 +337,8 @@ export const softDelete = defineService(
  */
 export const restore = defineService(
   { name: "users.restore", table: "users", arity: 1, logFields: ([id]) => ({ userId: id }) },
-  async ({ logger, options }: Call<ServiceOptions>, id: string): Promise<PublicUser> => {
+  async ({ logger, handle }: Call<ServiceOptions>, id: string): Promise<PublicUser> => {
     const userId = validate(idSchema, id);
-    const handle = options.tx ?? db;
     // Re-entering the partial unique indexes is what detects an address taken meanwhile, atomically.
     const [user] = await writing(() =>
       withMetrics("update", "users", () =>
@@ -364,10 +364,9 @@ export const restore = defineService(
  */
 export const purge = defineService(
   { name: "users.purge", table: "users", arity: 1 },
-  async ({ logger, options }: Call<ServiceOptions>, payload: PurgeUsersInput): Promise<number> => {
+  async ({ logger, handle }: Call<ServiceOptions>, payload: PurgeUsersInput): Promise<number> => {
     const input = validate(purgeSchema, payload);
     const cutoff = new Date(now().getTime() - input.retentionMs);
-    const handle = options.tx ?? db;
     // Small batches keep each cascade short; SKIP LOCKED lets two purgers (or a purger and a restore in
     // progress) pass each other. users_deleted_at_idx serves the range scan (`deleted_at < $cutoff` implies
     // the index predicate `deleted_at IS NOT NULL`).
