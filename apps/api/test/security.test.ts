@@ -6,16 +6,13 @@ import { createServer, type Server } from "node:http";
 import type { AddressInfo } from "node:net";
 import {
   AccountsService,
-  manualClock,
   OneTimeTokensService,
-  resetClock,
   SessionsService,
-  setClock,
   sql,
   transaction,
   UsersService,
 } from "@repo/db";
-import { useTestDatabase } from "@repo/db/testing";
+import { manualClock, resetClock, setClock, useTestDatabase } from "@repo/db/testing";
 import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, it } from "vitest";
 import { loadApiConfig } from "../src/config.ts";
 import { ADMIN_KEY, call, makeApp, ORIGIN, PASSWORD, signUp, type TestApp, uniqueEmail } from "./helpers.ts";

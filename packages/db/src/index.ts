@@ -1,44 +1,140 @@
 // @repo/db: the schema, the connection, migrations, metrics, typed errors and the services.
 // Apps import from here (and from the explicit subpaths in package.json), never from deep paths or drizzle-orm.
-export { and, asc, desc, eq, gt, gte, inArray, isNull, lt, lte, ne, or, sql } from "drizzle-orm";
-export { manualClock, now, resetClock, setClock } from "./clock.ts";
-export { coalescer } from "./coalesce.ts";
-export * from "./config.ts";
-export * from "./connection.ts";
+// Every export is named: what is not listed here is internal to the package, and test hooks (the clock,
+// resetAccountEncryption) are in @repo/db/testing. packages/db/README.md describes each name.
+
+// Connection
+
 export {
-  type AccountEncryptionConfig,
-  configureAccountEncryption,
-  currentEncryptionKeyId,
-  isAccountEncryptionConfigured,
-  loadAccountEncryptionFromEnv,
-  resetAccountEncryption,
-} from "./crypto/encryption.ts";
-export * from "./errors.ts";
-export * from "./locks.ts";
-export * from "./logger.ts";
-export * from "./metrics.ts";
-export * from "./migrate.ts";
-export * from "./schema/index.ts";
-export type { AccountTokens, LinkedAccount } from "./services/accounts.ts";
-export * as AccountsService from "./services/accounts.ts";
-export * as CacheService from "./services/cache.ts";
-export type { ReadOptions, ServiceOptions } from "./services/common.ts";
-export * as OneTimeTokensService from "./services/one-time-tokens.ts";
+  connectDB,
+  type Database,
+  type DatabaseOrTransaction,
+  db,
+  disconnectDB,
+  getDatabaseConfig,
+  getPool,
+  initializeDB,
+  isInitialized,
+  type Schema,
+} from "./connection.ts";
+
+// Transactions and statements
+
+export { type CoalescerOptions, coalescer } from "./coalesce.ts";
 export {
-  CODE_KEY_MIN_BYTES,
-  configureOneTimeCodes,
-  loadOneTimeCodeKeyFromEnv,
-  type OneTimeTokenRecord,
-} from "./services/one-time-tokens.ts";
-export type { PublicSession, SessionConfig, SessionUser } from "./services/sessions.ts";
-export * as SessionsService from "./services/sessions.ts";
-export type { PreparedPassword, PublicUser } from "./services/users.ts";
-export * as UsersService from "./services/users.ts";
+  statementTransaction,
+  type Transaction,
+  type TransactionOptions,
+  transaction,
+} from "./connection.ts";
 export {
   definedStatements,
   defineStatement,
   param,
   type Statement,
   type StatementOptions,
+  type StatementTarget,
   selectColumns,
 } from "./statements.ts";
+
+// Query building: Drizzle's operators, so apps need no drizzle-orm import of their own
+
+export { and, asc, desc, eq, gt, gte, inArray, isNull, lt, lte, ne, or, sql } from "drizzle-orm";
+
+// Errors
+
+export {
+  type CodeOfKind,
+  codesOfKind,
+  DbError,
+  type DbErrorOptions,
+  ERROR_CODES,
+  type ErrorCode,
+  type ErrorKind,
+  errorKind,
+  isDbError,
+  toDbError,
+} from "./errors.ts";
+
+// Logging and metrics
+
+export {
+  consoleLogger,
+  type LogFields,
+  type Logger,
+  noopLogger,
+  type PinoLike,
+  withAudit,
+} from "./logger.ts";
+export { registry, withMetrics } from "./metrics.ts";
+
+// Migrations and locks
+
+export { type AdvisoryLockOptions, advisoryLockKey, tryWithAdvisoryLock, withAdvisoryLock } from "./locks.ts";
+export {
+  isSchemaCurrent,
+  type MigrateOptions,
+  type MigrationFile,
+  type MigrationStatus,
+  migrationStatus,
+  pendingSql,
+  runMigrations,
+} from "./migrate.ts";
+
+// Configuration
+
+export {
+  type DatabaseConfig,
+  type DatabaseEnv,
+  databaseConfigFromUrl,
+  loadDatabaseConfig,
+  redactUrl,
+  type SslMode,
+} from "./config.ts";
+export {
+  type AccountEncryptionConfig,
+  configureAccountEncryption,
+  currentEncryptionKeyId,
+  isAccountEncryptionConfigured,
+  loadAccountEncryptionFromEnv,
+} from "./crypto/encryption.ts";
+export {
+  CODE_KEY_MIN_BYTES,
+  configureOneTimeCodes,
+  loadOneTimeCodeKeyFromEnv,
+} from "./services/one-time-tokens.ts";
+
+// Schema (the same names as @repo/db/schema)
+
+export {
+  type Account,
+  accounts,
+  type CacheEntry,
+  cache,
+  type NewAccount,
+  type NewOneTimeToken,
+  type NewSession,
+  type NewUser,
+  type OneTimeToken,
+  type OneTimeTokenPurpose,
+  oneTimeTokenPurpose,
+  oneTimeTokens,
+  type Session,
+  sessionStatus,
+  sessions,
+  type User,
+  users,
+} from "./schema/index.ts";
+
+// Services: one namespace each, plus the types their calls take and return
+
+export type { AccountTokens, LinkedAccount } from "./services/accounts.ts";
+export * as AccountsService from "./services/accounts.ts";
+export * as CacheService from "./services/cache.ts";
+export type { ReadOptions, ServiceOptions } from "./services/common.ts";
+export type { OneTimeTokenRecord } from "./services/one-time-tokens.ts";
+export * as OneTimeTokensService from "./services/one-time-tokens.ts";
+export type { PublicSession, SessionConfig, SessionUser } from "./services/sessions.ts";
+export * as SessionsService from "./services/sessions.ts";
+export type { PreparedPassword, PublicUser } from "./services/users.ts";
+export * as UsersService from "./services/users.ts";

@@ -43,6 +43,28 @@ export interface ServiceSpec<A extends unknown[], O extends CallOptions> {
   logFields?: (args: A, options: O) => LogFields;
 }
 
+/** One service function as defineService made it: its spec's name, table and arity, and the function itself. */
+export interface DefinedService {
+  /** `<namespace>.<function>`, as in ServiceSpec. */
+  readonly name: string;
+  /** The table its queries are counted under. */
+  readonly table: string;
+  /** How many positional arguments come before the logger (optional ones included). */
+  readonly arity: number;
+  /** The function defineService returned (the very one the service module exports). */
+  readonly fn: (...args: unknown[]) => Promise<unknown>;
+}
+
+const services: DefinedService[] = [];
+
+/**
+ * Every service function defined so far (each service module defines its functions when it is imported), in
+ * definition order: for contract tests that run every function through the guarantees defineService gives.
+ */
+export function definedServices(): ReadonlyArray<DefinedService> {
+  return [...services];
+}
+
 /** Longer strings in log fields are cut: an id never needs more, and a huge value must not flood the log. */
 const LOG_VALUE_MAX = 64;
 
@@ -98,7 +120,7 @@ export function defineService<A extends unknown[], R, O extends CallOptions = Ca
   body: (call: Call<O>, ...args: A) => Promise<R>,
 ): (...args: [...A, ...CallTail<O>]) => Promise<R> {
   const query = <T>(operation: string, fn: () => Promise<T>) => withMetrics(operation, spec.table, fn);
-  return async (...args) => {
+  const service = async (...args: [...A, ...CallTail<O>]): Promise<R> => {
     const { positional, logger, options } = splitCallArguments<O>(args, spec.arity);
     const call: Call<O> = { logger, handle: options.tx ?? db, options, query };
     try {
@@ -117,4 +139,12 @@ export function defineService<A extends unknown[], R, O extends CallOptions = Ca
       throw typed;
     }
   };
+  // Recorded for definedServices(); any arguments are accepted at run time (the body validates them).
+  services.push({
+    name: spec.name,
+    table: spec.table,
+    arity: spec.arity,
+    fn: service as unknown as DefinedService["fn"],
+  });
+  return service;
 }

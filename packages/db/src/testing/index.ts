@@ -11,6 +11,9 @@ import type { Logger } from "../logger.ts";
 import { users } from "../schema/index.ts";
 import type { TestDatabaseContext } from "./context.ts";
 
+// Test hooks of the data layer, kept out of the root entry: the clock tests move, and the key ring they forget.
+export { manualClock, resetClock, setClock } from "../clock.ts";
+export { resetAccountEncryption } from "../crypto/encryption.ts";
 export type { TestDatabaseContext } from "./context.ts";
 export {
   CONVENTION_EXCEPTIONS,

@@ -7,11 +7,10 @@ import {
   type LogFields,
   type Logger,
   OneTimeTokensService,
-  resetAccountEncryption,
   SessionsService,
   UsersService,
 } from "../../src/index.ts";
-import { useTestDatabase } from "../../src/testing/index.ts";
+import { resetAccountEncryption, useTestDatabase } from "../../src/testing/index.ts";
 
 const logged: string[] = [];
 const capture = (fields: LogFields, message: string) => {

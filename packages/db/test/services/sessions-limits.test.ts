@@ -3,7 +3,6 @@
 // bounded.
 import pg from "pg";
 import { afterEach, describe, expect, it, vi } from "vitest";
-import { manualClock, resetClock, setClock } from "../../src/clock.ts";
 import { transaction } from "../../src/connection.ts";
 import { sha256 } from "../../src/crypto/secrets.ts";
 import { DbError } from "../../src/errors.ts";
@@ -18,7 +17,7 @@ import {
   validate,
 } from "../../src/services/sessions.ts";
 import { definedStatements } from "../../src/statements.ts";
-import { insertUser, useTestDatabase } from "../../src/testing/index.ts";
+import { insertUser, manualClock, resetClock, setClock, useTestDatabase } from "../../src/testing/index.ts";
 
 // 30 parallel creations each hold a pooled connection while they wait their turn on the user row.
 const database = useTestDatabase({ config: { poolMax: 32 } });

@@ -3,7 +3,6 @@ import { eq } from "drizzle-orm";
 import pg from "pg";
 import { uuidv7 } from "uuidv7";
 import { afterEach, describe, expect, it, vi } from "vitest";
-import { manualClock, resetClock, setClock } from "../../src/clock.ts";
 import { db, transaction } from "../../src/connection.ts";
 import { sha256 } from "../../src/crypto/secrets.ts";
 import { DbError, isDbError } from "../../src/errors.ts";
@@ -21,7 +20,7 @@ import {
   sessionConfig,
   validate,
 } from "../../src/services/sessions.ts";
-import { insertUser, useTestDatabase } from "../../src/testing/index.ts";
+import { insertUser, manualClock, resetClock, setClock, useTestDatabase } from "../../src/testing/index.ts";
 
 const database = useTestDatabase({ config: { poolMax: 20 } });
 

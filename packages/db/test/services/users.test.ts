@@ -4,7 +4,6 @@ import { randomBytes } from "node:crypto";
 import { hash } from "@node-rs/argon2";
 import { count, eq, sql } from "drizzle-orm";
 import { afterAll, afterEach, beforeAll, describe, expect, it } from "vitest";
-import { manualClock, resetClock, setClock } from "../../src/clock.ts";
 import { db, transaction } from "../../src/connection.ts";
 import { type PASSWORD_HASH_POLICY, passwordVerificationsTotal } from "../../src/crypto/passwords.ts";
 import type { ErrorCode } from "../../src/errors.ts";
@@ -12,7 +11,7 @@ import type { LogFields, Logger } from "../../src/logger.ts";
 import { dbQueriesTotal } from "../../src/metrics.ts";
 import { oneTimeTokens, sessions, users } from "../../src/schema/index.ts";
 import * as UsersService from "../../src/services/users.ts";
-import { useTestDatabase } from "../../src/testing/index.ts";
+import { manualClock, resetClock, setClock, useTestDatabase } from "../../src/testing/index.ts";
 
 useTestDatabase({ config: { poolMax: 20 } });
 

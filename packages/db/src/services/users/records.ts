@@ -24,6 +24,7 @@ import {
   type CreateUserInput,
   createSchema,
   emailSchema,
+  explainListSchema,
   idSchema,
   type ListUsersInput,
   listSchema,
@@ -175,8 +176,7 @@ export const explainList = defineService(
     { options }: Call<ReadOptions>,
     payload: ListUsersInput & { analyze?: boolean } = {},
   ): Promise<string[]> => {
-    const { analyze, ...rest } = payload;
-    const input = validate(listSchema, rest);
+    const { analyze, ...input } = validate(explainListSchema, payload);
     const { statement, params } = listQuery(input, options);
     return await withMetrics("explain", "users", () => statement.explain(options.tx, params, analyze));
   },

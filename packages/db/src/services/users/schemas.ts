@@ -140,6 +140,9 @@ export const listSchema = z.strictObject({
   includeDeleted: z.boolean().optional(),
 });
 
+/** explainList's payload: a list payload plus whether to run it (EXPLAIN ANALYZE). */
+export const explainListSchema = listSchema.extend({ analyze: z.boolean().optional() });
+
 export const searchSchema = z.strictObject({
   query: z.string().trim().min(1).max(256).refine(noNul, "must not contain NUL"),
   limit: z.number().int().min(1).max(SEARCH_MAX_LIMIT).default(SEARCH_DEFAULT_LIMIT),
