@@ -19,7 +19,7 @@ import {
   uuid,
 } from "./accounts/schemas.ts";
 import { type SealedToken, seal, unseal } from "./accounts/sealing.ts";
-import { type PublicUser, publicUserColumns, type ServiceOptions, userNotFound, validate } from "./common.ts";
+import { notFound, type PublicUser, publicUserColumns, type ServiceOptions, validate } from "./common.ts";
 import { type Call, defineService } from "./define.ts";
 
 // Split by concern: the columns callers see (accounts/columns.ts), input schemas (accounts/schemas.ts), token
@@ -78,7 +78,7 @@ export const link = defineService(
               .from(users)
               .where(and(eq(users.id, input.userId), isNull(users.deletedAt))),
           );
-          if (!user) throw userNotFound();
+          if (!user) throw notFound("users");
           const [existing] = await withMetrics("select", "accounts", () =>
             tx
               .select()
@@ -139,7 +139,7 @@ export const unlink = defineService(
         )
         .returning(linkedAccountColumns),
     );
-    if (!account) throw new DbError("NOT_FOUND", "Account not found", { table: "accounts" });
+    if (!account) throw notFound("accounts");
     logger.audit(
       { accountId: account.id, userId: account.userId, provider: account.provider },
       "account unlinked",

@@ -308,20 +308,17 @@ export const cleanupExpired = defineService(
     const at = now();
     // Batches found through cache_expires_at_idx; a row a writer is upserting right now (locked) is left
     // for the next round.
-    const total = await deleteInBatches(batchSize, maxBatches, async () => {
-      const result = await withMetrics("cleanup", TABLE, () =>
-        handle.execute(sql`
+    const cleanup = { table: TABLE, batchSize, maxBatches, logger, message: "expired cache entries deleted" };
+    return await deleteInBatches(cleanup, async () => {
+      const result = await handle.execute(sql`
           DELETE FROM cache
           WHERE (resource_type, key) IN (
             SELECT resource_type, key FROM cache
             WHERE expires_at <= ${at}::timestamptz
             LIMIT ${batchSize}
             FOR UPDATE SKIP LOCKED
-          )`),
-      );
+          )`);
       return result.rowCount ?? 0;
     });
-    if (total > 0) logger.info({ table: TABLE, deleted: total }, "expired cache entries deleted");
-    return total;
   },
 );

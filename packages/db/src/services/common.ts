@@ -4,6 +4,7 @@ import { z } from "zod";
 import type { DatabaseOrTransaction } from "../connection.ts";
 import { DbError } from "../errors.ts";
 import type { Logger } from "../logger.ts";
+import { withMetrics } from "../metrics.ts";
 import { type User, users } from "../schema/index.ts";
 
 /** A user as callers see it: everything but the password hash and the internal search vector. */
@@ -16,12 +17,25 @@ export const publicUserColumns = userColumns;
 /** PostgreSQL text cannot hold NUL: strings containing it are rejected as input, not left to fail in SQL. */
 export const noNul = (value: string): boolean => !value.includes("\u0000");
 
-/** A UUID (any version) for ids in service input. */
-export const uuidSchema = z.uuid();
+/**
+ * The one id schema of service input: any 8-4-4-4-12 hex UUID (what PostgreSQL's uuid type accepts, whatever
+ * its version bits), lower-cased.
+ */
+export const idSchema = z.guid("must be a UUID").transform((value) => value.toLowerCase());
 
-/** NOT_FOUND for a user that does not exist or is soft-deleted. */
-export function userNotFound(cause?: unknown): DbError<"NOT_FOUND"> {
-  return new DbError("NOT_FOUND", "User not found", cause === undefined ? {} : { cause, table: "users" });
+const NOT_FOUND_MESSAGES: Record<string, string> = {
+  users: "User not found",
+  sessions: "Session not found",
+  accounts: "Account not found",
+  one_time_tokens: "Token not found",
+};
+
+/** The one NOT_FOUND: a row of `table` that does not exist (or is soft-deleted, or not the caller's). */
+export function notFound(table: string, cause?: unknown): DbError<"NOT_FOUND"> {
+  return new DbError("NOT_FOUND", NOT_FOUND_MESSAGES[table] ?? "Not found", {
+    table,
+    ...(cause === undefined ? {} : { cause }),
+  });
 }
 
 /**
@@ -64,21 +78,35 @@ export function validate<S extends z.ZodType>(schema: S, input: unknown): z.outp
 }
 
 /**
- * Runs `deleteBatch` (one DELETE of at most `batchSize` rows, returning how many it removed) until a batch
- * comes back short or `maxBatches` ran, and returns the total. Each batch is its own short statement, so
+ * The one cleanup-in-batches: runs `deleteBatch` (one DELETE of at most `batchSize` rows, returning how many
+ * it removed; counted as operation "cleanup") until a batch comes back short or `maxBatches` ran, audits the
+ * total, and returns it. Each batch is its own short statement, so
  * locks are held briefly; with FOR UPDATE SKIP LOCKED inside, concurrent cleaners take disjoint rows, and a
  * short batch means nothing unlocked is left (locked rows are the other cleaner's to delete).
  */
+export interface CleanupBatches {
+  /** The table the batches delete from: the metric label and the log line name it. */
+  table: string;
+  batchSize: number;
+  maxBatches: number;
+  logger: Logger;
+  /** The audit line written when anything was deleted. */
+  message: string;
+  /** More fields for that line (ids and cut-offs only). */
+  fields?: Record<string, unknown>;
+}
+
 export async function deleteInBatches(
-  batchSize: number,
-  maxBatches: number,
+  spec: CleanupBatches,
   deleteBatch: () => Promise<number>,
 ): Promise<number> {
   let total = 0;
-  for (let batch = 0; batch < maxBatches; batch++) {
-    const deleted = await deleteBatch();
+  for (let batch = 0; batch < spec.maxBatches; batch++) {
+    const deleted = await withMetrics("cleanup", spec.table, deleteBatch);
     total += deleted;
-    if (deleted < batchSize) break;
+    if (deleted < spec.batchSize) break;
   }
+  // Deleting rows is a state change: one audit line per call, whatever the table.
+  if (total > 0) spec.logger.audit({ table: spec.table, deleted: total, ...spec.fields }, spec.message);
   return total;
 }

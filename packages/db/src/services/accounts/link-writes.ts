@@ -4,10 +4,10 @@ import { eq, sql } from "drizzle-orm";
 import { uuidv7 } from "uuidv7";
 import type { DatabaseOrTransaction } from "../../connection.ts";
 import { currentEncryptionKeyId } from "../../crypto/encryption.ts";
-import { DbError, isDbError } from "../../errors.ts";
+import { isDbError } from "../../errors.ts";
 import { withMetrics } from "../../metrics.ts";
 import { type Account, accounts } from "../../schema/accounts.ts";
-import { userNotFound } from "../common.ts";
+import { notFound } from "../common.ts";
 import { type LinkedAccount, linkedAccountColumns } from "./columns.ts";
 import type { LinkValues } from "./schemas.ts";
 import { seal, unseal } from "./sealing.ts";
@@ -70,7 +70,7 @@ export async function upsert(
               AND (${given.refresh}::boolean OR a.refresh_token_ciphertext IS NULL)))
         RETURNING ${sql.join(columns, sql`, `)}, (xmax = 0) AS inserted`)
       .catch((error: unknown) => {
-        if (isDbError(error, "FOREIGN_KEY_VIOLATION")) throw userNotFound(error);
+        if (isDbError(error, "FOREIGN_KEY_VIOLATION")) throw notFound("users", error);
         throw error;
       }),
   );
@@ -120,6 +120,6 @@ export async function rewrite(
       .where(eq(accounts.id, existing.id))
       .returning(linkedAccountColumns),
   );
-  if (!account) throw new DbError("NOT_FOUND", "Account not found", { table: "accounts" });
+  if (!account) throw notFound("accounts");
   return account;
 }

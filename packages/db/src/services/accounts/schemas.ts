@@ -1,11 +1,11 @@
 // Input schemas of the accounts service (what each function validates its payload with).
 import { z } from "zod";
-import { noNul, uuidSchema } from "../common.ts";
+import { idSchema, noNul } from "../common.ts";
 
 // ---------------------------------------------------------------------------------------------------------
 // Input
 
-export const uuid = uuidSchema;
+export const uuid = idSchema;
 /** Provider ids are short lower-case identifiers: google, github, microsoft-entra, ... */
 const provider = z.string().regex(/^[a-z0-9][a-z0-9_.-]{0,63}$/, "must be a short lower-case identifier");
 // NUL is refused because it separates the parts of the additional authenticated data (and text rejects it).

@@ -13,7 +13,7 @@ import { advisoryLockKey } from "../../locks.ts";
 import { withMetrics } from "../../metrics.ts";
 import { type OneTimeTokenPurpose, oneTimeTokens } from "../../schema/index.ts";
 import { defineStatement, param } from "../../statements.ts";
-import { deleteInBatches, type ServiceOptions, validate } from "../common.ts";
+import { deleteInBatches, notFound, type ServiceOptions, validate } from "../common.ts";
 import { type Call, defineService } from "../define.ts";
 import {
   type CreateTokenInput,
@@ -133,7 +133,7 @@ export async function issue(
       const retire = row.passwordHash === null;
       const result = await withMetrics("insert", TABLE, () => statement.run(tx, { ...row, at, retire }));
       const inserted = result.rows[0];
-      if (!inserted) throw new DbError("NOT_FOUND", "No such user", { table: "users" });
+      if (!inserted) throw notFound("users");
       const { invalidated, ...record } = inserted;
       return { record: toRecord(record), invalidated: Number(invalidated) };
     },
@@ -250,7 +250,14 @@ export const cleanupExpired = defineService(
     const { batchSize, maxBatches } = validate(batchSchema, input);
     const at = now();
     // The used/retired arms have no index: this is a background job, a sequential scan is acceptable.
-    const total = await deleteInBatches(batchSize, maxBatches, async () => {
+    const cleanup = {
+      table: TABLE,
+      batchSize,
+      maxBatches,
+      logger,
+      message: "expired one-time tokens deleted",
+    };
+    return await deleteInBatches(cleanup, async () => {
       const doomed = handle
         .select({ id: oneTimeTokens.id })
         .from(oneTimeTokens)
@@ -263,12 +270,8 @@ export const cleanupExpired = defineService(
         )
         .limit(batchSize)
         .for("update", { skipLocked: true });
-      const result = await withMetrics("cleanup", TABLE, () =>
-        handle.delete(oneTimeTokens).where(inArray(oneTimeTokens.id, doomed)),
-      );
+      const result = await handle.delete(oneTimeTokens).where(inArray(oneTimeTokens.id, doomed));
       return result.rowCount ?? 0;
     });
-    if (total > 0) logger.info({ table: TABLE, deleted: total }, "expired one-time tokens deleted");
-    return total;
   },
 );

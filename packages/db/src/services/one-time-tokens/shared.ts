@@ -10,7 +10,7 @@ import {
   oneTimeTokens,
 } from "../../schema/index.ts";
 import { selectColumns } from "../../statements.ts";
-import { uuidSchema } from "../common.ts";
+import { idSchema } from "../common.ts";
 
 export const TABLE = "one_time_tokens";
 
@@ -65,7 +65,7 @@ export const DEFAULT_MAX_ATTEMPTS = 5;
 export const purposeSchema = z.enum(oneTimeTokenPurpose.enumValues);
 // Addresses are compared exactly by verifyCode: normalize them the same way on the way in and out.
 export const sentToSchema = z.string().trim().toLowerCase().min(1).max(320);
-export const userIdSchema = uuidSchema;
+export const userIdSchema = idSchema;
 
 export interface CreateTokenInput {
   /** Null or absent for an address with no user yet (invites, sign-up by link). */

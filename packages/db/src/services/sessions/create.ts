@@ -9,7 +9,7 @@ import { generateSecret, sha256 } from "../../crypto/secrets.ts";
 import { isDbError, toDbError } from "../../errors.ts";
 import { withMetrics } from "../../metrics.ts";
 import { defineStatement, param, selectColumns } from "../../statements.ts";
-import { noNul, userNotFound, uuidSchema, validate as validateInput } from "../common.ts";
+import { idSchema, noNul, notFound, validate as validateInput } from "../common.ts";
 import { type Call, defineService } from "../define.ts";
 import { configFor, type SessionServiceOptions, timesFor } from "./config.ts";
 import { type PublicSession, publicSessionColumns } from "./shared.ts";
@@ -23,7 +23,7 @@ export const USER_AGENT_MAX_STORED = 512;
 export const USER_AGENT_MAX_ACCEPTED = 1024;
 const METADATA_MAX_BYTES = 8192;
 
-const uuid = uuidSchema;
+const uuid = idSchema;
 const createInput = z.strictObject({
   userId: uuid,
   ipAddress: z
@@ -175,7 +175,7 @@ export const create = defineService(
         const locked = await withMetrics("lock", "sessions", () =>
           lockUserStatement.run(tx, { userId: input.userId }),
         );
-        if (locked.rows.length === 0) throw userNotFound();
+        if (locked.rows.length === 0) throw notFound("users");
         // Read the clock (and draw the UUIDv7) only once the lock is ours: see createStatement.
         const times = timesFor(cfg);
         const result = await withMetrics("insert", "sessions", () =>
@@ -197,7 +197,7 @@ export const create = defineService(
             })
             .catch((error: unknown) => {
               // Defensive: the row lock already keeps the user from being hard-deleted meanwhile.
-              if (isDbError(toDbError(error), "FOREIGN_KEY_VIOLATION")) throw userNotFound(error);
+              if (isDbError(toDbError(error), "FOREIGN_KEY_VIOLATION")) throw notFound("users", error);
               throw error;
             }),
         );
@@ -205,7 +205,7 @@ export const create = defineService(
       },
       { tx: options.tx },
     );
-    if (!row) throw userNotFound();
+    if (!row) throw notFound("users");
     const { revokedForCap, ...session } = row;
     logger.audit(
       {

@@ -8,7 +8,7 @@ import { DbError } from "../../errors.ts";
 import { withMetrics } from "../../metrics.ts";
 import { sessions } from "../../schema/sessions.ts";
 import { users } from "../../schema/users.ts";
-import { deleteInBatches, uuidSchema, validate as validateInput } from "../common.ts";
+import { deleteInBatches, idSchema, notFound, validate as validateInput } from "../common.ts";
 import { type Call, defineService } from "../define.ts";
 import { configFor, type SessionServiceOptions, timesFor } from "./config.ts";
 import { type PublicSession, publicSessionColumns } from "./shared.ts";
@@ -16,7 +16,7 @@ import { type PublicSession, publicSessionColumns } from "./shared.ts";
 // ---------------------------------------------------------------------------------------------------------
 // Input
 
-const uuid = uuidSchema;
+const uuid = idSchema;
 const revokeAllInput = z.strictObject({ userId: uuid, except: uuid.optional() });
 const cleanupInput = z.strictObject({
   batchSize: z.number().int().min(1).max(50_000).default(1000),
@@ -119,7 +119,7 @@ export const revoke = defineService(
         .returning(publicSessionColumns),
     );
     const session = rows[0];
-    if (!session) throw new DbError("NOT_FOUND", "Session not found", { table: "sessions" });
+    if (!session) throw notFound("sessions");
     logger.audit({ sessionId: session.id, userId: session.userId }, "session revoked");
     return session;
   },
@@ -216,20 +216,17 @@ export const cleanupExpired = defineService(
     const at = now();
     // The inner SELECT walks sessions_expires_at_idx. Sessions past the absolute lifetime always have
     // expires_at <= created_at + absolute, so this one index condition finds them too.
-    const total = await deleteInBatches(input.batchSize, input.maxBatches, async () => {
-      const result = await withMetrics("delete", "sessions", () =>
-        handle.execute(sql`
+    const cleanup = { table: "sessions", ...input, logger, message: "expired sessions deleted" };
+    return await deleteInBatches(cleanup, async () => {
+      const result = await handle.execute(sql`
           DELETE FROM sessions
           WHERE id IN (
             SELECT id FROM sessions
             WHERE expires_at <= ${at}::timestamptz
             LIMIT ${input.batchSize}
             FOR UPDATE SKIP LOCKED
-          )`),
-      );
+          )`);
       return result.rowCount ?? 0;
     });
-    if (total > 0) logger.audit({ deleted: total }, "expired sessions deleted");
-    return total;
   },
 );

@@ -15,7 +15,7 @@ import { DbError } from "../../errors.ts";
 import type { Logger } from "../../logger.ts";
 import { withMetrics } from "../../metrics.ts";
 import { users } from "../../schema/index.ts";
-import { type PublicUser, publicUserColumns, type ServiceOptions, validate } from "../common.ts";
+import { notFound, type PublicUser, publicUserColumns, type ServiceOptions, validate } from "../common.ts";
 import { type Call, defineService } from "../define.ts";
 import type * as OneTimeTokensService from "../one-time-tokens.ts";
 import * as SessionsService from "../sessions.ts";
@@ -28,7 +28,7 @@ import {
   type VerifyPasswordInput,
   verifyPasswordSchema,
 } from "./schemas.ts";
-import { hashOf, notFound } from "./shared.ts";
+import { hashOf } from "./shared.ts";
 
 /**
  * Sets (or replaces) the password of an active user. Pass a PreparedPassword (preparePassword) to keep the
@@ -53,7 +53,7 @@ export const setPassword = defineService(
         .where(and(eq(users.id, id), isNull(users.deletedAt)))
         .returning(publicUserColumns),
     );
-    if (!user) throw notFound(id);
+    if (!user) throw notFound("users");
     logger.audit({ userId: id }, "password set");
     return user;
   },
@@ -266,7 +266,7 @@ export const hasPassword = defineService(
         .from(users)
         .where(and(eq(users.id, userId), isNull(users.deletedAt))),
     );
-    if (!row) throw notFound(userId);
+    if (!row) throw notFound("users");
     return row.has;
   },
 );

@@ -13,7 +13,7 @@ import {
 import { DbError } from "../../errors.ts";
 import { withMetrics } from "../../metrics.ts";
 import { accounts, users } from "../../schema/index.ts";
-import { type PublicUser, publicUserColumns, type ServiceOptions, validate } from "../common.ts";
+import { notFound, type PublicUser, publicUserColumns, type ServiceOptions, validate } from "../common.ts";
 import { type Call, defineService } from "../define.ts";
 import type { OneTimeTokenRecord } from "../one-time-tokens.ts";
 import * as OneTimeTokensService from "../one-time-tokens.ts";
@@ -93,7 +93,7 @@ export const register = defineService(
             )
           )[0];
         if (!user) {
-          throw new DbError("NOT_FOUND", "The account was deleted meanwhile; retry", { table: "users" });
+          throw notFound("users");
         }
         if (!created && user.emailVerifiedAt !== null) {
           return { outcome: "verified" as const, user, verification: null };

@@ -9,6 +9,7 @@ import { withMetrics } from "../../metrics.ts";
 import { accounts, users } from "../../schema/index.ts";
 import {
   deleteInBatches,
+  notFound,
   type PublicUser,
   publicUserColumns,
   type ReadOptions,
@@ -37,7 +38,7 @@ import {
   type UserPage,
   updateSchema,
 } from "./schemas.ts";
-import { hashOf, notFound } from "./shared.ts";
+import { hashOf } from "./shared.ts";
 
 // ---------------------------------------------------------------------------------------------------------
 // Helpers
@@ -252,7 +253,7 @@ export const update = defineService(
             .returning(publicUserColumns),
         ),
       );
-      if (!user) throw notFound(id);
+      if (!user) throw notFound("users");
       return user;
     };
     let retiredTokens = 0;
@@ -270,7 +271,7 @@ export const update = defineService(
                   .where(and(eq(users.id, id), isNull(users.deletedAt)))
                   .for("update"),
               );
-              if (!before) throw notFound(id);
+              if (!before) throw notFound("users");
               const updated = await apply(tx);
               if (before.email !== updated.email) {
                 retiredTokens = await OneTimeTokensService.invalidateForUser(id, {}, logger, { tx });
@@ -307,7 +308,7 @@ export const softDelete = defineService(
             .where(and(eq(users.id, userId), isNull(users.deletedAt)))
             .returning(publicUserColumns),
         );
-        if (!deleted) throw notFound(userId);
+        if (!deleted) throw notFound("users");
         // The same statements the sessions and tokens services use, joined to this transaction.
         const revoked = await SessionsService.revokeAllForUser({ userId }, logger, { tx });
         const invalidated = await OneTimeTokensService.invalidateForUser(userId, {}, logger, { tx });
@@ -349,7 +350,7 @@ export const restore = defineService(
           .returning(publicUserColumns),
       ),
     );
-    if (!user) throw notFound(userId);
+    if (!user) throw notFound("users");
     logger.audit({ userId }, "user restored");
     return user;
   },
@@ -370,7 +371,14 @@ export const purge = defineService(
     // Small batches keep each cascade short; SKIP LOCKED lets two purgers (or a purger and a restore in
     // progress) pass each other. users_deleted_at_idx serves the range scan (`deleted_at < $cutoff` implies
     // the index predicate `deleted_at IS NOT NULL`).
-    const total = await deleteInBatches(input.batchSize, input.maxBatches, async () => {
+    const cleanup = {
+      table: "users",
+      ...input,
+      logger,
+      message: "deleted users purged",
+      fields: { cutoff: cutoff.toISOString() },
+    };
+    return await deleteInBatches(cleanup, async () => {
       const victims = handle
         .select({ id: users.id })
         .from(users)
@@ -378,12 +386,11 @@ export const purge = defineService(
         .orderBy(asc(users.deletedAt))
         .limit(input.batchSize)
         .for("update", { skipLocked: true });
-      const deleted = await withMetrics("delete", "users", () =>
-        handle.delete(users).where(inArray(users.id, victims)).returning({ id: users.id }),
-      );
+      const deleted = await handle
+        .delete(users)
+        .where(inArray(users.id, victims))
+        .returning({ id: users.id });
       return deleted.length;
     });
-    if (total > 0) logger.audit({ count: total, cutoff: cutoff.toISOString() }, "deleted users purged");
-    return total;
   },
 );

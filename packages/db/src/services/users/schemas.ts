@@ -8,7 +8,7 @@ import {
   passwordSchema,
 } from "../../crypto/passwords.ts";
 import { exceedsJsonDepth } from "../../json-depth.ts";
-import { noNul, type PublicUser } from "../common.ts";
+import { idSchema, noNul, type PublicUser } from "../common.ts";
 
 export const EMAIL_MAX_LENGTH = 254;
 export const NAME_MAX_LENGTH = 200;
@@ -79,7 +79,7 @@ const metadataSchema = z
     if (serialized.includes("\\u0000")) ctx.addIssue({ code: "custom", message: "must not contain NUL" });
   });
 
-export const idSchema = z.guid("must be a UUID").transform((value) => value.toLowerCase());
+export { idSchema };
 
 /** A password made by preparePassword (checked and hashed already). */
 const preparedSchema = z.custom<PreparedPassword>(isPreparedPassword, "must be a password string");

@@ -19,7 +19,3 @@ function passwordTooWeak(reason: string): DbError<"PASSWORD_TOO_WEAK"> {
     details: { password: reason },
   });
 }
-
-export function notFound(id: string): DbError<"NOT_FOUND"> {
-  return new DbError("NOT_FOUND", `No user ${id}`, { table: "users" });
-}
