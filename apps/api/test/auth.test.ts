@@ -1,3 +1,4 @@
+import { randomInt } from "node:crypto";
 import { useTestDatabase } from "@repo/db/testing";
 import { beforeEach, describe, expect, it } from "vitest";
 import { call, makeApp, ORIGIN, PASSWORD, signUp, type TestApp, uniqueEmail } from "./helpers.ts";
@@ -157,20 +158,24 @@ describe("sign-in", () => {
   it("uses X-Forwarded-For only with TRUST_PROXY, and only the trusted hop", async () => {
     const proxied = makeApp({ env: { TRUST_PROXY: "1", RATE_LIMIT_SIGN_IN_PER_CLIENT: "1" } });
     const body = { email: uniqueEmail(), password: PASSWORD };
+    // Addresses of this test only: the rate-limit buckets live in the shared database, and another test may
+    // have spent a fixed address's budget already (whatever order the tests run in).
+    const hop = `10.${randomInt(256)}.${randomInt(256)}.${randomInt(1, 128)}`;
+    const otherHop = hop.replace(/\.\d+$/, (last) => `.${Number(last.slice(1)) + 128}`);
     const first = await call(proxied, "POST", "/v1/auth/sign-in", {
       body,
-      headers: { "x-forwarded-for": "1.1.1.1, 198.51.100.9" },
+      headers: { "x-forwarded-for": `1.1.1.1, ${hop}` },
     });
     expect(first.status).toBe(401);
     // The client-controlled left part changes; the proxy-appended entry does not: same key.
     const second = await call(proxied, "POST", "/v1/auth/sign-in", {
       body,
-      headers: { "x-forwarded-for": "2.2.2.2, 198.51.100.9" },
+      headers: { "x-forwarded-for": `2.2.2.2, ${hop}` },
     });
     expect(second.status).toBe(429);
     const other = await call(proxied, "POST", "/v1/auth/sign-in", {
       body,
-      headers: { "x-forwarded-for": "198.51.100.10" },
+      headers: { "x-forwarded-for": otherHop },
     });
     expect(other.status).toBe(401);
   });

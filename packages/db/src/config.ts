@@ -45,13 +45,20 @@ const postgresUrl = (name: string) =>
       { error: `${name} must be a postgres:// or postgresql:// URL (value not shown)` },
     );
 
+// A blank value means unset (its default), never 0: z.coerce would read "  " as 0 and turn a timeout off.
+const blankIsUnset = (value: unknown) =>
+  typeof value === "string" && value.trim() === "" ? undefined : value;
+
 const integer = (name: string, min: number, max: number, fallback: number) =>
-  z.coerce
-    .number({ error: `${name} must be a whole number` })
-    .int({ error: `${name} must be a whole number` })
-    .min(min, { error: `${name} must be at least ${min}` })
-    .max(max, { error: `${name} must be at most ${max}` })
-    .default(fallback);
+  z.preprocess(
+    blankIsUnset,
+    z.coerce
+      .number({ error: `${name} must be a whole number` })
+      .int({ error: `${name} must be a whole number` })
+      .min(min, { error: `${name} must be at least ${min}` })
+      .max(max, { error: `${name} must be at most ${max}` })
+      .default(fallback),
+  );
 
 const bool = (name: string) =>
   z
@@ -79,7 +86,7 @@ const envSchema = z.object({
   DATABASE_APPLICATION_NAME: z
     .string()
     .trim()
-    .min(1)
+    .min(1, { error: "DATABASE_APPLICATION_NAME must not be blank" })
     .max(63, { error: "DATABASE_APPLICATION_NAME is limited to 63 characters" })
     .default("repo-db"),
   DATABASE_LOG_QUERIES: bool("DATABASE_LOG_QUERIES"),
@@ -152,13 +159,23 @@ export function databaseConfigFromUrl(url: string, overrides: Partial<DatabaseCo
 
 /** `postgres://user:***@host:port/db`: safe to print. */
 export function redactUrl(url: string): string {
+  let parsed: URL;
   try {
-    const parsed = new URL(url);
-    if (parsed.password) parsed.password = "***";
-    return parsed.toString();
+    parsed = new URL(url);
   } catch {
     return "<invalid url>";
   }
+  // Without its scheme, "user:password@host" parses with the user name as the scheme; and an unencoded password
+  // such as "123/s3cret" parses as a port and a path, leaving an "@" behind the host. Neither can be told apart
+  // from its secret, so neither is shown.
+  if (parsed.protocol !== "postgres:" && parsed.protocol !== "postgresql:") return "<invalid url>";
+  if ((parsed.pathname + parsed.search + parsed.hash).includes("@")) return "<invalid url>";
+  if (parsed.password) parsed.password = "***";
+  // node-postgres also takes the password (and a client key's) as query parameters.
+  for (const key of [...parsed.searchParams.keys()]) {
+    if (/^(password|sslpassword)$/i.test(key)) parsed.searchParams.set(key, "***");
+  }
+  return parsed.toString();
 }
 
 /** node-postgres `ssl` option for a mode; undefined leaves the URL's own `sslmode` in charge. */

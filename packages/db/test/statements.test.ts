@@ -2,7 +2,6 @@
 // pooler (proved through a real PgBouncer when it is installed), and coalesced when issued in the same tick.
 import { sql } from "drizzle-orm";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { coalescer } from "../src/coalesce.ts";
 import { databaseConfigFromUrl } from "../src/config.ts";
 import { disconnectDB, getPool, initializeDB, transaction } from "../src/connection.ts";
 import { isDbError } from "../src/errors.ts";
@@ -227,73 +226,6 @@ describe("coalescing", () => {
     expect(stored.rows).toHaveLength(20);
     expect(stored.rows.find((row) => row.key === "k3")).toEqual({ key: "k3", value: "second write", ttl: 5 });
     expect(stored.rows.find((row) => row.key === "k7")).toEqual({ key: "k7", value: { i: 7 }, ttl: 60 });
-  });
-
-  it("rejects every caller of a failed batch and keeps batches under maxBatch", async () => {
-    const sizes: number[] = [];
-    const load = coalescer<number, number>({
-      key: (n) => String(n),
-      run: async (inputs) => {
-        sizes.push(inputs.length);
-        if (inputs.includes(13)) throw new Error("boom");
-        return inputs.map((n) => n * 2);
-      },
-      maxBatch: 4,
-    });
-    const settled = await Promise.allSettled([1, 2, 3, 4, 5, 6, 13, 6].map(load));
-    expect(sizes).toEqual([4, 3]);
-    expect(settled.slice(0, 4).map((s) => (s.status === "fulfilled" ? s.value : s.status))).toEqual([
-      2, 4, 6, 8,
-    ]);
-    expect(settled.slice(4).map((s) => s.status)).toEqual(["rejected", "rejected", "rejected", "rejected"]);
-  });
-
-  it("with maxInFlight, calls arriving while a batch runs gather into the next one (group commit)", async () => {
-    const sizes: number[] = [];
-    let running = 0;
-    let maxRunning = 0;
-    const releases: Array<() => void> = [];
-    const load = coalescer<number, number>({
-      key: (n) => String(n),
-      run: async (inputs) => {
-        sizes.push(inputs.length);
-        maxRunning = Math.max(maxRunning, ++running);
-        await new Promise<void>((resolve) => releases.push(resolve));
-        running--;
-        return inputs.map((n) => n + 1);
-      },
-      maxInFlight: 1,
-    });
-    const nextTurn = () => new Promise((resolve) => setImmediate(resolve));
-    // A lone call is sent at the end of its tick, without waiting for company.
-    const first = load(0);
-    await nextTurn();
-    expect(sizes).toEqual([1]);
-    // Ten calls in ten separate turns of the event loop while the first batch runs: none is sent yet.
-    const later: Promise<number>[] = [];
-    for (let i = 1; i <= 10; i++) {
-      later.push(load(i));
-      await nextTurn();
-    }
-    expect(sizes).toEqual([1]);
-    releases.shift()?.();
-    expect(await first).toBe(1);
-    await nextTurn();
-    // All ten went out together once the first finished.
-    expect(sizes).toEqual([1, 10]);
-    releases.shift()?.();
-    expect(await Promise.all(later)).toEqual([2, 3, 4, 5, 6, 7, 8, 9, 10, 11]);
-    expect(maxRunning).toBe(1);
-    // A failed batch frees its place too.
-    const failing = coalescer<number, number>({
-      key: (n) => String(n),
-      run: async () => {
-        throw new Error("down");
-      },
-      maxInFlight: 1,
-    });
-    await expect(failing(1)).rejects.toThrow("down");
-    await expect(failing(2)).rejects.toThrow("down");
   });
 });
 
