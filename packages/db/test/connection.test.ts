@@ -1,4 +1,4 @@
-import { sql } from "drizzle-orm";
+import { eq, sql } from "drizzle-orm";
 import { drizzle } from "drizzle-orm/node-postgres";
 import pg from "pg";
 import { describe, expect, it } from "vitest";
@@ -106,7 +106,8 @@ describe("pool resilience", () => {
         throw new Mine("stop");
       }),
     ).rejects.toBeInstanceOf(Mine);
-    const found = await db.select().from(users);
+    // Only this test's row: other tests in the file may have committed users of their own.
+    const found = await db.select().from(users).where(eq(users.email, "rollback@example.com"));
     expect(found).toHaveLength(0);
   });
 
@@ -119,7 +120,7 @@ describe("pool resilience", () => {
         throw new Error("undo both");
       }),
     ).rejects.toThrow("undo both");
-    expect(await db.select().from(users)).toHaveLength(0);
+    expect(await db.select().from(users).where(eq(users.email, "joined@example.com"))).toHaveLength(0);
   });
 
   it("answers POOL_EXHAUSTED within the connection timeout when every client is busy", async () => {
@@ -247,6 +248,7 @@ describe("configuration", () => {
     expect(() => initializeDB(databaseConfigFromUrl(database.url))).toThrow(/already called/);
     await disconnectDB();
     expect(() => db.select()).toThrow(/not initialized/);
-    initializeDB(database.config);
+    // Back as useTestDatabase() set it up (logger included), for whichever test runs next.
+    initializeDB(database.config, { logger });
   });
 });

@@ -165,7 +165,8 @@ async function judge(label: string, outcomes: Outcome[], faultStart: number, fau
 describe("drill restart: the API under load while the database restarts", () => {
   let bearer: string;
 
-  it("a fast restart: 503s during the outage, full recovery, nothing acknowledged lost", async () => {
+  // The signed-in user whose session every drill's load checks: set up here, so each drill can run alone.
+  beforeAll(async () => {
     const first = await request("sign-up", "");
     expect(first.status).toBe(202);
     // Sign-up grants nothing until the address is proven; the drill proves it directly.
@@ -181,7 +182,9 @@ describe("drill restart: the API under load while the database restarts", () => 
     });
     expect(signIn.status).toBe(200);
     bearer = ((await signIn.json()) as { token: string }).token;
+  });
 
+  it("a fast restart: 503s during the outage, full recovery, nothing acknowledged lost", async () => {
     const running = load(bearer, 20_000);
     await sleep(1500);
     const faultStart = Date.now();
