@@ -2,30 +2,12 @@
 import { describe, expect, it } from "vitest";
 import { transaction } from "../src/connection.ts";
 import { DbError } from "../src/errors.ts";
-import type { LogFields, Logger } from "../src/logger.ts";
 import * as CacheService from "../src/services/cache.ts";
 import { boundedLogFields, splitCallArguments } from "../src/services/define.ts";
 import * as UsersService from "../src/services/users.ts";
-import { insertUser, useTestDatabase } from "../src/testing/index.ts";
+import { insertUser, recordingLogger, useTestDatabase } from "../src/testing/index.ts";
 
 useTestDatabase();
-
-function recordingLogger() {
-  const lines: Array<{ level: string; fields: LogFields; message: string }> = [];
-  const at =
-    (level: string) =>
-    (fields: LogFields, message: string): void => {
-      lines.push({ level, fields, message });
-    };
-  const logger: Logger = {
-    audit: at("audit"),
-    error: at("error"),
-    warn: at("warn"),
-    info: at("info"),
-    debug: at("debug"),
-  };
-  return { logger, lines };
-}
 
 describe("call shapes", () => {
   it("splits positional arguments from the logger and the options in every accepted form", () => {

@@ -6,10 +6,10 @@ import type pg from "pg";
 import { afterEach, describe, expect, it } from "vitest";
 import { db, disconnectDB, getPool, initializeDB } from "../src/connection.ts";
 import { DbError, isDbError } from "../src/errors.ts";
-import type { LogFields, Logger } from "../src/logger.ts";
+import type { Logger } from "../src/logger.ts";
 import { registry, setQueryLogger, withMetrics } from "../src/metrics.ts";
 import { users } from "../src/schema/index.ts";
-import { useTestDatabase } from "../src/testing/index.ts";
+import { recordingLogger, useTestDatabase } from "../src/testing/index.ts";
 
 const initLines: string[] = [];
 const initLogger: Logger = {
@@ -82,23 +82,6 @@ async function eventually(check: () => boolean, timeoutMs = 5000): Promise<void>
     if (Date.now() > deadline) throw new Error("condition not met in time");
     await new Promise((resolve) => setTimeout(resolve, 5));
   }
-}
-
-function recordingLogger() {
-  const lines: Array<{ level: string; fields: LogFields; message: string }> = [];
-  const at =
-    (level: string) =>
-    (fields: LogFields, message: string): void => {
-      lines.push({ level, fields, message });
-    };
-  const logger: Logger = {
-    audit: at("audit"),
-    error: at("error"),
-    warn: at("warn"),
-    info: at("info"),
-    debug: at("debug"),
-  };
-  return { logger, lines };
 }
 
 describe("withMetrics on success", () => {

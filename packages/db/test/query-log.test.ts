@@ -1,23 +1,10 @@
 import { describe, expect, it } from "vitest";
 import { db } from "../src/connection.ts";
-import type { LogFields, Logger } from "../src/logger.ts";
 import { withMetrics } from "../src/metrics.ts";
 import { users } from "../src/schema/index.ts";
-import { useTestDatabase } from "../src/testing/index.ts";
+import { recordingLogger, useTestDatabase } from "../src/testing/index.ts";
 
-const lines: { level: string; fields: LogFields; message: string }[] = [];
-const record =
-  (level: string) =>
-  (fields: LogFields, message: string): void => {
-    lines.push({ level, fields, message });
-  };
-const logger: Logger = {
-  audit: record("audit"),
-  error: record("error"),
-  warn: record("warn"),
-  info: record("info"),
-  debug: record("debug"),
-};
+const { logger, lines } = recordingLogger();
 
 useTestDatabase({ config: { logQueries: true }, logger });
 

@@ -7,7 +7,7 @@ import { manualClock, resetClock, setClock } from "../clock.ts";
 import { type DatabaseConfig, databaseConfigFromUrl } from "../config.ts";
 import { type Database, db, disconnectDB, getPool, initializeDB } from "../connection.ts";
 import { DbError } from "../errors.ts";
-import type { Logger } from "../logger.ts";
+import type { LogFields, Logger } from "../logger.ts";
 import { users } from "../schema/index.ts";
 import type { TestDatabaseContext } from "./context.ts";
 
@@ -173,4 +173,32 @@ export async function insertUser(prefix = "user"): Promise<string> {
   const [row] = await db.insert(users).values({ email }).returning({ id: users.id });
   if (!row) throw new Error("user not inserted");
   return row.id;
+}
+
+/** One line a recordingLogger() received. */
+export interface RecordedLine {
+  level: "audit" | "error" | "warn" | "info" | "debug";
+  fields: LogFields;
+  message: string;
+}
+
+/**
+ * A Logger that keeps every line it is given, for tests of what the services log.
+ * @example const { logger, lines } = recordingLogger(); await fn(x, { logger }); expect(lines).toEqual([...]);
+ */
+export function recordingLogger(): { logger: Logger; lines: RecordedLine[] } {
+  const lines: RecordedLine[] = [];
+  const at =
+    (level: RecordedLine["level"]) =>
+    (fields: LogFields, message: string): void => {
+      lines.push({ level, fields, message });
+    };
+  const logger: Logger = {
+    audit: at("audit"),
+    error: at("error"),
+    warn: at("warn"),
+    info: at("info"),
+    debug: at("debug"),
+  };
+  return { logger, lines };
 }

@@ -10,7 +10,7 @@ import {
   passwordWeakness,
 } from "../../src/crypto/password-policy.ts";
 import { DbError } from "../../src/errors.ts";
-import type { LogFields, Logger } from "../../src/logger.ts";
+import { type RecordedLine, recordingLogger } from "../../src/testing/index.ts";
 
 // Checked before any test touches the list: importing the module must not load (decompress) the package.
 const require = createRequire(import.meta.url);
@@ -219,33 +219,8 @@ beforeEach(() => {
   seen.length = 0;
 });
 
-interface LogLine {
-  level: string;
-  fields: LogFields;
-  message: string;
-}
-
-function captureLogger(): { logger: Logger; lines: LogLine[] } {
-  const lines: LogLine[] = [];
-  const at =
-    (level: string) =>
-    (fields: LogFields, message: string): void => {
-      lines.push({ level, fields, message });
-    };
-  return {
-    lines,
-    logger: {
-      audit: at("audit"),
-      error: at("error"),
-      warn: at("warn"),
-      info: at("info"),
-      debug: at("debug"),
-    },
-  };
-}
-
 /** Exactly one warn line, with a reason, naming neither the password nor any part of its hash. */
-function expectOneUnavailableWarning(lines: LogLine[], password: string): void {
+function expectOneUnavailableWarning(lines: RecordedLine[], password: string): void {
   expect(lines).toHaveLength(1);
   const [line] = lines;
   expect(line?.level).toBe("warn");
@@ -267,7 +242,7 @@ describe("breach check", () => {
   });
 
   it("accepts a password that is not in the corpus", async () => {
-    const { logger, lines } = captureLogger();
+    const { logger, lines } = recordingLogger();
     expect(await isPasswordBreached(CLEAN, { url }, logger)).toBe(false);
     await expect(assertPasswordStrength(CLEAN, { breachCheck: { url } }, logger)).resolves.toBe(undefined);
     expect(lines).toEqual([]);
@@ -322,14 +297,14 @@ describe("breach check", () => {
 
   describe("fails open, with one warn line", () => {
     it("when the server is down", async () => {
-      const { logger, lines } = captureLogger();
+      const { logger, lines } = recordingLogger();
       expect(await isPasswordBreached(BREACHED, { url: downUrl }, logger)).toBeUndefined();
       expectOneUnavailableWarning(lines, BREACHED);
       expect(lines[0]?.fields.reason).toMatch(/unreachable/);
     });
 
     it("when the server does not answer in time", async () => {
-      const { logger, lines } = captureLogger();
+      const { logger, lines } = recordingLogger();
       const started = performance.now();
       await expect(
         assertPasswordStrength(BREACHED, { breachCheck: { url: silentUrl, timeoutMs: 200 } }, logger),
@@ -342,7 +317,7 @@ describe("breach check", () => {
     });
 
     it("when the body stops arriving", async () => {
-      const { logger, lines } = captureLogger();
+      const { logger, lines } = recordingLogger();
       const started = performance.now();
       expect(
         await isPasswordBreached(BREACHED, { url: stallingUrl, timeoutMs: 200 }, logger),
@@ -352,7 +327,7 @@ describe("breach check", () => {
     });
 
     it("when a substitute fetch ignores the signal", async () => {
-      const { logger, lines } = captureLogger();
+      const { logger, lines } = recordingLogger();
       const never = (() => new Promise<Response>(() => {})) as unknown as typeof fetch;
       expect(
         await isPasswordBreached(BREACHED, { url, timeoutMs: 100, fetch: never }, logger),
@@ -362,7 +337,7 @@ describe("breach check", () => {
 
     it("on a 500 answer", async () => {
       mode = "error";
-      const { logger, lines } = captureLogger();
+      const { logger, lines } = recordingLogger();
       await expect(assertPasswordStrength(BREACHED, { breachCheck: { url } }, logger)).resolves.toBe(
         undefined,
       );
@@ -373,7 +348,7 @@ describe("breach check", () => {
 
     it.each(["garbage", "empty"] as const)("on an unparsable answer (%s)", async (answer) => {
       mode = answer;
-      const { logger, lines } = captureLogger();
+      const { logger, lines } = recordingLogger();
       expect(await isPasswordBreached(BREACHED, { url }, logger)).toBeUndefined();
       expectOneUnavailableWarning(lines, BREACHED);
       expect(lines[0]?.fields.reason).toBe("unparsable response");

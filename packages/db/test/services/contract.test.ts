@@ -15,7 +15,7 @@ import { type DatabaseOrTransaction, db, transaction } from "../../src/connectio
 import { configureAccountEncryption, resetAccountEncryption } from "../../src/crypto/encryption.ts";
 import { type PreparedPassword, preparedFromHash } from "../../src/crypto/passwords.ts";
 import { DbError } from "../../src/errors.ts";
-import type { LogFields, Logger } from "../../src/logger.ts";
+import type { Logger } from "../../src/logger.ts";
 import { dbQueriesTotal } from "../../src/metrics.ts";
 import * as AccountsService from "../../src/services/accounts.ts";
 import * as CacheService from "../../src/services/cache.ts";
@@ -23,7 +23,7 @@ import { type DefinedService, definedServices } from "../../src/services/define.
 import * as OneTimeTokensService from "../../src/services/one-time-tokens.ts";
 import * as SessionsService from "../../src/services/sessions.ts";
 import * as UsersService from "../../src/services/users.ts";
-import { useTestDatabase } from "../../src/testing/index.ts";
+import { recordingLogger, useTestDatabase } from "../../src/testing/index.ts";
 
 useTestDatabase();
 
@@ -114,23 +114,6 @@ async function queriesOn(table?: string): Promise<number> {
   return metric.values
     .filter((value) => table === undefined || value.labels.table === table)
     .reduce((sum, value) => sum + value.value, 0);
-}
-
-function recordingLogger() {
-  const lines: Array<{ level: string; fields: LogFields; message: string }> = [];
-  const at =
-    (level: string) =>
-    (fields: LogFields, message: string): void => {
-      lines.push({ level, fields, message });
-    };
-  const logger: Logger = {
-    audit: at("audit"),
-    error: at("error"),
-    warn: at("warn"),
-    info: at("info"),
-    debug: at("debug"),
-  };
-  return { logger, lines };
 }
 
 type Outcome = { ok: true; value: unknown } | { ok: false; error: DbError };

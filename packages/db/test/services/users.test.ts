@@ -7,11 +7,16 @@ import { afterAll, afterEach, beforeAll, describe, expect, it } from "vitest";
 import { db, transaction } from "../../src/connection.ts";
 import { type PASSWORD_HASH_POLICY, passwordVerificationsTotal } from "../../src/crypto/passwords.ts";
 import type { ErrorCode } from "../../src/errors.ts";
-import type { LogFields, Logger } from "../../src/logger.ts";
 import { dbQueriesTotal } from "../../src/metrics.ts";
 import { oneTimeTokens, sessions, users } from "../../src/schema/index.ts";
 import * as UsersService from "../../src/services/users.ts";
-import { manualClock, resetClock, setClock, useTestDatabase } from "../../src/testing/index.ts";
+import {
+  manualClock,
+  recordingLogger,
+  resetClock,
+  setClock,
+  useTestDatabase,
+} from "../../src/testing/index.ts";
 
 useTestDatabase({ config: { poolMax: 20 } });
 
@@ -45,23 +50,6 @@ async function storedHash(id: string): Promise<string | null> {
 async function usersQueries(): Promise<number> {
   const metric = await dbQueriesTotal.get();
   return metric.values.filter((v) => v.labels.table === "users").reduce((sum, v) => sum + v.value, 0);
-}
-
-function capturingLogger(): Logger & { lines: { level: string; fields: LogFields; message: string }[] } {
-  const lines: { level: string; fields: LogFields; message: string }[] = [];
-  const at =
-    (level: string) =>
-    (fields: LogFields, message: string): void => {
-      lines.push({ level, fields, message });
-    };
-  return {
-    lines,
-    audit: at("audit"),
-    error: at("error"),
-    warn: at("warn"),
-    info: at("info"),
-    debug: at("debug"),
-  };
 }
 
 const DAY = 24 * 60 * 60 * 1000;
@@ -809,7 +797,7 @@ describe("passwords", () => {
 
 describe("logging and metrics", () => {
   it("audits state changes with ids, never passwords or hashes", async () => {
-    const logger = capturingLogger();
+    const { logger, lines } = recordingLogger();
     const password = "s3cret-never-logged";
     const user = await UsersService.create({ email: email("log"), password }, logger);
     await UsersService.verifyPassword({ email: user.email ?? "", password }, logger);
@@ -819,7 +807,7 @@ describe("logging and metrics", () => {
     await UsersService.setPassword({ id: user.id, password: `${password}-2` }, logger);
     await UsersService.update({ id: user.id, patch: { firstName: "Logged" } }, logger);
     await UsersService.softDelete(user.id, logger);
-    const audits = logger.lines.filter((line) => line.level === "audit");
+    const audits = lines.filter((line) => line.level === "audit");
     expect(audits.map((line) => line.message)).toEqual([
       "user created",
       "password set",
@@ -830,10 +818,10 @@ describe("logging and metrics", () => {
       "user soft-deleted",
     ]);
     expect(audits.every((line) => line.fields.userId === user.id)).toBe(true);
-    expect(logger.lines.find((line) => line.level === "warn")?.fields).toMatchObject({
+    expect(lines.find((line) => line.level === "warn")?.fields).toMatchObject({
       code: "INVALID_CREDENTIALS",
     });
-    const everything = JSON.stringify(logger.lines);
+    const everything = JSON.stringify(lines);
     expect(everything).not.toContain(password);
     expect(everything).not.toContain("$argon2");
   });
