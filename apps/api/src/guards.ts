@@ -6,7 +6,7 @@ import { getCookie } from "hono/cookie";
 import { type ApiConfig, allowedOrigins } from "./config.ts";
 import type { AppEnv } from "./context.ts";
 import { ApiError } from "./errors.ts";
-import { bearerToken, clearSessionCookie, presentedToken, sessionCookie, setSessionCookie } from "./http.ts";
+import { bearerToken, clearSessionCookie, cookieName, presentedToken, setSessionCookie } from "./http.ts";
 
 const UNSAFE = new Set(["POST", "PUT", "PATCH", "DELETE"]);
 
@@ -17,7 +17,6 @@ export interface Guards {
 
 export function createGuards(config: ApiConfig): Guards {
   const allowed = new Set(allowedOrigins(config));
-  const cookie = sessionCookie(config);
 
   /**
    * CSRF: an unsafe request that carries the session cookie (and no bearer token) must come from an allowed
@@ -34,7 +33,7 @@ export function createGuards(config: ApiConfig): Guards {
     // Only a bearer token exempts a request from the origin check: browsers may replay Basic credentials.
     if (UNSAFE.has(c.req.method) && bearerToken(c) === undefined) {
       const origin = c.req.header("origin");
-      const hasCookie = getCookie(c, cookie.name) !== undefined;
+      const hasCookie = getCookie(c, cookieName(c)) !== undefined;
       let source: string | undefined;
       if (origin && origin !== "null") source = origin;
       else {

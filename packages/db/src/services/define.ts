@@ -6,11 +6,10 @@ import { type DatabaseOrTransaction, db } from "../connection.ts";
 import { isWellFormedSecret } from "../crypto/secrets.ts";
 import { toDbError } from "../errors.ts";
 import { type LogFields, type Logger, noopLogger } from "../logger.ts";
-import { withMetrics } from "../metrics.ts";
 import type { ServiceOptions } from "./common.ts";
 
 /** The last argument of every service function (its own options extend it). */
-export type CallOptions = ServiceOptions;
+type CallOptions = ServiceOptions;
 
 /** What a service body is given besides its own arguments. */
 export interface Call<O extends CallOptions> {
@@ -19,8 +18,6 @@ export interface Call<O extends CallOptions> {
   handle: DatabaseOrTransaction;
   /** The caller's options (tx and logger included, as passed). */
   options: O;
-  /** Runs one query on `table`, counted and timed in db_queries_total / db_query_duration_seconds. */
-  query<T>(operation: string, fn: () => Promise<T>): Promise<T>;
 }
 
 /** Either the logger or the options (with the logger inside): what may follow the positional arguments. */
@@ -74,7 +71,8 @@ export function boundedLogFields(fields: LogFields): LogFields {
   for (const [key, value] of Object.entries(fields)) {
     if (value === undefined) continue;
     if (typeof value === "string") {
-      out[key] = isWellFormedSecret(value) ? "[redacted]" : String(value).slice(0, LOG_VALUE_MAX);
+      // (a cast, so the type guard does not narrow `value` to never in the other branch)
+      out[key] = isWellFormedSecret(value as unknown) ? "[redacted]" : value.slice(0, LOG_VALUE_MAX);
     } else if (typeof value === "number" || typeof value === "boolean" || value === null) {
       out[key] = value;
     }
@@ -119,10 +117,9 @@ export function defineService<A extends unknown[], R, O extends CallOptions = Ca
   spec: ServiceSpec<A, O>,
   body: (call: Call<O>, ...args: A) => Promise<R>,
 ): (...args: [...A, ...CallTail<O>]) => Promise<R> {
-  const query = <T>(operation: string, fn: () => Promise<T>) => withMetrics(operation, spec.table, fn);
   const service = async (...args: [...A, ...CallTail<O>]): Promise<R> => {
     const { positional, logger, options } = splitCallArguments<O>(args, spec.arity);
-    const call: Call<O> = { logger, handle: options.tx ?? db, options, query };
+    const call: Call<O> = { logger, handle: options.tx ?? db, options };
     try {
       return await body(call, ...(positional as A));
     } catch (error) {
