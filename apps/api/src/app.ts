@@ -52,10 +52,12 @@ export function createApp(input: AppDeps): Hono<AppEnv> {
     deps.metrics.requests.inc({ method: c.req.method, route, status: String(c.res.status) });
     deps.metrics.duration.observe({ method: c.req.method, route }, seconds);
     if (route !== "/metrics" && route !== "/healthz" && route !== "/readyz") {
-      log.info(
-        { method: c.req.method, route, status: c.res.status, durationMs: Math.round(seconds * 1e5) / 100 },
-        "request",
-      );
+      log.request({
+        method: c.req.method,
+        route,
+        status: c.res.status,
+        durationMs: Math.round(seconds * 1e5) / 100,
+      });
     }
   });
 

@@ -46,6 +46,10 @@ export interface AppVariables {
   authVia: "cookie" | "bearer";
 }
 
+/**
+ * Read the variables with `c.get("log")`, not `c.var.log`: Hono builds a new object from all of them on every
+ * `c.var` access (Object.fromEntries), several times per request on the hot path.
+ */
 export interface AppEnv {
   Variables: AppVariables;
 }

@@ -27,7 +27,7 @@ export function createGuards(config: ApiConfig): Guards {
     // `Origin: null` comes from sandboxed iframes, data: URLs and some redirects: an unsafe request with it is
     // refused whatever credentials it carries, since no allowed origin can be told from it.
     if (UNSAFE.has(c.req.method) && c.req.header("origin")?.trim() === "null") {
-      c.var.log.warn({ origin: "null" }, "cross-site request rejected");
+      c.get("log").warn({ origin: "null" }, "cross-site request rejected");
       throw new ApiError("CSRF_REJECTED");
     }
     // Only a bearer token exempts a request from the origin check: browsers may replay Basic credentials.
@@ -47,7 +47,7 @@ export function createGuards(config: ApiConfig): Guards {
         }
       }
       if (source !== undefined ? !allowed.has(source) : hasCookie || origin === "null") {
-        c.var.log.warn({ origin: source ?? null }, "cross-site request rejected");
+        c.get("log").warn({ origin: source ?? null }, "cross-site request rejected");
         throw new ApiError("CSRF_REJECTED");
       }
     }
@@ -58,7 +58,7 @@ export function createGuards(config: ApiConfig): Guards {
   const requireSession: MiddlewareHandler<AppEnv> = async (c, next) => {
     const presented = presentedToken(c);
     if (!presented) throw new ApiError("UNAUTHENTICATED");
-    const auth = await SessionsService.validate(presented.token, c.var.log);
+    const auth = await SessionsService.validate(presented.token, c.get("log"));
     if (!auth) {
       if (presented.via === "cookie") clearSessionCookie(c);
       throw new ApiError("UNAUTHENTICATED");

@@ -72,7 +72,7 @@ export function readQuery<S extends z.ZodType>(c: Context<AppEnv>, schema: S): z
  * prepend anything to X-Forwarded-For, so entries left of the trusted ones are never used.
  */
 export function clientAddress(c: Context<AppEnv>): string {
-  const { config, getClientAddress } = c.var.deps;
+  const { config, getClientAddress } = c.get("deps");
   if (config.TRUST_PROXY > 0) {
     const entries = (c.req.header("x-forwarded-for") ?? "")
       .split(",")
@@ -177,9 +177,15 @@ export async function countHit(
   limit: number,
   by = 1,
 ): Promise<Hit> {
-  const { config, clock } = c.var.deps;
+  const { config, clock } = c.get("deps");
   const window = config.RATE_LIMIT_WINDOW_SECONDS;
-  const counter = await CacheService.increment(`rate:${bucket}`, key, by, { ttlSeconds: window }, c.var.log);
+  const counter = await CacheService.increment(
+    `rate:${bucket}`,
+    key,
+    by,
+    { ttlSeconds: window },
+    c.get("log"),
+  );
   const ends = counter.expiresAt?.getTime() ?? clock().getTime() + window * 1000;
   const retryAfter = Math.max(1, Math.ceil((ends - clock().getTime()) / 1000));
   return { value: counter.value, over: counter.value > limit, retryAfter };
@@ -187,7 +193,7 @@ export async function countHit(
 
 /** Forgets a counter (a success clears the failures it counted). */
 export async function clearHits(c: Context<AppEnv>, bucket: string, key: string): Promise<void> {
-  await CacheService.take(`rate:${bucket}`, key, c.var.log);
+  await CacheService.take(`rate:${bucket}`, key, c.get("log"));
 }
 
 /** Counts one hit; over `limit` throws RATE_LIMITED with Retry-After = seconds until the window ends. */
@@ -202,7 +208,7 @@ export async function rateLimit(
 }
 
 export function rateLimited(c: Context<AppEnv>, bucket: string, hit: Hit): ApiError {
-  c.var.log.warn({ bucket, retryAfter: hit.retryAfter }, "rate limited");
+  c.get("log").warn({ bucket, retryAfter: hit.retryAfter }, "rate limited");
   return new ApiError("RATE_LIMITED", undefined, { retryAfter: hit.retryAfter });
 }
 
@@ -217,7 +223,7 @@ export async function withinLimit(
   limit: number,
 ): Promise<boolean> {
   const hit = await countHit(c, bucket, key, limit);
-  if (hit.over) c.var.log.warn({ bucket }, "rate limited (silently)");
+  if (hit.over) c.get("log").warn({ bucket }, "rate limited (silently)");
   return !hit.over;
 }
 
@@ -235,11 +241,11 @@ export function sessionCookie(config: ApiConfig): SessionCookie {
 }
 
 export function isSecure(c: Context<AppEnv>): boolean {
-  return c.var.deps.cookie.secure;
+  return c.get("deps").cookie.secure;
 }
 
 export function cookieName(c: Context<AppEnv>): string {
-  return c.var.deps.cookie.name;
+  return c.get("deps").cookie.name;
 }
 
 export function setSessionCookie(c: Context<AppEnv>, token: string, expiresAt: Date): void {
@@ -275,6 +281,8 @@ export function wantsBearer(c: Context<AppEnv>): boolean {
 
 /** Every /v1 answer is about one person or carries a credential: no shared or browser cache may keep it. */
 export const noStore: MiddlewareHandler<AppEnv> = async (c, next) => {
-  await next();
+  // Set before the answer exists, so every answer (errors included) is built with it. Setting a header after
+  // next() makes Hono copy the finished Response: 5% of the session check's CPU (bun --cpu-prof).
   c.header("Cache-Control", "no-store");
+  await next();
 };

@@ -101,14 +101,19 @@ export function batchedStdout(): DestinationStream {
   };
 }
 
+/** Where each logger made by createLogger() writes, for the access line built by hand (RequestLogger.request). */
+const destinations = new WeakMap<PinoLogger, DestinationStream>();
+
 export function createLogger(level: string, destination?: DestinationStream): PinoLogger {
+  const stream = destination ?? batchedStdout();
   const options = {
     level,
     base: { service: "api" },
     formatters: { log: redactSecrets },
     timestamp: pino.stdTimeFunctions.isoTime,
   };
-  const logger = pino(options, destination ?? batchedStdout());
+  const logger = pino(options, stream);
+  destinations.set(logger, stream);
   // pino skips the bindings formatter for children; children derive from this instance, so theirs is this too.
   const child = logger.child;
   logger.child = function redactedChild(this: PinoLogger, bindings, childOptions) {
@@ -118,6 +123,17 @@ export function createLogger(level: string, destination?: DestinationStream): Pi
 }
 
 type Level = "error" | "warn" | "info" | "debug";
+
+/** The fields of the access log line, one per answered request. */
+export interface AccessFields {
+  method: string;
+  route: string;
+  status: number;
+  durationMs: number;
+}
+
+const { chindingsSym } = pino.symbols;
+const isoTime = pino.stdTimeFunctions.isoTime;
 
 /**
  * A request's logger: every line carries its request id. Cheaper than a pino child per request (no bindings
@@ -131,6 +147,29 @@ export class RequestLogger implements Logger {
 
   private write(level: Level, fields: Record<string, unknown>, message: string): void {
     if (this.base.isLevelEnabled(level)) this.base[level]({ requestId: this.requestId, ...fields }, message);
+  }
+
+  /**
+   * The access log line: the JSON line `info({ method, route, status, durationMs }, "request")` writes, field for
+   * field and in the same order, built by hand when the base logger came from createLogger(). It is written for
+   * every request, and pino's general path (field scan, per-value serialization, tracing channel) was about 7%
+   * of the session check's CPU (bun --cpu-prof); this line costs a quarter of that. None of its fields can hold
+   * a secret (the route is the pattern, never the path).
+   */
+  request(fields: AccessFields): void {
+    const base = this.base;
+    if (!base.isLevelEnabled("info")) return;
+    const destination = destinations.get(base);
+    if (destination === undefined) {
+      this.write("info", { ...fields }, "request");
+      return;
+    }
+    const bindings = (base as unknown as Record<symbol, string>)[chindingsSym] ?? "";
+    destination.write(
+      `{"level":${base.levels.values.info}${isoTime()}${bindings},"requestId":${JSON.stringify(this.requestId)}` +
+        `,"method":${JSON.stringify(fields.method)},"route":${JSON.stringify(fields.route)}` +
+        `,"status":${JSON.stringify(fields.status)},"durationMs":${JSON.stringify(fields.durationMs)},"msg":"request"}\n`,
+    );
   }
 
   /** Who did what to which ids: an info line marked `audit: true`. */

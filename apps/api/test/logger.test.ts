@@ -1,5 +1,5 @@
 import { Writable } from "node:stream";
-import { describe, expect, it } from "vitest";
+import { describe, expect, it, vi } from "vitest";
 import { createLogger, RequestLogger, redactSecrets } from "../src/logger.ts";
 
 /** A logger writing into an array of parsed lines (synchronously, so lines are there when the call returns). */
@@ -78,5 +78,45 @@ describe("RequestLogger", () => {
       ["failed", "req-1", 50],
     ]);
     expect(lines[1]).toMatchObject({ audit: true, userId: "u", password: "[redacted]" });
+  });
+
+  it("writes the access line exactly as pino writes the same fields, and not below its level", () => {
+    const raw: string[] = [];
+    const sink = new Writable({
+      write(chunk, _encoding, callback) {
+        raw.push(String(chunk));
+        callback();
+      },
+    });
+    const root = createLogger("info", sink);
+    const fields = { method: "GET", route: "/v1/users/:id", status: 404, durationMs: 1.25 };
+    const parsed = (line: string | undefined) => {
+      expect(line?.endsWith("}\n")).toBe(true);
+      const { time, ...rest } = JSON.parse(line ?? "") as Record<string, unknown>;
+      expect(Number.isNaN(Date.parse(String(time)))).toBe(false);
+      return Object.entries(rest);
+    };
+    // The root logger of createLogger() takes the hand-built path (pino's info() is not called); a child of it
+    // (other bindings) takes pino's. Either way the line is pino's, field for field and in the same order.
+    for (const base of [root, root.child({ worker: 'a"b' })]) {
+      raw.length = 0;
+      const log = new RequestLogger(base, 'req-"1');
+      const info = vi.spyOn(base, "info");
+      log.request(fields);
+      expect(info).toHaveBeenCalledTimes(base === root ? 0 : 1);
+      base.info({ requestId: 'req-"1', ...fields }, "request");
+      info.mockRestore();
+      expect(raw).toHaveLength(2);
+      expect(parsed(raw[0])).toEqual(parsed(raw[1]));
+      expect(Object.fromEntries(parsed(raw[0]))).toMatchObject({
+        level: 30,
+        service: "api",
+        requestId: 'req-"1',
+      });
+    }
+
+    const quiet = capture("warn");
+    new RequestLogger(quiet.logger, "req-2").request(fields);
+    expect(quiet.lines).toEqual([]);
   });
 });

@@ -6,7 +6,7 @@
 // Usage: bun src/http-floor-server.ts constant|raw-pg|bun-sql with PORT, HOST and (for the database floors)
 // DATABASE_URL and DATABASE_POOL_MAX in the environment.
 import { createHash } from "node:crypto";
-import { SessionsService } from "@repo/db";
+import { resultTypes, SessionsService } from "@repo/db";
 import { SQL } from "bun";
 import { Hono } from "hono";
 import pg from "pg";
@@ -83,6 +83,8 @@ function main(): void {
       connectionString: required("DATABASE_URL"),
       max: poolMax,
       connectionTimeoutMillis: 10_000,
+      // The driver configured as the API's pool is: the same type parsers.
+      types: resultTypes,
     });
     // An idle client whose backend dies would otherwise crash the process; the pool drops it by itself.
     pool.on("error", () => {});

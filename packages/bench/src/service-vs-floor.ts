@@ -1,7 +1,7 @@
 // Sections 1 and 2: each hot path through the @repo/db services, beside its floor (the same SQL as a raw
 // node-postgres named prepared statement) and its naive baseline (the obvious Drizzle code), each on its own
 // pool of the same size, measured interleaved at several concurrencies.
-import { databaseConfigFromUrl, disconnectDB, initializeDB } from "@repo/db";
+import { databaseConfigFromUrl, disconnectDB, initializeDB, resultTypes } from "@repo/db";
 import * as schema from "@repo/db/schema";
 import { drizzle, type NodePgDatabase } from "drizzle-orm/node-postgres";
 import pg from "pg";
@@ -27,6 +27,8 @@ function rawPool(url: string, idleTimeoutMs: number): pg.Pool {
     max: POOL_SIZE,
     idleTimeoutMillis: idleTimeoutMs,
     connectionTimeoutMillis: 10_000,
+    // The driver configured as the service's pool is: the same type parsers.
+    types: resultTypes,
   });
   // An idle client whose backend dies would otherwise crash the process; the pool drops it by itself.
   pool.on("error", () => {});

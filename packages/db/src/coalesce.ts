@@ -47,9 +47,13 @@ export function coalescer<I, O>(options: CoalescerOptions<I, O>): (input: I) => 
     process.nextTick(() => flush(batch));
   };
 
+  // A batch that finished frees its slot. A batch that gathered while every slot was taken is sent at once:
+  // before the finished batch's callers resume and build their answers, so the next query runs in PostgreSQL
+  // while this process answers the last one's callers (nothing new could join in between: no I/O is read
+  // then). A batch already scheduled for this tick keeps its turn, so later callers of the tick still join it.
   const settled = (): void => {
     inFlight--;
-    if (open !== undefined && inFlight < maxInFlight) schedule(open);
+    if (open !== undefined && !open.scheduled && inFlight < maxInFlight) flush(open);
   };
 
   const flush = (batch: Batch<I, O>): void => {

@@ -10,6 +10,7 @@ import { DbError, isConnectionLevelError, toDbError } from "./errors.ts";
 import { type Logger, noopLogger } from "./logger.ts";
 import { setPoolStatsSource, setQueryLogger } from "./metrics.ts";
 import * as schema from "./schema/index.ts";
+import { resultTypes } from "./timestamps.ts";
 
 export type Schema = typeof schema;
 export type Database = NodePgDatabase<Schema>;
@@ -70,6 +71,7 @@ export function initializeDB(
     max: config.poolMax,
     min: config.poolMin,
     idleTimeoutMillis: config.idleTimeoutMs,
+    types: resultTypes,
   });
   // Without this listener, an idle client whose backend dies (restart, pg_terminate_backend) crashes the
   // process with an unhandled 'error' event. The pool drops that client by itself.

@@ -36,6 +36,7 @@ export {
   type StatementTarget,
   selectColumns,
 } from "./statements.ts";
+export { parseTimestamptz, resultTypes } from "./timestamps.ts";
 
 // Query building: Drizzle's operators, so apps need no drizzle-orm import of their own
 

@@ -67,10 +67,16 @@ describe("coalescer", () => {
       await nextTurn();
     }
     expect(sizes).toEqual([1]);
+    // All ten go out together once the first finishes, before the first's caller resumes: the next query is
+    // already running while that caller builds its answer.
+    let sentWhenFirstResumed: number[] = [];
+    const resumed = first.then((value) => {
+      sentWhenFirstResumed = [...sizes];
+      return value;
+    });
     releases.shift()?.();
-    expect(await first).toBe(1);
-    await nextTurn();
-    // All ten went out together once the first finished.
+    expect(await resumed).toBe(1);
+    expect(sentWhenFirstResumed).toEqual([1, 10]);
     expect(sizes).toEqual([1, 10]);
     releases.shift()?.();
     expect(await Promise.all(later)).toEqual([2, 3, 4, 5, 6, 7, 8, 9, 10, 11]);
@@ -85,5 +91,27 @@ describe("coalescer", () => {
     });
     await expect(failing(1)).rejects.toThrow("down");
     await expect(failing(2)).rejects.toThrow("down");
+  });
+
+  it("without maxInFlight, a finished batch does not cut short the batch of the current tick", async () => {
+    const batches: number[][] = [];
+    let release: () => void = () => {};
+    const load = coalescer<number, number>({
+      key: (n) => String(n),
+      run: async (inputs) => {
+        batches.push(inputs);
+        if (inputs[0] === 0) await new Promise<void>((resolve) => (release = resolve));
+        return inputs;
+      },
+    });
+    const first = load(0);
+    await new Promise((resolve) => setImmediate(resolve));
+    // In one tick: a call, the first batch finishing, and two more calls; all three share the tick's batch.
+    const calls = [load(1)];
+    release();
+    await first;
+    calls.push(load(2), load(3));
+    await Promise.all(calls);
+    expect(batches).toEqual([[0], [1, 2, 3]]);
   });
 });

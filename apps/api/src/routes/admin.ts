@@ -9,7 +9,7 @@ import { bearerMatches, readQuery } from "../http.ts";
 import { userView } from "../views.ts";
 
 const adminKey: MiddlewareHandler<AppEnv> = async (c, next) => {
-  const expected = c.var.deps.config.ADMIN_API_KEY;
+  const expected = c.get("deps").config.ADMIN_API_KEY;
   if (!expected) throw new ApiError("NOT_FOUND");
   if (!bearerMatches(c, expected)) throw new ApiError("UNAUTHENTICATED");
   await next();
@@ -54,7 +54,7 @@ export function adminRoutes(): Hono<AppEnv> {
         ...(query.cursor === undefined ? {} : { cursor: query.cursor }),
         includeDeleted: query.includeDeleted === "true",
       },
-      c.var.log,
+      c.get("log"),
     );
     return c.json({
       users: page.users.map((user) => ({ ...userView(user), deletedAt: user.deletedAt })),
@@ -63,21 +63,23 @@ export function adminRoutes(): Hono<AppEnv> {
   });
 
   admin.get("/users/:id", async (c) => {
-    const user = await UsersService.findById(userId(c.req.param("id")), c.var.log, { includeDeleted: true });
+    const user = await UsersService.findById(userId(c.req.param("id")), c.get("log"), {
+      includeDeleted: true,
+    });
     if (!user) throw new ApiError("NOT_FOUND");
     return c.json({ user: { ...userView(user), deletedAt: user.deletedAt } });
   });
 
   admin.post("/users/:id/sessions/revoke", async (c) => {
     const id = userId(c.req.param("id"));
-    const user = await UsersService.findById(id, c.var.log, { includeDeleted: true });
+    const user = await UsersService.findById(id, c.get("log"), { includeDeleted: true });
     if (!user) throw new ApiError("NOT_FOUND");
-    const revoked = await SessionsService.revokeAllForUser({ userId: id }, c.var.log);
+    const revoked = await SessionsService.revokeAllForUser({ userId: id }, c.get("log"));
     return c.json({ revoked });
   });
 
   admin.delete("/users/:id", async (c) => {
-    await UsersService.softDelete(userId(c.req.param("id")), c.var.log);
+    await UsersService.softDelete(userId(c.req.param("id")), c.get("log"));
     return c.body(null, 204);
   });
 

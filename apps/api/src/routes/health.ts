@@ -23,7 +23,7 @@ export function healthRoutes(): Hono<AppEnv> {
       });
     } catch (error) {
       const code = (error as { code?: string }).code ?? "DATABASE_UNAVAILABLE";
-      c.var.log.warn({ code }, "readiness check failed");
+      c.get("log").warn({ code }, "readiness check failed");
       return c.json({ status: "not_ready", reason: code }, 503);
     }
   });
@@ -31,13 +31,13 @@ export function healthRoutes(): Hono<AppEnv> {
   // Metrics move with what requests did (a reset mailed, a password checked), so anyone who can read them
   // learns which addresses have accounts: with METRICS_TOKEN they need it; without, production hides them.
   health.get("/metrics", async (c) => {
-    const { config } = c.var.deps;
+    const { config } = c.get("deps");
     if (config.METRICS_TOKEN) {
       if (!bearerMatches(c, config.METRICS_TOKEN)) throw new ApiError("UNAUTHENTICATED");
     } else if (config.NODE_ENV === "production") {
       throw new ApiError("NOT_FOUND");
     }
-    const registry = c.var.deps.metrics.merged;
+    const registry = c.get("deps").metrics.merged;
     return c.text(await registry.metrics(), 200, { "content-type": registry.contentType });
   });
 

@@ -26,11 +26,11 @@ export function userRoutes({ requireSession }: Guards): Hono<AppEnv> {
   const users = new Hono<AppEnv>();
   users.use("/me", requireSession);
 
-  users.get("/me", (c) => c.json({ user: userView(c.var.user) }));
+  users.get("/me", (c) => c.json({ user: userView(c.get("user")) }));
 
   users.patch("/me", async (c) => {
     const patch = await readJson(c, patchBody);
-    const user = await UsersService.update({ id: c.var.user.id, patch }, c.var.log);
+    const user = await UsersService.update({ id: c.get("user").id, patch }, c.get("log"));
     return c.json({ user: userView(user) });
   });
 
@@ -40,13 +40,13 @@ export function userRoutes({ requireSession }: Guards): Hono<AppEnv> {
   users.delete("/me", async (c) => {
     const hasBody = (c.req.header("content-length") ?? "0") !== "0" || c.req.header("content-type");
     const body = hasBody ? await readJson(c, deleteBody) : {};
-    if (await UsersService.hasPassword(c.var.user.id, c.var.log)) {
+    if (await UsersService.hasPassword(c.get("user").id, c.get("log"))) {
       if (body.password === undefined) throw new ApiError("REAUTHENTICATION_REQUIRED");
       await confirmPassword(c, body.password);
     } else if (!signedInRecently(c)) {
       throw new ApiError("REAUTHENTICATION_REQUIRED");
     }
-    await UsersService.softDelete(c.var.user.id, c.var.log);
+    await UsersService.softDelete(c.get("user").id, c.get("log"));
     clearSessionCookie(c);
     return c.body(null, 204);
   });

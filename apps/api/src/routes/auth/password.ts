@@ -25,7 +25,7 @@ import {
  */
 export async function resetPassword(c: Context<AppEnv>) {
   const body = await readJson(c, resetBody);
-  const log = c.var.log;
+  const log = c.get("log");
   await limitLinkUse(c);
   const pending = await OneTimeTokensService.peek(body.token, "password_reset", log);
   if (!pending?.userId) throw new ApiError("TOKEN_INVALID");
@@ -52,14 +52,14 @@ export async function resetPassword(c: Context<AppEnv>) {
 
 export async function changePassword(c: Context<AppEnv>) {
   const body = await readJson(c, changeBody);
-  const log = c.var.log;
-  const current = c.var.user;
-  const { config } = c.var.deps;
+  const log = c.get("log");
+  const current = c.get("user");
+  const { config } = c.get("deps");
   // Changes themselves are limited per session too (each mails a notice and ends the other sessions).
   await rateLimit(
     c,
     "password-change:session",
-    c.var.session.id,
+    c.get("session").id,
     config.RATE_LIMIT_REAUTH_FAILURES_PER_SESSION,
   );
   await confirmPassword(c, body.currentPassword);
@@ -72,11 +72,11 @@ export async function changePassword(c: Context<AppEnv>) {
   // pending link (reset, magic link, verification) dies with the old password.
   const rotated = await transaction(async (tx) => {
     await UsersService.setPassword({ id: current.id, password }, log, { tx });
-    await SessionsService.revokeAllForUser({ userId: current.id, except: c.var.session.id }, log, { tx });
+    await SessionsService.revokeAllForUser({ userId: current.id, except: c.get("session").id }, log, { tx });
     // On an account whose address is not proven yet, every link stays: they are how its owner proves it,
     // and whoever set the password before that proof must not be able to keep killing them.
     if (current.emailVerifiedAt) await OneTimeTokensService.invalidateForUser(current.id, {}, log, { tx });
-    return await SessionsService.rotate(c.var.sessionToken, log, { tx });
+    return await SessionsService.rotate(c.get("sessionToken"), log, { tx });
   });
   if (current.email && (await mailBudget(c, "notice", current.email))) {
     sendInBackground(

@@ -8,18 +8,18 @@ import { sessionView, userView } from "../../views.ts";
 import { sessionIdParam } from "./shared.ts";
 
 export async function signOut(c: Context<AppEnv>) {
-  await SessionsService.revoke(c.var.session.id, c.var.log);
+  await SessionsService.revoke(c.get("session").id, c.get("log"));
   clearSessionCookie(c);
   return c.body(null, 204);
 }
 
 export function currentSession(c: Context<AppEnv>) {
-  return c.json({ user: userView(c.var.user), session: sessionView(c.var.session) });
+  return c.json({ user: userView(c.get("user")), session: sessionView(c.get("session")) });
 }
 
 export async function listSessions(c: Context<AppEnv>) {
-  const sessions = await SessionsService.listForUser(c.var.user.id, c.var.log);
-  return c.json({ sessions: sessions.map((session) => sessionView(session, c.var.session.id)) });
+  const sessions = await SessionsService.listForUser(c.get("user").id, c.get("log"));
+  return c.json({ sessions: sessions.map((session) => sessionView(session, c.get("session").id)) });
 }
 
 export async function revokeSession(c: Context<AppEnv>) {
@@ -27,15 +27,15 @@ export async function revokeSession(c: Context<AppEnv>) {
   if (!parsed.success) throw new ApiError("NOT_FOUND");
   const id = parsed.data.toLowerCase();
   // One UPDATE scoped to the caller: someone else's id is NOT_FOUND, exactly like an unknown one.
-  await SessionsService.revoke(id, c.var.log, { userId: c.var.user.id });
-  if (id === c.var.session.id) clearSessionCookie(c);
+  await SessionsService.revoke(id, c.get("log"), { userId: c.get("user").id });
+  if (id === c.get("session").id) clearSessionCookie(c);
   return c.body(null, 204);
 }
 
 export async function revokeOtherSessions(c: Context<AppEnv>) {
   const revoked = await SessionsService.revokeAllForUser(
-    { userId: c.var.user.id, except: c.var.session.id },
-    c.var.log,
+    { userId: c.get("user").id, except: c.get("session").id },
+    c.get("log"),
   );
   return c.json({ revoked });
 }

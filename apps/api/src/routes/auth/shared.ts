@@ -44,7 +44,7 @@ export const sessionIdParam = z.guid("must be a UUID");
 
 export function link(c: Context<AppEnv>, path: string, secret: string): string {
   // APP_URL may carry a base path (https://example.com/app): links go under it, not beside it.
-  const base = c.var.deps.config.APP_URL.replace(/\/+$/, "");
+  const base = c.get("deps").config.APP_URL.replace(/\/+$/, "");
   const url = new URL(`${base}/${path.replace(/^\/+/, "")}`);
   url.searchParams.set("token", secret);
   return url.toString();
@@ -52,13 +52,13 @@ export function link(c: Context<AppEnv>, path: string, secret: string): string {
 
 /** The app's own address, for mails that send the reader there. */
 export function appHome(c: Context<AppEnv>): string {
-  return c.var.deps.config.APP_URL;
+  return c.get("deps").config.APP_URL;
 }
 
 /** Sends after the response: the answer neither waits for nor depends on delivery. */
 export function sendInBackground(c: Context<AppEnv>, to: string, subject: string, text: string): void {
-  const { mailer, tasks } = c.var.deps;
-  tasks.run("mail", c.var.log, () => mailer.send({ to, subject, text }));
+  const { mailer, tasks } = c.get("deps");
+  tasks.run("mail", c.get("log"), () => mailer.send({ to, subject, text }));
 }
 
 /** What a new session records about the request that started it. */
@@ -75,8 +75,8 @@ export function sessionFields(c: Context<AppEnv>, authMethod: string) {
 export async function endPresentedSession(c: Context<AppEnv>): Promise<void> {
   const presented = presentedToken(c);
   if (!presented) return;
-  const auth = await SessionsService.validate(presented.token, c.var.log);
-  if (auth) await SessionsService.revoke(auth.session.id, c.var.log);
+  const auth = await SessionsService.validate(presented.token, c.get("log"));
+  if (auth) await SessionsService.revoke(auth.session.id, c.get("log"));
 }
 
 /**
@@ -97,7 +97,7 @@ export function signedIn(
 
 /** The breach check of new passwords, when PASSWORD_BREACH_CHECK_URL is set. */
 export function passwordOptions(c: Context<AppEnv>) {
-  const { config } = c.var.deps;
+  const { config } = c.get("deps");
   return config.PASSWORD_BREACH_CHECK_URL
     ? {
         breachCheck: {
@@ -110,7 +110,7 @@ export function passwordOptions(c: Context<AppEnv>) {
 
 /** The per-call session configuration: the configured cap of live sessions per user. */
 export function sessionConfig(c: Context<AppEnv>) {
-  return { maxPerUser: c.var.deps.config.SESSION_MAX_PER_USER };
+  return { maxPerUser: c.get("deps").config.SESSION_MAX_PER_USER };
 }
 
 /**
@@ -126,7 +126,7 @@ export async function mailBudget(
   email: string,
   options: { loud?: boolean } = {},
 ): Promise<boolean> {
-  const { config } = c.var.deps;
+  const { config } = c.get("deps");
   const recipient = digestKey(email);
   const checks = [
     {
@@ -148,7 +148,7 @@ export async function mailBudget(
  * network's sign-in attempts, so nobody can spend the server's CPU on links without limit.
  */
 export async function limitLinkUse(c: Context<AppEnv>): Promise<void> {
-  await rateLimit(c, "sign-in:client", clientNetwork(c), c.var.deps.config.RATE_LIMIT_SIGN_IN_PER_CLIENT);
+  await rateLimit(c, "sign-in:client", clientNetwork(c), c.get("deps").config.RATE_LIMIT_SIGN_IN_PER_CLIENT);
 }
 
 /**
@@ -166,7 +166,7 @@ export async function useLink(
   try {
     const result = await UsersService.useEmailLink(
       { token, purpose, ...(password === undefined ? {} : { password }) },
-      c.var.log,
+      c.get("log"),
       { session: sessionFields(c, authMethod), sessionConfig: sessionConfig(c) },
     );
     if (!result.session) throw new Error("useEmailLink created no session");
@@ -185,8 +185,8 @@ export async function useLink(
 /** Forgot password and magic link: the same answer whether or not the address has an account. */
 export const linkRequest = (purpose: "password_reset" | "magic_link") => async (c: Context<AppEnv>) => {
   const body = await readJson(c, emailBody);
-  const log = c.var.log;
-  const { config, mailer, tasks } = c.var.deps;
+  const log = c.get("log");
+  const { config, mailer, tasks } = c.get("deps");
   await rateLimit(c, "email:client", clientNetwork(c), config.RATE_LIMIT_EMAIL_PER_CLIENT);
   await mailBudget(c, "link", body.email, { loud: true });
   // The lookup, the token and the mail happen after the response, so neither the answer nor its timing
@@ -226,14 +226,14 @@ export const linkRequest = (purpose: "password_reset" | "magic_link") => async (
  * @throws ApiError RATE_LIMITED, INVALID_CREDENTIALS.
  */
 export async function confirmPassword(c: Context<AppEnv>, password: string): Promise<void> {
-  const { config } = c.var.deps;
-  const key = c.var.session.id;
+  const { config } = c.get("deps");
+  const key = c.get("session").id;
   const hit = await countHit(c, "reauth:session", key, config.RATE_LIMIT_REAUTH_FAILURES_PER_SESSION);
   if (hit.over) throw rateLimited(c, "reauth:session", hit);
-  const email = c.var.user.email;
+  const email = c.get("user").email;
   try {
     if (!email) throw new ApiError("INVALID_CREDENTIALS");
-    await UsersService.verifyPassword({ email, password }, c.var.log);
+    await UsersService.verifyPassword({ email, password }, c.get("log"));
   } catch (error) {
     if (isDbError(error, "EMAIL_NOT_VERIFIED") || isDbError(error, "VALIDATION_FAILED")) {
       throw new ApiError("INVALID_CREDENTIALS");
@@ -248,5 +248,5 @@ const RECENT_SIGN_IN_MS = 10 * 60_000;
 
 /** True when the current session was created by a sign-in within the last ten minutes. */
 export function signedInRecently(c: Context<AppEnv>): boolean {
-  return c.var.deps.clock().getTime() - c.var.session.createdAt.getTime() <= RECENT_SIGN_IN_MS;
+  return c.get("deps").clock().getTime() - c.get("session").createdAt.getTime() <= RECENT_SIGN_IN_MS;
 }

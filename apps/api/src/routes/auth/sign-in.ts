@@ -35,8 +35,8 @@ import {
  */
 export async function signIn(c: Context<AppEnv>) {
   const body = await readJson(c, signInBody);
-  const { config, tasks, mailer } = c.var.deps;
-  const log = c.var.log;
+  const { config, tasks, mailer } = c.get("deps");
+  const log = c.get("log");
   const network = clientNetwork(c);
   const account = digestKey(body.email);
   const pair = `${account}:${network}`;

@@ -29,8 +29,8 @@ const CHECK_EMAIL = { status: "check_email" } as const;
  */
 export async function signUp(c: Context<AppEnv>) {
   const body = await readJson(c, signUpBody);
-  const { config } = c.var.deps;
-  const log = c.var.log;
+  const { config } = c.get("deps");
+  const log = c.get("log");
   await rateLimit(c, "sign-up:client", clientNetwork(c), config.RATE_LIMIT_SIGN_UP_PER_CLIENT);
   const password = await UsersService.preparePassword(
     { password: body.password, email: body.email },
@@ -93,13 +93,13 @@ export async function verifyEmail(c: Context<AppEnv>) {
 }
 
 export async function resendVerification(c: Context<AppEnv>) {
-  const user = c.var.user;
-  const { config } = c.var.deps;
+  const user = c.get("user");
+  const { config } = c.get("deps");
   if (!user.email) throw new ApiError("VALIDATION_FAILED", "Invalid input: the account has no email address");
   if (user.emailVerifiedAt) return c.json({ status: "already_verified" });
   await rateLimit(c, "email:client", clientNetwork(c), config.RATE_LIMIT_EMAIL_PER_CLIENT);
   await mailBudget(c, "link", user.email, { loud: true });
-  const sent = await UsersService.sendVerification({ userId: user.id }, c.var.log);
+  const sent = await UsersService.sendVerification({ userId: user.id }, c.get("log"));
   if (!sent) return c.json({ status: "already_verified" });
   sendInBackground(
     c,

