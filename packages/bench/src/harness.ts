@@ -96,26 +96,50 @@ export function medianOf(runs: Measurement[]): Measurement {
   };
 }
 
+/** Each variant's median measurement, and every repetition's measurement in run order. */
+export interface Interleaved<K extends string> {
+  medians: Record<K, Measurement>;
+  runs: Record<K, Measurement[]>;
+}
+
 /**
  * Measures several variants of one operation `reps` times, interleaved (A B C, B C A, C A B, ...), so slow
  * drift (autovacuum, checkpoints, a noisy neighbour) hits every variant alike and none always runs first.
- * Returns the median measurement of each variant, keyed like `variants`.
+ * Returns each variant's median measurement and its runs (for pairedRatio()).
  */
 export async function compareInterleaved<K extends string>(
   variants: Record<K, Op>,
   options: RepeatOptions,
-): Promise<Record<K, Measurement>> {
+): Promise<Interleaved<K>> {
   const names = Object.keys(variants) as K[];
-  const runs = new Map<K, Measurement[]>(names.map((name) => [name, []]));
+  const runs = Object.fromEntries(names.map((name) => [name, [] as Measurement[]])) as Record<
+    K,
+    Measurement[]
+  >;
   for (let rep = 0; rep < options.reps; rep++) {
     for (let k = 0; k < names.length; k++) {
       const name = names[(rep + k) % names.length] as K;
-      const result = await measure(variants[name], options);
-      runs.get(name)?.push(result);
+      runs[name].push(await measure(variants[name], options));
     }
   }
-  return Object.fromEntries(names.map((name) => [name, medianOf(runs.get(name) ?? [])])) as Record<
+  const medians = Object.fromEntries(names.map((name) => [name, medianOf(runs[name])])) as Record<
     K,
     Measurement
   >;
+  return { medians, runs };
+}
+
+/**
+ * The median over repetitions of `a`'s value over `b`'s in the same repetition (measured seconds apart). A
+ * machine that slows down for a while slows both sides of a pair, so this ratio moves far less than the ratio
+ * of two medians taken over the whole run.
+ */
+export function pairedRatio<T>(a: readonly T[], b: readonly T[], value: (m: T) => number): number {
+  const ratios: number[] = [];
+  for (let i = 0; i < Math.min(a.length, b.length); i++) {
+    const x = a[i];
+    const y = b[i];
+    if (x !== undefined && y !== undefined && value(y) > 0) ratios.push(value(x) / value(y));
+  }
+  return ratios.length === 0 ? Number.NaN : median(ratios);
 }

@@ -59,10 +59,17 @@ async function statement(name: string, warm?: () => Promise<unknown>): Promise<D
   return found;
 }
 
-/** Runs the service's SQL as a raw named prepared statement (the floor's name is its own). */
+/**
+ * Runs the service's SQL as a raw named prepared statement (the floor's name is its own), or unnamed where the
+ * service plans it per call (`prepare: false`: its best plan depends on the values, so a generic plan cached
+ * for one value would be wrong for others; a floor that skipped that planning would not be correct work).
+ */
 async function runFloor(pool: pg.Pool | pg.PoolClient, name: string, params: Record<string, unknown>) {
   const s = await statement(name);
-  return await pool.query({ name: `floor_${s.name}`, text: s.text, values: s.values(params) });
+  const values = s.values(params);
+  return await pool.query(
+    s.prepared ? { name: `floor_${s.name}`, text: s.text, values } : { text: s.text, values },
+  );
 }
 
 /** The parameters of the validation statement under the default session lifetimes, now. */

@@ -11,7 +11,7 @@ import { freePort } from "@repo/db/embedded";
 import autocannon from "autocannon";
 import { prepareBetterAuth } from "./better-auth/setup.ts";
 import { msText, opsText, ratio, ratioText, table } from "./format.ts";
-import { quantile } from "./harness.ts";
+import { pairedRatio, quantile } from "./harness.ts";
 import { type Child, startChild, waitForHttp } from "./processes.ts";
 import type { Resources } from "./resources.ts";
 
@@ -235,6 +235,8 @@ async function load(server: Server, connections: number, seconds: number) {
 
 const median = (values: number[]): number => quantile(Float64Array.from(values).sort(), 0.5);
 
+type Run = Awaited<ReturnType<typeof load>>;
+
 export const HTTP_HEADERS = [
   "connections",
   "server",
@@ -254,8 +256,8 @@ export function httpCells(row: HttpRow): string[][] {
     opsText(m.requestsPerSec),
     msText(m.p50Ms),
     msText(m.p99Ms),
-    ratioText(ratio(api?.requestsPerSec ?? 0, m.requestsPerSec)),
-    ratioText(ratio(api?.p99Ms ?? 0, m.p99Ms)),
+    ratioText(row.apiThroughputRatio[m.server] ?? ratio(api?.requestsPerSec ?? 0, m.requestsPerSec)),
+    ratioText(row.apiP99Ratio[m.server] ?? ratio(api?.p99Ms ?? 0, m.p99Ms)),
     m.runs.map(opsText).join(" · "),
   ]);
 }
@@ -280,7 +282,7 @@ export async function httpSection(
   const rows: HttpRow[] = [];
   let turn = 0;
   for (const connections of options.connections) {
-    const runs = new Map<ServerName, Array<Awaited<ReturnType<typeof load>>>>();
+    const runs = new Map<ServerName, Run[]>();
     for (let round = 0; round < options.repeats; round++) {
       turn++;
       for (let k = 0; k < servers.length; k++) {
@@ -302,14 +304,18 @@ export async function httpSection(
         runs: list.map((r) => r.requestsPerSec),
       };
     });
-    const api = measured[0] as HttpMeasurement;
+    // Ratios pair each round's API run with the same round's run of the other server (measured within one
+    // round, not minutes apart), then take the median over rounds.
+    const apiRuns = runs.get("api") ?? [];
+    const paired = (name: ServerName, value: (run: Run) => number) =>
+      pairedRatio(apiRuns, runs.get(name) ?? [], value);
     const row: HttpRow = {
       connections,
       servers: measured,
       apiThroughputRatio: Object.fromEntries(
-        measured.map((m) => [m.server, ratio(api.requestsPerSec, m.requestsPerSec)]),
+        SERVER_NAMES.map((name) => [name, paired(name, (run) => run.requestsPerSec)]),
       ),
-      apiP99Ratio: Object.fromEntries(measured.map((m) => [m.server, ratio(api.p99Ms, m.p99Ms)])),
+      apiP99Ratio: Object.fromEntries(SERVER_NAMES.map((name) => [name, paired(name, (run) => run.p99Ms)])),
     };
     print(table(HTTP_HEADERS, httpCells(row)));
     rows.push(row);

@@ -5,7 +5,10 @@ import { execFileSync } from "node:child_process";
 import { freePort } from "@repo/db/embedded";
 import { Redis } from "ioredis";
 import { msText, opsText, ratio, ratioText, table } from "./format.ts";
-import { compareInterleaved, type Measurement, type Op, type RepeatOptions } from "./harness.ts";
+import { compareInterleaved, type Measurement, type Op, pairedRatio, type RepeatOptions } from "./harness.ts";
+
+const throughput = (m: Measurement) => m.opsPerSec;
+
 import type { HotPath } from "./hot-paths.ts";
 import { startChild, waitUntil } from "./processes.ts";
 import type { Resources } from "./resources.ts";
@@ -194,7 +197,7 @@ export async function cacheVsRedis(
       );
       // Each measurement starts from the full key set, so GET hits and GETDEL has keys to take.
       await fill(plain, fixture);
-      const m = await compareInterleaved(
+      const { medians: m, runs } = await compareInterleaved(
         {
           postgresBefore: path.floor,
           postgres: path.service,
@@ -211,10 +214,10 @@ export async function cacheVsRedis(
         postgres: m.postgres,
         redis: m.redis,
         redisPipelined: m.redisPipelined,
-        beforeToRedis: ratio(m.postgresBefore.opsPerSec, m.redis.opsPerSec),
-        beforeToRedisPipelined: ratio(m.postgresBefore.opsPerSec, m.redisPipelined.opsPerSec),
-        postgresToRedis: ratio(m.postgres.opsPerSec, m.redis.opsPerSec),
-        postgresToRedisPipelined: ratio(m.postgres.opsPerSec, m.redisPipelined.opsPerSec),
+        beforeToRedis: pairedRatio(runs.postgresBefore, runs.redis, throughput),
+        beforeToRedisPipelined: pairedRatio(runs.postgresBefore, runs.redisPipelined, throughput),
+        postgresToRedis: pairedRatio(runs.postgres, runs.redis, throughput),
+        postgresToRedisPipelined: pairedRatio(runs.postgres, runs.redisPipelined, throughput),
       });
     }
     print(table(REDIS_HEADERS, pathRows.map(redisCells)));

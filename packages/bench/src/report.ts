@@ -67,7 +67,8 @@ function describeHarness(meta: Meta): string {
   const h = meta.harness;
   return (
     `${h.reps} repetition(s) of ${h.durationMs / 1000} s after ${h.warmupMs / 1000} s warm-up per variant, ` +
-    `variants interleaved, medians; concurrency ${h.concurrencies.join(", ")}; pools of ${h.poolSize}`
+    `variants interleaved, medians; each ratio is the median of the repetitions' ratios (the two sides of a ` +
+    `ratio measured seconds apart); concurrency ${h.concurrencies.join(", ")}; pools of ${h.poolSize}`
   );
 }
 
@@ -114,7 +115,8 @@ export function markdown(results: BenchResults, links: { json: string; svg: stri
     "",
     "## 1-2. Hot paths: service vs floor vs naive Drizzle",
     "",
-    "Floor: the same SQL sent by raw node-postgres as a named prepared statement. Naive: the obvious Drizzle " +
+    "Floor: the same SQL sent by raw node-postgres as a named prepared statement, on a pool with the " +
+      "service's type parsers. Naive: the obvious Drizzle " +
       "code (query builder per call, relational queries). Latencies in milliseconds.",
     "",
     `![service vs floor at concurrency ${CHART_CONCURRENCY}](${links.svg})`,
@@ -129,7 +131,8 @@ export function markdown(results: BenchResults, links: { json: string; svg: stri
     "",
     `autocannon (in the bench process, on the same machine) loads each server in turn for ` +
       `${meta.http.durationSec} s after ${meta.http.warmupSec} s of warm-up, ${meta.http.repeats} round(s) per ` +
-      "connection count, the order rotated each round; the table shows medians and every run's requests/s. " +
+      "connection count, the order rotated each round; the table shows medians and every run's requests/s, " +
+      "and each ratio is the median over rounds of the API's run over the other server's run in that round. " +
       `Every server that reads PostgreSQL has a pool of ${meta.http.poolSize}. The servers:`,
     "",
     "- **api**: this product as users start it (`bun run start`): `NODE_ENV=production`, default log level, so " +
@@ -137,8 +140,8 @@ export function markdown(results: BenchResults, links: { json: string; svg: stri
     "- **bun-sql floor**, the minimal floor: the least correct work for the same answer. Hono on Bun, SHA-256 of " +
       "the token, one prepared `SELECT` of the live session joined with its user through Bun's built-in " +
       "PostgreSQL client, JSON. No logging, no metrics, no coalescing.",
-    "- **raw-pg floor**: the same work through node-postgres, the driver the API uses, running the API's read as " +
-      "a named prepared statement. The gap between the two floors is what node-postgres costs on Bun, not what " +
+    "- **raw-pg floor**: the same work through node-postgres, the driver the API uses (with the API's type " +
+      "parsers), running the API's read as a named prepared statement. The gap between the two floors is what node-postgres costs on Bun, not what " +
       "this product adds.",
     "- **better-auth**: the peer, Better Auth's default `GET /api/auth/get-session` (Better Auth 1.7 with its " +
       "Drizzle adapter over node-postgres, Hono on Bun, tables from its CLI's schema in the same database), " +

@@ -19,10 +19,10 @@ const resultsDir = fileURLToPath(new URL(quick ? "../results/quick" : "../result
 const CONCURRENCIES = [1, 16, 64];
 const HARNESS = quick
   ? { reps: 1, durationMs: 300, warmupMs: 100 }
-  : { reps: 5, durationMs: 2000, warmupMs: 500 };
+  : { reps: 7, durationMs: 1500, warmupMs: 400 };
 const HTTP = quick
   ? { connections: [16, 64], durationSec: 2, warmupSec: 1, repeats: 1 }
-  : { connections: [16, 64], durationSec: 10, warmupSec: 2, repeats: 3 };
+  : { connections: [16, 64], durationSec: 5, warmupSec: 1, repeats: 6 };
 const PASSWORD_ITERATIONS = quick ? 3 : 20;
 
 const print = (text: string) => console.log(text);

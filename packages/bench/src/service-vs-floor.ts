@@ -6,7 +6,7 @@ import * as schema from "@repo/db/schema";
 import { drizzle, type NodePgDatabase } from "drizzle-orm/node-postgres";
 import pg from "pg";
 import { msText, opsText, ratio, ratioText, table } from "./format.ts";
-import { compareInterleaved, type Measurement, type RepeatOptions } from "./harness.ts";
+import { compareInterleaved, type Measurement, pairedRatio, type RepeatOptions } from "./harness.ts";
 import { type HotPath, hotPaths } from "./hot-paths.ts";
 import type { Resources } from "./resources.ts";
 import type { Fixture } from "./seed.ts";
@@ -64,19 +64,20 @@ export interface ComparisonRow {
 
 /** Measures one hot path at one concurrency, the three variants interleaved. */
 async function compare(path: HotPath, concurrency: number, options: Omit<RepeatOptions, "concurrency">) {
-  const m = await compareInterleaved(
+  const { medians: m, runs } = await compareInterleaved(
     { service: path.service, floor: path.floor, naive: path.naive },
     { ...options, concurrency },
   );
+  const throughput = (x: Measurement) => x.opsPerSec;
   return {
     operation: path.name,
     concurrency,
     service: m.service,
     floor: m.floor,
     naive: m.naive,
-    serviceToFloor: ratio(m.service.opsPerSec, m.floor.opsPerSec),
-    p99ServiceToFloor: ratio(m.service.p99Ms, m.floor.p99Ms),
-    serviceToNaive: ratio(m.service.opsPerSec, m.naive.opsPerSec),
+    serviceToFloor: pairedRatio(runs.service, runs.floor, throughput),
+    p99ServiceToFloor: pairedRatio(runs.service, runs.floor, (x) => x.p99Ms),
+    serviceToNaive: pairedRatio(runs.service, runs.naive, throughput),
   } satisfies ComparisonRow;
 }
 
