@@ -76,6 +76,30 @@ describe("named statements", () => {
     expect(new Set(definedStatements().map((s) => s.name)).size).toBe(definedStatements().length);
   });
 
+  it("runs coalesced session checks from a generic plan, not planning each batch", async () => {
+    const userId = await insertUser("batch-plan");
+    const tokens: string[] = [];
+    for (let i = 0; i < 5; i++)
+      tokens.push((await SessionsService.create({ userId, authMethod: "password" })).token);
+    // Ten rounds of five checks issued together: each round is one batch (padded to the 8-token statement).
+    for (let round = 0; round < 10; round++) {
+      const checked = await Promise.all([
+        ...tokens.map((t) => SessionsService.validate(t)),
+        SessionsService.validate("x".repeat(43)),
+      ]);
+      expect(checked.slice(0, 5).map((auth) => auth?.user.id)).toEqual(tokens.map(() => userId));
+      expect(checked[5]).toBeNull();
+    }
+    // poolMax 1: the statistics of the connection the checks used. PostgreSQL plans the first five runs for
+    // their values; after that a statement whose generic plan is no dearer runs from it.
+    const { rows } = await getPool().query<{ generic_plans: string; custom_plans: string }>(
+      "SELECT generic_plans, custom_plans FROM pg_prepared_statements WHERE name = 'rdb_sessions_validate_8'",
+    );
+    expect(rows).toHaveLength(1);
+    expect(Number(rows[0]?.custom_plans)).toBeLessThanOrEqual(5);
+    expect(Number(rows[0]?.generic_plans)).toBeGreaterThanOrEqual(5);
+  });
+
   it("sends no named statement at all with the transaction-pooler setting", async () => {
     await disconnectDB();
     initializeDB(databaseConfigFromUrl(`${database.url}?pgbouncer=true`, { poolMax: 1 }));
