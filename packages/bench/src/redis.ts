@@ -4,7 +4,7 @@
 import { execFileSync } from "node:child_process";
 import { freePort } from "@repo/db/embedded";
 import { Redis } from "ioredis";
-import { msText, opsText, ratio, ratioText, table } from "./format.ts";
+import { msText, opsText, ratioText, table } from "./format.ts";
 import { compareInterleaved, type Measurement, type Op, pairedRatio, type RepeatOptions } from "./harness.ts";
 
 const throughput = (m: Measurement) => m.opsPerSec;

@@ -5,7 +5,7 @@ import { databaseConfigFromUrl, disconnectDB, initializeDB, resultTypes } from "
 import * as schema from "@repo/db/schema";
 import { drizzle, type NodePgDatabase } from "drizzle-orm/node-postgres";
 import pg from "pg";
-import { msText, opsText, ratio, ratioText, table } from "./format.ts";
+import { msText, opsText, ratioText, table } from "./format.ts";
 import { compareInterleaved, type Measurement, pairedRatio, type RepeatOptions } from "./harness.ts";
 import { type HotPath, hotPaths } from "./hot-paths.ts";
 import type { Resources } from "./resources.ts";
