@@ -61,6 +61,8 @@ export function createApp(input: AppDeps): Hono<AppEnv> {
     }
   });
 
+  // Before the body limit, so its 413 is no-store like every other /v1 answer.
+  app.use("/v1/*", noStore);
   app.use(
     "*",
     bodyLimit({
@@ -70,7 +72,6 @@ export function createApp(input: AppDeps): Hono<AppEnv> {
       },
     }),
   );
-  app.use("/v1/*", noStore);
   app.use("/v1/*", guards.csrfGuard);
 
   app.route("/", healthRoutes());

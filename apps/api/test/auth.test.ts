@@ -89,6 +89,8 @@ describe("sign-up", () => {
       const res = await call(t, "POST", "/v1/auth/sign-up", request);
       expect(res.status, code).toBe(status);
       expect(res.json.error.code).toBe(code);
+      // Refused before or after the body limit, a /v1 answer is never cached.
+      expect(res.headers.get("cache-control"), code).toBe("no-store");
       expect(res.text).not.toMatch(/stack|SELECT|INSERT|at .*\.ts/);
     }
     const text = await t.app.request("/v1/auth/sign-up", {

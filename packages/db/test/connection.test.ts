@@ -53,9 +53,11 @@ describe("pool resilience", () => {
     pool.on("error", () => {});
     const raw = drizzle({ client: pool });
     await expect(raw.transaction(async () => {}, { isolationLevel: "bogus" as never })).rejects.toThrow();
-    // The only client was never released: the next caller times out.
+    // The only client was never released: it is still checked out, with nothing idle to hand out. (A query
+    // racing a 300 ms checkout timeout showed the same once and was flaky under CI load, so the pool's own
+    // accounting is asserted instead.)
+    expect(pool.totalCount).toBe(1);
     expect(pool.idleCount).toBe(0);
-    await expect(pool.query("SELECT 1")).rejects.toThrow(/timeout/);
     // End the pool without waiting for the leaked client.
     for (const client of (pool as unknown as { _clients: pg.PoolClient[] })._clients)
       client.release(new Error("leaked"));

@@ -68,7 +68,7 @@ const validateBatches = BATCH_SIZES.map((size) => {
   return { size, statement: readStatement(`sessions_validate_${size}`, input) };
 });
 
-/** The statement for `count` digests and its parameters (digests padded with NO_TOKEN to its size). */
+/** The statement for these digests and its parameters (a batch padded with NO_TOKEN to its size). */
 function readFor(hashes: readonly Buffer[], times: { at: Date; absoluteCutoff: Date }) {
   const base: ReadParams = { hash: hashes[0], at: times.at, absoluteCutoff: times.absoluteCutoff };
   if (hashes.length === 1) return { statement: validateOne, params: base };
@@ -129,6 +129,8 @@ async function readMany(
   // n is the 1-based position of the token in the input (bigint from unnest, so text from the driver).
   for (const row of result.rows) {
     const index = Number(row.n) - 1;
+    // Only padding could sit past the input, and NO_TOKEN matches no session; skip such a row all the same.
+    if (index >= tokens.length) continue;
     rows[index] = row;
     const last = row["s.lastAccessedAt"] as Date | null;
     if (last === null || last.getTime() <= times.refreshCutoff.getTime()) due.push({ row, index });
