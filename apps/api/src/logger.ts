@@ -153,8 +153,9 @@ export class RequestLogger implements Logger {
    * The access log line: the JSON line `info({ method, route, status, durationMs }, "request")` writes, field for
    * field and in the same order, built by hand when the base logger came from createLogger(). It is written for
    * every request, and pino's general path (field scan, per-value serialization, tracing channel) was about 7%
-   * of the session check's CPU (bun --cpu-prof); this line costs a quarter of that. None of its fields can hold
-   * a secret (the route is the pattern, never the path).
+   * of the session check's CPU (bun --cpu-prof); this line costs under half of that. None of its fields can hold
+   * a secret (the route is the pattern, never the path). It skips pino's mixin, hooks and formatters: should
+   * createLogger() gain one that changes lines, logger.test.ts (which compares this line with pino's) fails.
    */
   request(fields: AccessFields): void {
     const base = this.base;
