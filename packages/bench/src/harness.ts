@@ -1,6 +1,8 @@
 // The measuring loop: closed-loop workers for a bounded time, per-operation latency from the monotonic clock,
 // and the helpers that repeat measurements, interleave variants and take medians.
 
+import { ratio } from "./format.ts";
+
 /** One operation under test; `i` is unique across the whole run, so ops can pick distinct keys from it. */
 export type Op = (i: number) => Promise<unknown>;
 
@@ -139,7 +141,8 @@ export function pairedRatio<T>(a: readonly T[], b: readonly T[], value: (m: T) =
   for (let i = 0; i < Math.min(a.length, b.length); i++) {
     const x = a[i];
     const y = b[i];
-    if (x !== undefined && y !== undefined && value(y) > 0) ratios.push(value(x) / value(y));
+    const r = x === undefined || y === undefined ? Number.NaN : ratio(value(x), value(y));
+    if (Number.isFinite(r)) ratios.push(r);
   }
   return ratios.length === 0 ? Number.NaN : median(ratios);
 }

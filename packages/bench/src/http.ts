@@ -10,8 +10,8 @@ import { fileURLToPath } from "node:url";
 import { freePort } from "@repo/db/embedded";
 import autocannon from "autocannon";
 import { prepareBetterAuth } from "./better-auth/setup.ts";
-import { msText, opsText, ratio, ratioText, table } from "./format.ts";
-import { pairedRatio, quantile } from "./harness.ts";
+import { msText, opsText, ratioText, table } from "./format.ts";
+import { median, pairedRatio, quantile } from "./harness.ts";
 import { type Child, startChild, waitForHttp } from "./processes.ts";
 import type { Resources } from "./resources.ts";
 
@@ -233,8 +233,6 @@ async function load(server: Server, connections: number, seconds: number) {
   };
 }
 
-const median = (values: number[]): number => quantile(Float64Array.from(values).sort(), 0.5);
-
 type Run = Awaited<ReturnType<typeof load>>;
 
 export const HTTP_HEADERS = [
@@ -249,15 +247,14 @@ export const HTTP_HEADERS = [
 ];
 
 export function httpCells(row: HttpRow): string[][] {
-  const api = row.servers.find((m) => m.server === "api");
   return row.servers.map((m) => [
     String(row.connections),
     m.server,
     opsText(m.requestsPerSec),
     msText(m.p50Ms),
     msText(m.p99Ms),
-    ratioText(row.apiThroughputRatio[m.server] ?? ratio(api?.requestsPerSec ?? 0, m.requestsPerSec)),
-    ratioText(row.apiP99Ratio[m.server] ?? ratio(api?.p99Ms ?? 0, m.p99Ms)),
+    ratioText(row.apiThroughputRatio[m.server] ?? Number.NaN),
+    ratioText(row.apiP99Ratio[m.server] ?? Number.NaN),
     m.runs.map(opsText).join(" · "),
   ]);
 }
