@@ -13,6 +13,7 @@ import { createHttpMetrics } from "./http-metrics.ts";
 import { RequestLogger } from "./logger.ts";
 import { adminRoutes } from "./routes/admin.ts";
 import { authRoutes } from "./routes/auth.ts";
+import { docsRoutes } from "./routes/docs.ts";
 import { healthRoutes } from "./routes/health.ts";
 import { userRoutes } from "./routes/users.ts";
 
@@ -75,6 +76,10 @@ export function createApp(input: AppDeps): Hono<AppEnv> {
   app.use("/v1/*", guards.csrfGuard);
 
   app.route("/", healthRoutes());
+  app.route(
+    "/",
+    docsRoutes(() => app, deps.cookie.name),
+  );
   app.route("/v1/auth", authRoutes(guards));
   app.route("/v1/users", userRoutes(guards));
   app.route("/v1/admin", adminRoutes());

@@ -44,6 +44,8 @@ export interface AppVariables {
   /** The token the session was presented with, and how. */
   sessionToken: string;
   authVia: "cookie" | "bearer";
+  /** Set by hono's secureHeaders on pages whose CSP carries a nonce. */
+  secureHeadersNonce?: string;
 }
 
 /**

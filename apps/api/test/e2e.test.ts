@@ -1,9 +1,11 @@
 // End to end: the real server process (bun src/index.ts) on a real database, sending real mail over SMTP to
 // an smtp-server on 127.0.0.1 that captures it.
 import type { AddressInfo } from "node:net";
+import { createApiClient } from "@repo/client";
 import { createTestDatabase, type TestDatabase } from "@repo/db/testing";
 import { SMTPServer } from "smtp-server";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { errorSchema, sessionSchema, signedInSchema, userSchema } from "../src/openapi.ts";
 import { type ApiProcess, scrapeMetrics, startApiProcess } from "./process.ts";
 
 interface Captured {
@@ -145,5 +147,44 @@ describe("end to end over HTTP and SMTP", () => {
       'http_requests_total{method="POST",route="/v1/auth/password/reset",status="200"} 1',
     );
     expect(server?.output()).not.toContain("second password");
+  });
+});
+
+describe("the typed client (@repo/client) against the real server", () => {
+  it("signs up, confirms the mailed link, reads the session, lists sessions and signs out; answers match the description", async () => {
+    const client = createApiClient({ baseUrl: base, auth: "bearer" });
+    const email = "e2e-client@example.com";
+    const password = "client password 789";
+
+    const signUp = await client.POST("/v1/auth/sign-up", { body: { email, password } });
+    expect(signUp.response.status).toBe(202);
+    expect(signUp.data).toEqual({ status: "check_email" });
+
+    const verify = await client.POST("/v1/auth/email/verify", {
+      body: { token: tokenIn(await waitForMail(email, 1), "/verify-email"), password },
+    });
+    if (!verify.data) throw new Error(`verify failed: ${JSON.stringify(verify.error)}`);
+    const signedIn = signedInSchema.parse(verify.data);
+    expect(signedIn.user.email).toBe(email);
+    client.setToken(verify.data.token);
+
+    const session = await client.GET("/v1/auth/session");
+    if (!session.data) throw new Error(`session failed: ${JSON.stringify(session.error)}`);
+    expect(userSchema.parse(session.data.user).id).toBe(signedIn.user.id);
+    expect(sessionSchema.parse(session.data.session).id).toBe(signedIn.session.id);
+
+    const sessions = await client.GET("/v1/auth/sessions");
+    expect(sessions.data?.sessions.map((s) => sessionSchema.parse(s).current)).toEqual([true]);
+
+    const signOut = await client.POST("/v1/auth/sign-out");
+    expect(signOut.response.status).toBe(204);
+
+    // The same token is dead now; the error answer is typed and carries a documented code.
+    const after = await client.GET("/v1/auth/session");
+    expect(after.response.status).toBe(401);
+    expect(errorSchema.parse(after.error).error.code).toBe("UNAUTHENTICATED");
+
+    const wrong = await client.POST("/v1/auth/sign-in", { body: { email, password: "not the password" } });
+    expect(wrong.error?.error.code).toBe("INVALID_CREDENTIALS");
   });
 });

@@ -6,6 +6,7 @@ import { z } from "zod";
 import type { AppEnv } from "../context.ts";
 import { ApiError } from "../errors.ts";
 import { bearerMatches, readQuery } from "../http.ts";
+import { adminUserSchema, documented } from "../openapi.ts";
 import { userView } from "../views.ts";
 
 const adminKey: MiddlewareHandler<AppEnv> = async (c, next) => {
@@ -33,7 +34,7 @@ const listQuery = z.strictObject({
 
 const idParam = z.guid();
 
-function userId(raw: string): string {
+function parseUserId(raw: string): string {
   const parsed = idParam.safeParse(raw);
   if (!parsed.success) throw new ApiError("NOT_FOUND");
   return parsed.data.toLowerCase();
@@ -42,46 +43,98 @@ function userId(raw: string): string {
 export function adminRoutes(): Hono<AppEnv> {
   const admin = new Hono<AppEnv>();
   admin.use("*", adminKey);
+  const route = documented(admin, "/v1/admin");
+  const userAnswer = {
+    description: "The user (deleted ones too)",
+    schema: z.object({ user: adminUserSchema }),
+  };
+  const userId = { id: "The user's id" };
 
-  admin.get("/users", async (c) => {
-    const query = readQuery(c, listQuery);
-    const page = await UsersService.list(
-      {
-        ...(query.email ? { emails: query.email.map(pattern) } : {}),
-        ...(query.id ? { ids: query.id.map(pattern) } : {}),
-        ...(query.phone ? { phoneNumbers: query.phone.map(pattern) } : {}),
-        ...(query.limit === undefined ? {} : { limit: query.limit }),
-        ...(query.cursor === undefined ? {} : { cursor: query.cursor }),
-        includeDeleted: query.includeDeleted === "true",
+  route.get(
+    "/users",
+    {
+      summary: "List users",
+      description:
+        "Filters are lists (repeat the parameter); `*` is the wildcard. Pages in creation order; pass nextCursor as cursor for the next one.",
+      tag: "admin",
+      access: "admin",
+      query: listQuery,
+      answers: {
+        200: {
+          description: "One page",
+          schema: z.object({ users: z.array(adminUserSchema), nextCursor: z.string().nullable() }),
+        },
       },
-      c.get("log"),
-    );
-    return c.json({
-      users: page.users.map((user) => ({ ...userView(user), deletedAt: user.deletedAt })),
-      nextCursor: page.nextCursor,
-    });
-  });
+    },
+    async (c) => {
+      const query = readQuery(c, listQuery);
+      const page = await UsersService.list(
+        {
+          ...(query.email ? { emails: query.email.map(pattern) } : {}),
+          ...(query.id ? { ids: query.id.map(pattern) } : {}),
+          ...(query.phone ? { phoneNumbers: query.phone.map(pattern) } : {}),
+          ...(query.limit === undefined ? {} : { limit: query.limit }),
+          ...(query.cursor === undefined ? {} : { cursor: query.cursor }),
+          includeDeleted: query.includeDeleted === "true",
+        },
+        c.get("log"),
+      );
+      return c.json({
+        users: page.users.map((user) => ({ ...userView(user), deletedAt: user.deletedAt })),
+        nextCursor: page.nextCursor,
+      });
+    },
+  );
 
-  admin.get("/users/:id", async (c) => {
-    const user = await UsersService.findById(userId(c.req.param("id")), c.get("log"), {
-      includeDeleted: true,
-    });
-    if (!user) throw new ApiError("NOT_FOUND");
-    return c.json({ user: { ...userView(user), deletedAt: user.deletedAt } });
-  });
+  route.get(
+    "/users/:id",
+    { summary: "One user", tag: "admin", access: "admin", params: userId, answers: { 200: userAnswer } },
+    async (c) => {
+      const user = await UsersService.findById(parseUserId(c.req.param("id") ?? ""), c.get("log"), {
+        includeDeleted: true,
+      });
+      if (!user) throw new ApiError("NOT_FOUND");
+      return c.json({ user: { ...userView(user), deletedAt: user.deletedAt } });
+    },
+  );
 
-  admin.post("/users/:id/sessions/revoke", async (c) => {
-    const id = userId(c.req.param("id"));
-    const user = await UsersService.findById(id, c.get("log"), { includeDeleted: true });
-    if (!user) throw new ApiError("NOT_FOUND");
-    const revoked = await SessionsService.revokeAllForUser({ userId: id }, c.get("log"));
-    return c.json({ revoked });
-  });
+  route.post(
+    "/users/:id/sessions/revoke",
+    {
+      summary: "Sign a user out everywhere",
+      tag: "admin",
+      access: "admin",
+      params: userId,
+      answers: {
+        200: {
+          description: "How many sessions were revoked",
+          schema: z.object({ revoked: z.number().int() }),
+        },
+      },
+    },
+    async (c) => {
+      const id = parseUserId(c.req.param("id") ?? "");
+      const user = await UsersService.findById(id, c.get("log"), { includeDeleted: true });
+      if (!user) throw new ApiError("NOT_FOUND");
+      const revoked = await SessionsService.revokeAllForUser({ userId: id }, c.get("log"));
+      return c.json({ revoked });
+    },
+  );
 
-  admin.delete("/users/:id", async (c) => {
-    await UsersService.softDelete(userId(c.req.param("id")), c.get("log"));
-    return c.body(null, 204);
-  });
+  route.delete(
+    "/users/:id",
+    {
+      summary: "Delete a user (soft)",
+      tag: "admin",
+      access: "admin",
+      params: userId,
+      answers: { 204: { description: "Deleted" } },
+    },
+    async (c) => {
+      await UsersService.softDelete(parseUserId(c.req.param("id") ?? ""), c.get("log"));
+      return c.body(null, 204);
+    },
+  );
 
   return admin;
 }

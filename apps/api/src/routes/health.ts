@@ -1,18 +1,48 @@
 // Liveness, readiness and Prometheus metrics.
 import { getPool, isSchemaCurrent } from "@repo/db";
 import { Hono } from "hono";
+import { z } from "zod";
 import type { AppEnv } from "../context.ts";
 import { ApiError } from "../errors.ts";
 import { bearerMatches } from "../http.ts";
+import { documented, type RouteDoc, statusSchema } from "../openapi.ts";
 
 export function healthRoutes(): Hono<AppEnv> {
   const health = new Hono<AppEnv>();
 
   // Liveness: the process answers. Never touches the database, so a database outage doesn't restart us.
-  health.get("/healthz", (c) => c.json({ status: "ok" }));
+  const route = documented(health, "");
+  route.get(
+    "/healthz",
+    {
+      summary: "Liveness",
+      tag: "operations",
+      access: "public",
+      database: false,
+      answers: { 200: { description: "The process answers", schema: statusSchema("ok") } },
+    },
+    (c) => c.json({ status: "ok" }),
+  );
 
   // Readiness: the database answers and has every migration this build expects.
-  health.get("/readyz", async (c) => {
+  const notReady = z.object({ status: z.literal("not_ready"), reason: z.string() });
+  const readyDoc = {
+    summary: "Readiness: the database answers and every migration is applied",
+    tag: "operations",
+    access: "public",
+    database: false,
+    answers: {
+      200: {
+        description: "Ready",
+        schema: z.object({
+          status: z.literal("ready"),
+          pool: z.object({ total: z.number().int(), idle: z.number().int(), waiting: z.number().int() }),
+        }),
+      },
+      503: { description: "Not ready (migrations pending, or the database's error code)", schema: notReady },
+    },
+  } satisfies RouteDoc;
+  route.get("/readyz", readyDoc, async (c) => {
     try {
       const current = await isSchemaCurrent();
       if (!current) return c.json({ status: "not_ready", reason: "migrations pending" }, 503);
@@ -30,7 +60,17 @@ export function healthRoutes(): Hono<AppEnv> {
 
   // Metrics move with what requests did (a reset mailed, a password checked), so anyone who can read them
   // learns which addresses have accounts: with METRICS_TOKEN they need it; without, production hides them.
-  health.get("/metrics", async (c) => {
+  const metricsDoc = {
+    summary: "Prometheus metrics",
+    description: "Needs METRICS_TOKEN when one is set; without one, answers 404 in production.",
+    tag: "operations",
+    access: "metrics",
+    database: false,
+    answers: {
+      200: { description: "Prometheus text format", schema: z.string(), contentType: "text/plain" },
+    },
+  } satisfies RouteDoc;
+  route.get("/metrics", metricsDoc, async (c) => {
     const { config } = c.get("deps");
     if (config.METRICS_TOKEN) {
       if (!bearerMatches(c, config.METRICS_TOKEN)) throw new ApiError("UNAUTHENTICATED");

@@ -6,6 +6,7 @@ import type { AppEnv } from "../context.ts";
 import { ApiError } from "../errors.ts";
 import type { Guards } from "../guards.ts";
 import { clearSessionCookie, readJson } from "../http.ts";
+import { documented, type RouteDoc, userSchema } from "../openapi.ts";
 import { userView } from "../views.ts";
 import { confirmPassword, signedInRecently } from "./auth.ts";
 
@@ -26,18 +27,45 @@ export function userRoutes({ requireSession }: Guards): Hono<AppEnv> {
   const users = new Hono<AppEnv>();
   users.use("/me", requireSession);
 
-  users.get("/me", (c) => c.json({ user: userView(c.get("user")) }));
+  const route = documented(users, "/v1/users");
+  const userAnswer = { description: "The user", schema: z.object({ user: userSchema }) };
 
-  users.patch("/me", async (c) => {
-    const patch = await readJson(c, patchBody);
-    const user = await UsersService.update({ id: c.get("user").id, patch }, c.get("log"));
-    return c.json({ user: userView(user) });
-  });
+  route.get(
+    "/me",
+    { summary: "The signed-in user", tag: "users", access: "session", answers: { 200: userAnswer } },
+    (c) => c.json({ user: userView(c.get("user")) }),
+  );
+
+  route.patch(
+    "/me",
+    {
+      summary: "Change the profile",
+      tag: "users",
+      access: "session",
+      body: patchBody,
+      answers: { 200: userAnswer },
+    },
+    async (c) => {
+      const patch = await readJson(c, patchBody);
+      const user = await UsersService.update({ id: c.get("user").id, patch }, c.get("log"));
+      return c.json({ user: userView(user) });
+    },
+  );
 
   // Soft delete: the user's sessions, tokens and linked provider accounts end in the same transaction
   // (UsersService.softDelete). A stolen session alone must not be enough: the current password is required,
   // or for an account without one, a sign-in within the last ten minutes.
-  users.delete("/me", async (c) => {
+  const deleteDoc = {
+    summary: "Delete the account",
+    description:
+      "A soft delete: sessions, links and linked providers end with it. Requires the current password (in the body), or for an account without one a sign-in within the last ten minutes.",
+    tag: "users",
+    access: "session",
+    body: deleteBody,
+    answers: { 204: { description: "Deleted" } },
+    errors: ["REAUTHENTICATION_REQUIRED", "INVALID_CREDENTIALS", "RATE_LIMITED"],
+  } satisfies RouteDoc;
+  route.delete("/me", deleteDoc, async (c) => {
     const hasBody = (c.req.header("content-length") ?? "0") !== "0" || c.req.header("content-type");
     const body = hasBody ? await readJson(c, deleteBody) : {};
     if (await UsersService.hasPassword(c.get("user").id, c.get("log"))) {
