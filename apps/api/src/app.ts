@@ -11,6 +11,7 @@ import { createGuards } from "./guards.ts";
 import { noStore, sessionCookie } from "./http.ts";
 import { createHttpMetrics } from "./http-metrics.ts";
 import { RequestLogger } from "./logger.ts";
+import { pageRoutes } from "./pages/routes.tsx";
 import { adminRoutes } from "./routes/admin.ts";
 import { authRoutes } from "./routes/auth.ts";
 import { docsRoutes } from "./routes/docs.ts";
@@ -80,6 +81,7 @@ export function createApp(input: AppDeps): Hono<AppEnv> {
     "/",
     docsRoutes(() => app, deps.cookie.name),
   );
+  app.route("/", pageRoutes());
   app.route("/v1/auth", authRoutes(guards));
   app.route("/v1/users", userRoutes(guards));
   app.route("/v1/admin", adminRoutes());

@@ -110,16 +110,23 @@ type Answer = { description: string; schema?: z.ZodType; contentType?: string };
 export interface RouteDoc {
   summary: string;
   description?: string;
-  tag: "auth" | "sessions" | "users" | "admin" | "operations" | "docs";
+  tag: "auth" | "sessions" | "users" | "admin" | "operations" | "docs" | "pages";
   access: Access;
   /** The zod schema the handler reads its JSON body with. */
   body?: z.ZodType;
+  /** The zod object an HTML form is read with (application/x-www-form-urlencoded). */
+  form?: z.ZodObject;
+  /**
+   * An HTML page: what the user did wrong is shown on a page (its answers list those statuses), so only the
+   * errors answered before it runs (body limit) or unexpected ones come as JSON error codes.
+   */
+  page?: boolean;
   /** The zod object the handler reads its query with (each parameter may repeat). */
   query?: z.ZodObject;
   /** Path parameters and what they are. */
   params?: Record<string, string>;
   /** The successful answers by status. */
-  answers: Partial<Record<200 | 201 | 202 | 204 | 302 | 503, Answer>>;
+  answers: Partial<Record<200 | 201 | 202 | 204 | 303 | 400 | 403 | 415 | 429 | 503, Answer>>;
   /** The error codes the route answers with besides the ones every route of its kind can give. */
   errors?: readonly ApiErrorCode[];
   /** The route reaches the database (so it may answer with its 503 codes). Default true. */
@@ -157,12 +164,22 @@ interface Registration {
 
 function errorResponses(doc: RouteDoc, at: Registration): Record<string, unknown> {
   const codes = new Set<ApiErrorCode>([...ACCESS_ERRORS[doc.access], ...(doc.errors ?? [])]);
+  if (doc.page) {
+    if (UNSAFE.has(at.method)) codes.add("PAYLOAD_TOO_LARGE");
+    codes.add("INTERNAL_ERROR");
+    return responsesFor(codes);
+  }
   if (doc.body) for (const code of BODY_ERRORS) codes.add(code);
   if (doc.query || doc.params) codes.add(doc.params ? "NOT_FOUND" : "VALIDATION_FAILED");
   if (at.path.startsWith("/v1/") && UNSAFE.has(at.method)) codes.add("CSRF_REJECTED");
   if (doc.body || UNSAFE.has(at.method)) codes.add("PAYLOAD_TOO_LARGE");
   if (doc.database !== false) for (const code of DATABASE_ERRORS) codes.add(code);
   codes.add("INTERNAL_ERROR");
+  return responsesFor(codes);
+}
+
+/** The error answers for these codes, one per status, each listing its codes. */
+function responsesFor(codes: Set<ApiErrorCode>): Record<string, unknown> {
   const byStatus = new Map<number, ApiErrorCode[]>();
   for (const code of codes) {
     const status = API_ERRORS[code].status;
@@ -230,6 +247,16 @@ function describe(doc: RouteDoc, at: Registration): MiddlewareHandler<AppEnv> {
     ...(doc.description ? { description: doc.description } : {}),
     tags: [doc.tag],
     ...(security ? { security } : {}),
+    ...(doc.form
+      ? {
+          requestBody: {
+            required: true,
+            content: {
+              "application/x-www-form-urlencoded": { schema: resolver(doc.form, schemaOptions("input")) },
+            },
+          },
+        }
+      : {}),
     ...(doc.body
       ? {
           requestBody: {
@@ -298,6 +325,7 @@ function documentation(serverUrl: string | undefined, cookieName: string) {
       { name: "admin", description: "User administration (ADMIN_API_KEY)" },
       { name: "operations", description: "Health, readiness and metrics" },
       { name: "docs", description: "This description and its rendered docs" },
+      { name: "pages", description: "The HTML pages behind the mailed links (no JavaScript)" },
     ],
     components: {
       // Every error answer's shape; each route's own answers narrow `code` to what it can answer with.

@@ -1,50 +1,20 @@
 // End to end: the real server process (bun src/index.ts) on a real database, sending real mail over SMTP to
 // an smtp-server on 127.0.0.1 that captures it.
-import type { AddressInfo } from "node:net";
 import { createApiClient } from "@repo/client";
 import { createTestDatabase, type TestDatabase } from "@repo/db/testing";
-import { SMTPServer } from "smtp-server";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { errorSchema, sessionSchema, signedInSchema, userSchema } from "../src/openapi.ts";
 import { type ApiProcess, scrapeMetrics, startApiProcess } from "./process.ts";
+import { type CapturedMail, linkIn, type MailCatcher, startMailCatcher } from "./smtp.ts";
 
-interface Captured {
-  to: string[];
-  raw: string;
-}
-
-const mails: Captured[] = [];
-let smtp: SMTPServer;
-let smtpPort = 0;
+let mail: MailCatcher;
 let database: TestDatabase;
 let server: ApiProcess | undefined;
 let base = "";
 
-/** Quoted-printable soft breaks and escapes, enough to read a link out of a text/plain mail. */
-function decodeQuotedPrintable(text: string): string {
-  return text
-    .replace(/=\r?\n/g, "")
-    .replace(/=([0-9A-F]{2})/g, (_, hex: string) => String.fromCharCode(parseInt(hex, 16)));
-}
-
-async function waitForMail(to: string, count: number): Promise<Captured> {
-  const deadline = Date.now() + 15_000;
-  for (;;) {
-    const matching = mails.filter((mail) => mail.to.includes(to));
-    const found = matching[count - 1];
-    if (found) return found;
-    if (Date.now() > deadline)
-      throw new Error(`mail #${count} to ${to} not received; server said:\n${server?.output()}`);
-    await new Promise((resolve) => setTimeout(resolve, 50));
-  }
-}
-
-function tokenIn(mail: Captured, path: string): string {
-  const body = decodeQuotedPrintable(mail.raw);
-  const match = new RegExp(`http://app\\.e2e\\.test${path}\\?token=([A-Za-z0-9_-]+)`).exec(body);
-  if (!match?.[1]) throw new Error(`no ${path} link in:\n${body}`);
-  return match[1];
-}
+const waitForMail = (to: string, count: number) => mail.waitFor(to, count, () => server?.output() ?? "");
+const tokenIn = (captured: CapturedMail, path: string) =>
+  new URL(linkIn(captured, "http://app.e2e.test", path)).searchParams.get("token") ?? "";
 
 async function api(method: string, path: string, options: { body?: unknown; bearer?: string } = {}) {
   const headers: Record<string, string> = {};
@@ -67,30 +37,12 @@ async function api(method: string, path: string, options: { body?: unknown; bear
 }
 
 beforeAll(async () => {
-  smtp = new SMTPServer({
-    authOptional: true,
-    disabledCommands: ["STARTTLS", "AUTH"],
-    logger: false,
-    onData(stream, session, callback) {
-      const chunks: Buffer[] = [];
-      stream.on("data", (chunk: Buffer) => chunks.push(chunk));
-      stream.on("end", () => {
-        mails.push({
-          to: session.envelope.rcptTo.map((rcpt) => rcpt.address),
-          raw: Buffer.concat(chunks).toString("utf8"),
-        });
-        callback();
-      });
-    },
-  });
-  await new Promise<void>((resolve) => smtp.listen(0, "127.0.0.1", () => resolve()));
-  smtpPort = (smtp.server.address() as AddressInfo).port;
-
+  mail = await startMailCatcher();
   database = await createTestDatabase({ empty: true });
   server = await startApiProcess({
     DATABASE_URL: database.url,
     APP_URL: "http://app.e2e.test",
-    SMTP_URL: `smtp://127.0.0.1:${smtpPort}`,
+    SMTP_URL: mail.url,
     MAIL_FROM: "no-reply@e2e.test",
   });
   base = server.base;
@@ -99,7 +51,7 @@ beforeAll(async () => {
 
 afterAll(async () => {
   await server?.stop();
-  await new Promise<void>((resolve) => smtp?.close(() => resolve()));
+  await mail?.close();
   await database?.drop();
 });
 

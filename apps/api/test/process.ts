@@ -27,9 +27,16 @@ export interface ApiProcess {
   stop(): Promise<number | null>;
 }
 
-/** Starts `bun src/index.ts` in production mode with `env` on top of this process's environment. */
-export async function startApiProcess(env: Record<string, string>): Promise<ApiProcess> {
+/**
+ * Starts `bun src/index.ts` in production mode with `env` on top of this process's environment (a function gets
+ * the server's base URL first, for settings such as APP_URL that name the server itself).
+ */
+export async function startApiProcess(
+  env: Record<string, string> | ((base: string) => Record<string, string>),
+): Promise<ApiProcess> {
   const port = await freePort();
+  const base = `http://127.0.0.1:${port}`;
+  const extra = typeof env === "function" ? env(base) : env;
   let output = "";
   const child = spawn("bun", ["src/index.ts"], {
     cwd: apiRoot,
@@ -41,14 +48,13 @@ export async function startApiProcess(env: Record<string, string>): Promise<ApiP
       APP_URL: "http://app.test",
       METRICS_TOKEN,
       LOG_LEVEL: "warn",
-      ...env,
+      ...extra,
     },
     stdio: ["ignore", "pipe", "pipe"],
   });
   child.stdout?.on("data", (chunk) => (output += chunk));
   child.stderr?.on("data", (chunk) => (output += chunk));
   const exited = new Promise<number | null>((resolve) => child.on("exit", (code) => resolve(code)));
-  const base = `http://127.0.0.1:${port}`;
   return {
     child,
     base,

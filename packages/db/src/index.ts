@@ -99,6 +99,7 @@ export {
   isAccountEncryptionConfigured,
   loadAccountEncryptionFromEnv,
 } from "./crypto/encryption.ts";
+export { PASSWORD_MIN_LENGTH } from "./crypto/passwords.ts";
 export {
   CODE_KEY_MIN_BYTES,
   configureOneTimeCodes,

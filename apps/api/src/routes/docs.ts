@@ -83,6 +83,10 @@ export function docsRoutes(app: () => Hono<AppEnv>, cookieName: string): Hono<Ap
         hideClientButton: true,
         proxyUrl: "",
         persistAuth: false,
+        // Scalar's hosted features (AI agent, MCP generation, developer tools) call its servers: off.
+        agent: { disabled: true },
+        mcp: { disabled: true },
+        showDeveloperTools: "never",
       } as Parameters<typeof Scalar<AppEnv>>[0])(c, next),
   );
   route.get(

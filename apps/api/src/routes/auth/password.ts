@@ -25,17 +25,23 @@ import {
  */
 export async function resetPassword(c: Context<AppEnv>) {
   const body = await readJson(c, resetBody);
+  const user = await resetWithLink(c, body.token, body.password);
+  return c.json({ user: userView(user) });
+}
+
+/** The reset itself (the JSON route and the reset page): the user, signed out everywhere, with a new password. */
+export async function resetWithLink(c: Context<AppEnv>, token: string, newPassword: string) {
   const log = c.get("log");
   await limitLinkUse(c);
-  const pending = await OneTimeTokensService.peek(body.token, "password_reset", log);
+  const pending = await OneTimeTokensService.peek(token, "password_reset", log);
   if (!pending?.userId) throw new ApiError("TOKEN_INVALID");
   const password = await UsersService.preparePassword(
-    { password: body.password, email: pending.sentTo },
+    { password: newPassword, email: pending.sentTo },
     log,
     passwordOptions(c),
   );
   const { user } = await UsersService.useEmailLink(
-    { token: body.token, purpose: "password_reset", newPassword: password },
+    { token, purpose: "password_reset", newPassword: password },
     log,
   );
   clearSessionCookie(c);
@@ -47,7 +53,7 @@ export async function resetPassword(c: Context<AppEnv>) {
       `The password of your account was just reset with a link mailed to this address, and every session was signed out.\n\nIf it was not you, reset it again at ${appHome(c)} and check your mailbox's security.\n`,
     );
   }
-  return c.json({ user: userView(user) });
+  return user;
 }
 
 export async function changePassword(c: Context<AppEnv>) {

@@ -182,17 +182,22 @@ export async function useLink(
   }
 }
 
-/** Forgot password and magic link: the same answer whether or not the address has an account. */
-export const linkRequest = (purpose: "password_reset" | "magic_link") => async (c: Context<AppEnv>) => {
-  const body = await readJson(c, emailBody);
+/**
+ * Mails a reset or sign-in link to `email` if it has an account. Rate limits and the address's mail budget are
+ * checked now (RATE_LIMITED); the lookup, the token and the mail happen after the answer, so neither the answer
+ * nor its timing says whether the address has an account.
+ */
+export async function requestLink(
+  c: Context<AppEnv>,
+  purpose: "password_reset" | "magic_link",
+  email: string,
+): Promise<void> {
   const log = c.get("log");
   const { config, mailer, tasks } = c.get("deps");
   await rateLimit(c, "email:client", clientNetwork(c), config.RATE_LIMIT_EMAIL_PER_CLIENT);
-  await mailBudget(c, "link", body.email, { loud: true });
-  // The lookup, the token and the mail happen after the response, so neither the answer nor its timing
-  // says whether the address has an account.
+  await mailBudget(c, "link", email, { loud: true });
   tasks.run(purpose, log, async () => {
-    const user = await UsersService.findByEmail(body.email, log).catch((error: unknown) => {
+    const user = await UsersService.findByEmail(email, log).catch((error: unknown) => {
       if (isDbError(error, "VALIDATION_FAILED")) return null;
       throw error;
     });
@@ -216,8 +221,31 @@ export const linkRequest = (purpose: "password_reset" | "magic_link") => async (
           },
     );
   });
+}
+
+/** Forgot password and magic link: the same answer whether or not the address has an account. */
+export const linkRequest = (purpose: "password_reset" | "magic_link") => async (c: Context<AppEnv>) => {
+  const body = await readJson(c, emailBody);
+  await requestLink(c, purpose, body.email);
   return c.json({ status: "sent" }, 202);
 };
+
+/**
+ * Signs in with a mailed link (a verification link with its sign-up's password, or a magic link): counts as a
+ * sign-in attempt of the client network, uses the link, and ends any session presented with the request.
+ */
+export async function signInWithLink(
+  c: Context<AppEnv>,
+  token: string,
+  purpose: "email_verification" | "magic_link",
+  password?: string,
+) {
+  await limitLinkUse(c);
+  // Following the link proves the address; if it is the first proof, what was set up before it ends.
+  const result = await useLink(c, token, purpose, purpose, password);
+  await endPresentedSession(c);
+  return result;
+}
 
 /**
  * Checks the signed-in user's current password before a sensitive change. Wrong answers are counted per

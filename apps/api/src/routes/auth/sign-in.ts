@@ -15,15 +15,14 @@ import {
 import {
   appHome,
   endPresentedSession,
-  limitLinkUse,
   link,
   mailBudget,
   sessionConfig,
   sessionFields,
   signedIn,
   signInBody,
+  signInWithLink,
   tokenBody,
-  useLink,
 } from "./shared.ts";
 
 /**
@@ -120,9 +119,6 @@ export async function signIn(c: Context<AppEnv>) {
 
 export async function verifyMagicLink(c: Context<AppEnv>) {
   const body = await readJson(c, tokenBody);
-  await limitLinkUse(c);
-  // Following the link proves the address; if it is the first proof, what was set up before it ends.
-  const { user, session } = await useLink(c, body.token, "magic_link", "magic_link");
-  await endPresentedSession(c);
+  const { user, session } = await signInWithLink(c, body.token, "magic_link");
   return signedIn(c, session, user);
 }

@@ -7,7 +7,6 @@ import { clientNetwork, rateLimit, readJson } from "../../http.ts";
 import {
   appHome,
   endPresentedSession,
-  limitLinkUse,
   link,
   mailBudget,
   passwordOptions,
@@ -15,8 +14,8 @@ import {
   sessionConfig,
   sessionFields,
   signedIn,
+  signInWithLink,
   signUpBody,
-  useLink,
   verifyBody,
 } from "./shared.ts";
 
@@ -80,15 +79,7 @@ export async function signUp(c: Context<AppEnv>) {
  */
 export async function verifyEmail(c: Context<AppEnv>) {
   const body = await readJson(c, verifyBody);
-  await limitLinkUse(c);
-  const { user, session } = await useLink(
-    c,
-    body.token,
-    "email_verification",
-    "email_verification",
-    body.password,
-  );
-  await endPresentedSession(c);
+  const { user, session } = await signInWithLink(c, body.token, "email_verification", body.password);
   return signedIn(c, session, user);
 }
 
