@@ -93,6 +93,11 @@ const schema = z.object({
     .enum(["true", "false"], { error: "SIGN_IN_BEFORE_EMAIL_VERIFICATION must be true or false" })
     .default("false")
     .transform((value) => value === "true"),
+  /** Serve /openapi.json and /docs (the API's description and its rendered reference). Default true. */
+  API_DOCS: z
+    .enum(["true", "false"], { error: "API_DOCS must be true or false" })
+    .default("true")
+    .transform((value) => value === "true"),
   /** Bearer token /metrics requires; unset: /metrics is open in development and test, 404 in production. */
   METRICS_TOKEN: z.string().min(16, { error: "METRICS_TOKEN must be at least 16 characters" }).optional(),
   /** A Pwned Passwords range API (k-anonymity): new passwords found in it are refused. Unset: no check. */

@@ -138,3 +138,33 @@ describe("/docs", () => {
     expect((await script.arrayBuffer()).byteLength).toBeGreaterThan(100_000);
   });
 });
+
+describe("/openapi.json and /docs cost little and can be turned off", () => {
+  it("answers 304 to a known ETag and gzips the 4 MB script for clients that accept it", async () => {
+    const t = makeApp();
+    const first = await t.app.request("/openapi.json");
+    const etag = first.headers.get("etag") ?? "";
+    expect(etag).toMatch(/^".+"$/);
+    expect(first.headers.get("cache-control")).toBe("no-cache");
+    const again = await t.app.request("/openapi.json", { headers: { "if-none-match": etag } });
+    expect(again.status).toBe(304);
+    expect(await again.text()).toBe("");
+
+    const plain = await t.app.request("/docs/scalar.js");
+    const zipped = await t.app.request("/docs/scalar.js", { headers: { "accept-encoding": "gzip, br" } });
+    expect(zipped.headers.get("content-encoding")).toBe("gzip");
+    expect(zipped.headers.get("vary")).toBe("Accept-Encoding");
+    const plainBytes = (await plain.arrayBuffer()).byteLength;
+    const zippedBytes = (await zipped.arrayBuffer()).byteLength;
+    expect(zippedBytes).toBeLessThan(plainBytes / 2);
+  });
+
+  it("with API_DOCS=false answers 404 for the description, the page and its script", async () => {
+    const t = makeApp({ env: { API_DOCS: "false" } });
+    for (const path of ["/openapi.json", "/docs", "/docs/scalar.js"]) {
+      const response = await t.app.request(path);
+      expect(response.status, path).toBe(404);
+      expect(((await response.json()) as { error: { code: string } }).error.code, path).toBe("NOT_FOUND");
+    }
+  });
+});

@@ -60,7 +60,10 @@ describe("pages behind the mailed links", () => {
       ])
         expect(csp, path).toContain(directive);
       expect(csp, path).not.toContain("script-src");
-      if (path !== "/account") expect(cookie, path).not.toBe("");
+      if (path !== "/account") {
+        expect(cookie, path).not.toBe("");
+        expect(page.headers.get("set-cookie"), path).toMatch(/__Host-form=[^;]+;.*HttpOnly.*SameSite=Lax/);
+      }
       expect(page.headers.get("set-cookie") ?? "", path).not.toContain("session=");
     }
     expect(await stillUsable(t, token)).toBe(true);
@@ -131,5 +134,25 @@ describe("pages behind the mailed links", () => {
     expect(session).toBeTruthy();
     const account = await t.app.request("/account", { headers: { cookie: session ?? "" } });
     expect(await account.text()).toContain(`You are signed in as <strong>${email}</strong>`);
+  });
+
+  it("the reset form counts against the network's link-use limit before it looks anything up, and says when to retry", async () => {
+    // A network of its own: the other tests of this file count against the default one.
+    const t = makeApp({ env: { RATE_LIMIT_SIGN_IN_PER_CLIENT: "2" }, address: "198.51.100.77" });
+    const { cookie, field } = await openPage(t, "/reset-password?token=nope");
+    const statuses: number[] = [];
+    let retryAfter: string | null = null;
+    for (let i = 0; i < 4; i++) {
+      const response = await post(
+        t,
+        "/reset-password",
+        { token: "not-a-live-token", csrf: field, password: "one two three four", confirm: "other" },
+        { cookie },
+      );
+      statuses.push(response.status);
+      if (response.status === 429) retryAfter = response.headers.get("retry-after");
+    }
+    expect(statuses).toEqual([400, 400, 429, 429]);
+    expect(Number(retryAfter)).toBeGreaterThan(0);
   });
 });

@@ -847,6 +847,26 @@ export interface operations {
                     };
                 };
             };
+            /** @description `NOT_FOUND`: Not found */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        error: {
+                            /** @enum {string} */
+                            code: "NOT_FOUND";
+                            message: string;
+                            requestId: string;
+                            /** @description Per-field reasons (validation) */
+                            details?: {
+                                [key: string]: string;
+                            };
+                        };
+                    };
+                };
+            };
             /** @description `INTERNAL_ERROR`: Internal error */
             500: {
                 headers: {
@@ -887,6 +907,26 @@ export interface operations {
                     "text/html": string;
                 };
             };
+            /** @description `NOT_FOUND`: Not found */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        error: {
+                            /** @enum {string} */
+                            code: "NOT_FOUND";
+                            message: string;
+                            requestId: string;
+                            /** @description Per-field reasons (validation) */
+                            details?: {
+                                [key: string]: string;
+                            };
+                        };
+                    };
+                };
+            };
             /** @description `INTERNAL_ERROR`: Internal error */
             500: {
                 headers: {
@@ -925,6 +965,26 @@ export interface operations {
                 };
                 content: {
                     "text/javascript": string;
+                };
+            };
+            /** @description `NOT_FOUND`: Not found */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        error: {
+                            /** @enum {string} */
+                            code: "NOT_FOUND";
+                            message: string;
+                            requestId: string;
+                            /** @description Per-field reasons (validation) */
+                            details?: {
+                                [key: string]: string;
+                            };
+                        };
+                    };
                 };
             };
             /** @description `INTERNAL_ERROR`: Internal error */

@@ -1,9 +1,14 @@
 // CSRF protection of the pages' forms: a double-submit token. Showing a form sets a random token in an HttpOnly,
-// SameSite=Strict cookie (`__Host-` prefixed outside development, so no subdomain can plant one) and puts the
+// SameSite=Lax cookie (`__Host-` prefixed outside development, so no subdomain can plant one) and puts the
 // same value in the form; a POST must carry both, equal. A cross-site page cannot read the cookie, and with
-// SameSite=Strict its POST does not even send it. The forms cannot rely on Origin: under Referrer-Policy
-// no-referrer, Chromium sends `Origin: null` with a same-origin form POST. Fetch metadata is checked as well:
-// a browser that says the POST came from another site (or a sibling subdomain) is refused whatever it carries.
+// SameSite=Lax its POST does not even send it (Lax, not Strict: a link opened from webmail is a cross-site
+// navigation, and a Strict cookie would be missing there, so a new token would break a form already open in
+// another tab). The forms cannot rely on Origin: under Referrer-Policy no-referrer, Chromium sends
+// `Origin: null` with a same-origin form POST. Fetch metadata is checked as well: a browser that says the POST
+// came from another site (or a sibling subdomain) is refused whatever it carries.
+// Left open: in development over plain http (no `__Host-` prefix, and browsers send no Sec-Fetch-* to http
+// origins other than localhost), a sibling subdomain could plant the cookie and post a form with the same
+// value (login CSRF). The development default is http://localhost, where Sec-Fetch-Site is sent.
 import { randomBytes, timingSafeEqual } from "node:crypto";
 import type { Context } from "hono";
 import { getCookie, setCookie } from "hono/cookie";
@@ -23,7 +28,7 @@ export function formToken(c: Context<AppEnv>): string {
   const token = existing && TOKEN.test(existing) ? existing : randomBytes(32).toString("base64url");
   setCookie(c, cookieName(c), token, {
     httpOnly: true,
-    sameSite: "Strict",
+    sameSite: "Lax",
     secure: isSecure(c),
     path: "/",
     maxAge: MAX_AGE_SECONDS,

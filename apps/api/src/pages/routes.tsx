@@ -15,7 +15,7 @@ import { toErrorAnswer } from "../errors.ts";
 import { clearSessionCookie, presentedToken, setSessionCookie } from "../http.ts";
 import { documented, type RouteDoc } from "../openapi.ts";
 import { resetWithLink } from "../routes/auth/password.ts";
-import { requestLink, signInWithLink } from "../routes/auth/shared.ts";
+import { limitLinkUse, requestLink, signInWithLink } from "../routes/auth/shared.ts";
 import { formToken, formTokenMatches } from "./csrf.ts";
 import { Form, Page, PasswordField, Problem } from "./layout.tsx";
 
@@ -119,7 +119,13 @@ function deadLink(c: Context<AppEnv>, kind: "verify" | "reset" | "magic", status
 }
 
 /** A refused submission as the page shows it: the code's message and the per-field reasons. */
-function problemOf(error: unknown): { status: Status; message: string; reasons: string[]; code: string } {
+function problemOf(error: unknown): {
+  status: Status;
+  message: string;
+  reasons: string[];
+  code: string;
+  retryAfter?: number;
+} {
   const answer = toErrorAnswer(error);
   if (answer.unexpected) throw error;
   const reasons = Object.values(answer.details ?? {});
@@ -132,10 +138,17 @@ function problemOf(error: unknown): { status: Status; message: string; reasons: 
         : reasons.length > 0
           ? "Please check:"
           : answer.message;
-  return { status, message, reasons, code: answer.code };
+  return {
+    status,
+    message,
+    reasons,
+    code: answer.code,
+    ...(answer.retryAfter === undefined ? {} : { retryAfter: answer.retryAfter }),
+  };
 }
 
 function rateLimitedPage(c: Context<AppEnv>, problem: ReturnType<typeof problemOf>) {
+  if (problem.retryAfter !== undefined) c.header("Retry-After", String(problem.retryAfter));
   return render(c, "Please wait", <Problem message={problem.message} />, problem.status);
 }
 
@@ -320,6 +333,12 @@ export function pageRoutes(): Hono<AppEnv> {
   route.post("/reset-password", pageDoc("Sets the new password (typed twice)", resetForm), async (c) => {
     const form = await readForm(c, resetForm);
     if (form instanceof Response) return form;
+    try {
+      // Counted before anything is looked up, as the JSON route does.
+      await limitLinkUse(c);
+    } catch (error) {
+      return rateLimitedPage(c, problemOf(error));
+    }
     const pending = await OneTimeTokensService.peek(form.token, "password_reset", c.get("log"));
     if (!pending) return deadLink(c, "reset");
     if (form.password !== form.confirm) {

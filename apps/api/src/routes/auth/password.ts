@@ -25,14 +25,17 @@ import {
  */
 export async function resetPassword(c: Context<AppEnv>) {
   const body = await readJson(c, resetBody);
+  await limitLinkUse(c);
   const user = await resetWithLink(c, body.token, body.password);
   return c.json({ user: userView(user) });
 }
 
-/** The reset itself (the JSON route and the reset page): the user, signed out everywhere, with a new password. */
+/**
+ * The reset itself (the JSON route and the reset page, each after limitLinkUse): the user, signed out
+ * everywhere, with a new password.
+ */
 export async function resetWithLink(c: Context<AppEnv>, token: string, newPassword: string) {
   const log = c.get("log");
-  await limitLinkUse(c);
   const pending = await OneTimeTokensService.peek(token, "password_reset", log);
   if (!pending?.userId) throw new ApiError("TOKEN_INVALID");
   const password = await UsersService.preparePassword(
