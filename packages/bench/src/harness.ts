@@ -105,8 +105,20 @@ export interface Interleaved<K extends string> {
 }
 
 /**
- * Measures several variants of one operation `reps` times, interleaved (A B C, B C A, C A B, ...), so slow
- * drift (autovacuum, checkpoints, a noisy neighbour) hits every variant alike and none always runs first.
+ * The order of repetition `rep`: rotations forward (A B C, B C A, C A B), then backward (C B A, A C B, B A C),
+ * and again. Rotation alone keeps each variant's predecessor fixed (B always after A), so whatever one variant
+ * leaves behind (garbage to collect, a cold cache, a pool to refill) would always be paid by the same other
+ * one; reversing every other round gives each variant each predecessor equally often.
+ */
+export function runOrder<K>(names: readonly K[], rep: number): K[] {
+  const n = names.length;
+  const rotated = names.map((_, k) => names[(rep + k) % n] as K);
+  return Math.floor(rep / n) % 2 === 1 ? rotated.reverse() : rotated;
+}
+
+/**
+ * Measures several variants of one operation `reps` times, interleaved (see runOrder), so slow drift
+ * (autovacuum, checkpoints, a noisy neighbour) hits every variant alike and none always runs first.
  * Returns each variant's median measurement and its runs (for pairedRatio()).
  */
 export async function compareInterleaved<K extends string>(
@@ -119,10 +131,7 @@ export async function compareInterleaved<K extends string>(
     Measurement[]
   >;
   for (let rep = 0; rep < options.reps; rep++) {
-    for (let k = 0; k < names.length; k++) {
-      const name = names[(rep + k) % names.length] as K;
-      runs[name].push(await measure(variants[name], options));
-    }
+    for (const name of runOrder(names, rep)) runs[name].push(await measure(variants[name], options));
   }
   const medians = Object.fromEntries(names.map((name) => [name, medianOf(runs[name])])) as Record<
     K,

@@ -67,7 +67,7 @@ function describeHarness(meta: Meta): string {
   const h = meta.harness;
   return (
     `${h.reps} repetition(s) of ${h.durationMs / 1000} s after ${h.warmupMs / 1000} s warm-up per variant, ` +
-    `variants interleaved, medians; each ratio is the median of the repetitions' ratios (the two sides of a ` +
+    `variants interleaved (rotated, every other round reversed, so each follows each equally often), medians; each ratio is the median of the repetitions' ratios (the two sides of a ` +
     `ratio measured seconds apart); concurrency ${h.concurrencies.join(", ")}; pools of ${h.poolSize}`
   );
 }
