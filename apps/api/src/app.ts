@@ -11,6 +11,7 @@ import { createGuards } from "./guards.ts";
 import { noStore, sessionCookie } from "./http.ts";
 import { createHttpMetrics } from "./http-metrics.ts";
 import { RequestLogger } from "./logger.ts";
+import { oauthProviders } from "./oauth/providers.ts";
 import { pageRoutes } from "./pages/routes.tsx";
 import { adminRoutes } from "./routes/admin.ts";
 import { authRoutes } from "./routes/auth.ts";
@@ -32,6 +33,11 @@ export function createApp(input: AppDeps): Hono<AppEnv> {
     tasks: input.tasks ?? backgroundTasks(),
     metrics: createHttpMetrics(),
     cookie: sessionCookie(input.config),
+    oauth: oauthProviders(
+      input.config.OAUTH_PROVIDERS,
+      input.config.API_URL ?? input.config.APP_URL,
+      (fields, message) => input.logger.warn(fields, message),
+    ),
   };
   const guards = createGuards(deps.config);
   const app = new Hono<AppEnv>();

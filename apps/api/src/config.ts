@@ -1,6 +1,7 @@
 // The API's own settings, read from the environment and validated at start with a message per bad variable.
 // Database settings (DATABASE_*) are read by @repo/db.
 import { z } from "zod";
+import { type OAuthProviderSettings, oauthProviders } from "./oauth/config.ts";
 
 const schema = z.object({
   NODE_ENV: z
@@ -93,6 +94,11 @@ const schema = z.object({
     .enum(["true", "false"], { error: "SIGN_IN_BEFORE_EMAIL_VERIFICATION must be true or false" })
     .default("false")
     .transform((value) => value === "true"),
+  /**
+   * This API's public URL, where providers send users back (`<API_URL>/v1/auth/oauth/<id>/callback`, the
+   * redirect URI to register with them). Default: APP_URL (in development the API serves the app's links).
+   */
+  API_URL: z.url({ protocol: /^https?$/, error: "API_URL must be an http(s) URL" }).optional(),
   /** Serve /openapi.json and /docs (the API's description and its rendered reference). Default true. */
   API_DOCS: z
     .enum(["true", "false"], { error: "API_DOCS must be true or false" })
@@ -110,7 +116,10 @@ const schema = z.object({
   MAINTENANCE_INTERVAL_MS: z.coerce.number().int().min(1000).max(86_400_000).default(300_000),
 });
 
-export type ApiConfig = z.infer<typeof schema>;
+export type ApiConfig = z.infer<typeof schema> & {
+  /** Sign-in providers from OAUTH_* variables (oauth/config.ts). */
+  OAUTH_PROVIDERS: OAuthProviderSettings[];
+};
 
 /** The origins allowed to send cookie-authenticated unsafe requests. */
 export function allowedOrigins(config: ApiConfig): string[] {
@@ -141,6 +150,11 @@ export function loadApiConfig(env: Record<string, string | undefined> = process.
   if (cleaned.NODE_ENV === "production" && cleaned.APP_URL === undefined) {
     problems.APP_URL = "is required in production (the public URL mailed links point at)";
   }
+  const providers = oauthProviders(cleaned, problems);
+  if (providers.length > 0 && !cleaned.ACCOUNT_ENCRYPTION_KEYS) {
+    problems.ACCOUNT_ENCRYPTION_KEYS =
+      "is required with sign-in providers (their tokens are stored encrypted)";
+  }
   if (!parsed.success || Object.keys(problems).length > 0) throw new ConfigError(problems);
-  return parsed.data;
+  return { ...parsed.data, OAUTH_PROVIDERS: providers };
 }

@@ -7,6 +7,7 @@ import type { SessionCookie } from "./http.ts";
 import type { HttpMetrics } from "./http-metrics.ts";
 import type { PinoLogger } from "./logger.ts";
 import type { Mailer } from "./mailer.ts";
+import type { OAuthProviders } from "./oauth/providers.ts";
 
 export interface AppDeps {
   config: ApiConfig;
@@ -31,6 +32,8 @@ export interface ResolvedDeps extends Required<Omit<AppDeps, "getClientAddress" 
   metrics: HttpMetrics;
   /** The session cookie's name and Secure flag, from the configuration. */
   cookie: SessionCookie;
+  /** The configured sign-in providers (OAUTH_*). */
+  oauth: OAuthProviders;
 }
 
 export interface AppVariables {

@@ -23,6 +23,10 @@ export const API_ERRORS = {
   EMAIL_TAKEN: { status: 409, message: "The email address is already in use" },
   PHONE_TAKEN: { status: 409, message: "The phone number is already in use" },
   ACCOUNT_ALREADY_LINKED: { status: 409, message: "The account is already linked" },
+  LAST_SIGN_IN_METHOD: {
+    status: 409,
+    message: "This is your last way to sign in: set a password or link another provider first",
+  },
   PAYLOAD_TOO_LARGE: { status: 413, message: "The body is too large" },
   UNSUPPORTED_MEDIA_TYPE: { status: 415, message: "Send application/json" },
   RATE_LIMITED: { status: 429, message: "Too many requests; retry later" },
@@ -33,6 +37,7 @@ export const API_ERRORS = {
   },
   INTERNAL_ERROR: { status: 500, message: "Internal error" },
   SERVICE_UNAVAILABLE: { status: 503, message: "Temporarily unavailable; retry later" },
+  PROVIDER_UNAVAILABLE: { status: 503, message: "The sign-in provider cannot be reached; retry later" },
   // The database is busy or away: retry. The code says which, so clients and dashboards can tell them apart.
   DATABASE_UNAVAILABLE: { status: 503, message: "The database is unavailable; retry later" },
   POOL_EXHAUSTED: { status: 503, message: "All database connections are busy; retry later" },

@@ -48,6 +48,17 @@ export const sessionSchema = z
   })
   .meta({ id: "Session" });
 
+export const linkedAccountSchema = z
+  .object({
+    id: z.uuid(),
+    provider: z.string(),
+    providerAccountId: z.string(),
+    scope: z.string().nullable(),
+    createdAt: timestamp,
+    updatedAt: timestamp,
+  })
+  .meta({ id: "LinkedAccount" });
+
 /** The answer that starts a session; `token` only for clients that sent `X-Auth-Mode: bearer`. */
 export const signedInSchema = z
   .object({
@@ -126,7 +137,7 @@ export interface RouteDoc {
   /** Path parameters and what they are. */
   params?: Record<string, string>;
   /** The successful answers by status. */
-  answers: Partial<Record<200 | 201 | 202 | 204 | 303 | 400 | 403 | 415 | 429 | 503, Answer>>;
+  answers: Partial<Record<200 | 201 | 202 | 204 | 302 | 303 | 400 | 403 | 415 | 429 | 503, Answer>>;
   /** The error codes the route answers with besides the ones every route of its kind can give. */
   errors?: readonly ApiErrorCode[];
   /** The route reaches the database (so it may answer with its 503 codes). Default true. */
@@ -273,7 +284,7 @@ function describe(doc: RouteDoc, at: Registration): MiddlewareHandler<AppEnv> {
           in: "path",
           required: true,
           description,
-          schema: { type: "string", format: "uuid" },
+          schema: name === "id" ? { type: "string", format: "uuid" } : { type: "string" },
         }),
       ),
     ],

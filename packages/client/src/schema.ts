@@ -462,6 +462,100 @@ export interface paths {
         patch?: never;
         trace?: never;
     };
+    "/v1/auth/oauth/{provider}/start": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * Sign in with a provider: redirects to it
+         * @description Keeps state, nonce and a PKCE verifier server-side (10 minutes, used once) bound to this browser by a cookie, and redirects to the provider. `redirectTo` (under APP_URL or an allowed origin) is where the callback sends the browser.
+         */
+        get: operations["getV1AuthOauthByProviderStart"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/v1/auth/oauth/{provider}/callback": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * Where the provider sends the browser back (register this URL with it)
+         * @description Uses the state once, exchanges the code, validates the ID token (signature, issuer, audience, nonce, expiry), signs in with the session cookie and redirects to redirectTo. A failure redirects there with `?error=` OAUTH_STATE_INVALID, OAUTH_PROVIDER_ERROR, OAUTH_TOKEN_INVALID, OAUTH_PROVIDER_UNAVAILABLE, OAUTH_EMAIL_UNVERIFIED (a new identity without a verified address), OAUTH_ACCOUNT_ALREADY_LINKED, OAUTH_SESSION_ENDED or RATE_LIMITED.
+         */
+        get: operations["getV1AuthOauthByProviderCallback"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/v1/auth/oauth/{provider}/link": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /** Link a provider to the signed-in user: answers the URL to send the browser to */
+        post: operations["postV1AuthOauthByProviderLink"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/v1/auth/accounts": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /** The user's linked providers */
+        get: operations["getV1AuthAccounts"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/v1/auth/accounts/{id}": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        post?: never;
+        /**
+         * Unlink a provider
+         * @description Refused when it would leave the user no way to sign in (no password, no proven address, no other provider).
+         */
+        delete: operations["deleteV1AuthAccountsById"];
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
     "/v1/users/me": {
         parameters: {
             query?: never;
@@ -546,7 +640,7 @@ export interface components {
         Error: {
             error: {
                 /** @enum {string} */
-                code: "VALIDATION_FAILED" | "INVALID_JSON" | "TOKEN_INVALID" | "PASSWORD_TOO_WEAK" | "INVALID_CREDENTIALS" | "UNAUTHENTICATED" | "FORBIDDEN" | "REAUTHENTICATION_REQUIRED" | "CSRF_REJECTED" | "NOT_FOUND" | "EMAIL_TAKEN" | "PHONE_TAKEN" | "ACCOUNT_ALREADY_LINKED" | "PAYLOAD_TOO_LARGE" | "UNSUPPORTED_MEDIA_TYPE" | "RATE_LIMITED" | "SIGN_IN_LINK_REQUIRED" | "INTERNAL_ERROR" | "SERVICE_UNAVAILABLE" | "DATABASE_UNAVAILABLE" | "POOL_EXHAUSTED" | "TOO_MANY_CONNECTIONS" | "QUERY_TIMEOUT" | "SERIALIZATION_FAILURE" | "DEADLOCK_DETECTED" | "LOCK_NOT_ACQUIRED";
+                code: "VALIDATION_FAILED" | "INVALID_JSON" | "TOKEN_INVALID" | "PASSWORD_TOO_WEAK" | "INVALID_CREDENTIALS" | "UNAUTHENTICATED" | "FORBIDDEN" | "REAUTHENTICATION_REQUIRED" | "CSRF_REJECTED" | "NOT_FOUND" | "EMAIL_TAKEN" | "PHONE_TAKEN" | "ACCOUNT_ALREADY_LINKED" | "LAST_SIGN_IN_METHOD" | "PAYLOAD_TOO_LARGE" | "UNSUPPORTED_MEDIA_TYPE" | "RATE_LIMITED" | "SIGN_IN_LINK_REQUIRED" | "INTERNAL_ERROR" | "SERVICE_UNAVAILABLE" | "PROVIDER_UNAVAILABLE" | "DATABASE_UNAVAILABLE" | "POOL_EXHAUSTED" | "TOO_MANY_CONNECTIONS" | "QUERY_TIMEOUT" | "SERIALIZATION_FAILURE" | "DEADLOCK_DETECTED" | "LOCK_NOT_ACQUIRED";
                 message: string;
                 requestId: string;
                 /** @description Per-field reasons (validation) */
@@ -605,6 +699,23 @@ export interface components {
             expiresAt: string;
             /** @description In lists: whether this is the session making the request */
             current?: boolean;
+        };
+        LinkedAccount: {
+            /** Format: uuid */
+            id: string;
+            provider: string;
+            providerAccountId: string;
+            scope: string | null;
+            /**
+             * Format: date-time
+             * @description ISO 8601 timestamp
+             */
+            createdAt: string;
+            /**
+             * Format: date-time
+             * @description ISO 8601 timestamp
+             */
+            updatedAt: string;
         };
         /** @description Any JSON value */
         __schema0: unknown;
@@ -3888,6 +3999,587 @@ export interface operations {
                         error: {
                             /** @enum {string} */
                             code: "RATE_LIMITED";
+                            message: string;
+                            requestId: string;
+                            /** @description Per-field reasons (validation) */
+                            details?: {
+                                [key: string]: string;
+                            };
+                        };
+                    };
+                };
+            };
+            /** @description `INTERNAL_ERROR`: Internal error */
+            500: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        error: {
+                            /** @enum {string} */
+                            code: "INTERNAL_ERROR";
+                            message: string;
+                            requestId: string;
+                            /** @description Per-field reasons (validation) */
+                            details?: {
+                                [key: string]: string;
+                            };
+                        };
+                    };
+                };
+            };
+            /** @description `DATABASE_UNAVAILABLE`: The database is unavailable; retry later; `POOL_EXHAUSTED`: All database connections are busy; retry later; `TOO_MANY_CONNECTIONS`: The database has no free connections; retry later; `QUERY_TIMEOUT`: The database did not answer in time; retry later; `SERIALIZATION_FAILURE`: A concurrent change conflicted; retry; `DEADLOCK_DETECTED`: A concurrent change conflicted; retry */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        error: {
+                            /** @enum {string} */
+                            code: "DATABASE_UNAVAILABLE" | "POOL_EXHAUSTED" | "TOO_MANY_CONNECTIONS" | "QUERY_TIMEOUT" | "SERIALIZATION_FAILURE" | "DEADLOCK_DETECTED";
+                            message: string;
+                            requestId: string;
+                            /** @description Per-field reasons (validation) */
+                            details?: {
+                                [key: string]: string;
+                            };
+                        };
+                    };
+                };
+            };
+        };
+    };
+    getV1AuthOauthByProviderStart: {
+        parameters: {
+            query?: {
+                redirectTo?: string;
+            };
+            header?: never;
+            path: {
+                /** @description A configured provider's id (OAUTH_<ID>_* lower-cased; google, github) */
+                provider: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description To the provider */
+            302: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content?: never;
+            };
+            /** @description `NOT_FOUND`: Not found */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        error: {
+                            /** @enum {string} */
+                            code: "NOT_FOUND";
+                            message: string;
+                            requestId: string;
+                            /** @description Per-field reasons (validation) */
+                            details?: {
+                                [key: string]: string;
+                            };
+                        };
+                    };
+                };
+            };
+            /** @description `RATE_LIMITED`: Too many requests; retry later */
+            429: {
+                headers: {
+                    /** @description Seconds to wait */
+                    "Retry-After"?: number;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        error: {
+                            /** @enum {string} */
+                            code: "RATE_LIMITED";
+                            message: string;
+                            requestId: string;
+                            /** @description Per-field reasons (validation) */
+                            details?: {
+                                [key: string]: string;
+                            };
+                        };
+                    };
+                };
+            };
+            /** @description `INTERNAL_ERROR`: Internal error */
+            500: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        error: {
+                            /** @enum {string} */
+                            code: "INTERNAL_ERROR";
+                            message: string;
+                            requestId: string;
+                            /** @description Per-field reasons (validation) */
+                            details?: {
+                                [key: string]: string;
+                            };
+                        };
+                    };
+                };
+            };
+            /** @description `PROVIDER_UNAVAILABLE`: The sign-in provider cannot be reached; retry later; `DATABASE_UNAVAILABLE`: The database is unavailable; retry later; `POOL_EXHAUSTED`: All database connections are busy; retry later; `TOO_MANY_CONNECTIONS`: The database has no free connections; retry later; `QUERY_TIMEOUT`: The database did not answer in time; retry later; `SERIALIZATION_FAILURE`: A concurrent change conflicted; retry; `DEADLOCK_DETECTED`: A concurrent change conflicted; retry */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        error: {
+                            /** @enum {string} */
+                            code: "PROVIDER_UNAVAILABLE" | "DATABASE_UNAVAILABLE" | "POOL_EXHAUSTED" | "TOO_MANY_CONNECTIONS" | "QUERY_TIMEOUT" | "SERIALIZATION_FAILURE" | "DEADLOCK_DETECTED";
+                            message: string;
+                            requestId: string;
+                            /** @description Per-field reasons (validation) */
+                            details?: {
+                                [key: string]: string;
+                            };
+                        };
+                    };
+                };
+            };
+        };
+    };
+    getV1AuthOauthByProviderCallback: {
+        parameters: {
+            query?: {
+                state?: string;
+                code?: string;
+                error?: string;
+            };
+            header?: never;
+            path: {
+                /** @description A configured provider's id (OAUTH_<ID>_* lower-cased; google, github) */
+                provider: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description To redirectTo (with ?error=CODE on failure, ?linked=<provider> after a link) */
+            302: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content?: never;
+            };
+            /** @description `NOT_FOUND`: Not found */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        error: {
+                            /** @enum {string} */
+                            code: "NOT_FOUND";
+                            message: string;
+                            requestId: string;
+                            /** @description Per-field reasons (validation) */
+                            details?: {
+                                [key: string]: string;
+                            };
+                        };
+                    };
+                };
+            };
+            /** @description `INTERNAL_ERROR`: Internal error */
+            500: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        error: {
+                            /** @enum {string} */
+                            code: "INTERNAL_ERROR";
+                            message: string;
+                            requestId: string;
+                            /** @description Per-field reasons (validation) */
+                            details?: {
+                                [key: string]: string;
+                            };
+                        };
+                    };
+                };
+            };
+            /** @description `DATABASE_UNAVAILABLE`: The database is unavailable; retry later; `POOL_EXHAUSTED`: All database connections are busy; retry later; `TOO_MANY_CONNECTIONS`: The database has no free connections; retry later; `QUERY_TIMEOUT`: The database did not answer in time; retry later; `SERIALIZATION_FAILURE`: A concurrent change conflicted; retry; `DEADLOCK_DETECTED`: A concurrent change conflicted; retry */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        error: {
+                            /** @enum {string} */
+                            code: "DATABASE_UNAVAILABLE" | "POOL_EXHAUSTED" | "TOO_MANY_CONNECTIONS" | "QUERY_TIMEOUT" | "SERIALIZATION_FAILURE" | "DEADLOCK_DETECTED";
+                            message: string;
+                            requestId: string;
+                            /** @description Per-field reasons (validation) */
+                            details?: {
+                                [key: string]: string;
+                            };
+                        };
+                    };
+                };
+            };
+        };
+    };
+    postV1AuthOauthByProviderLink: {
+        parameters: {
+            query?: {
+                redirectTo?: string;
+            };
+            header?: never;
+            path: {
+                /** @description A configured provider's id (OAUTH_<ID>_* lower-cased; google, github) */
+                provider: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description The provider's authorization URL */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        /** Format: uri */
+                        authorizationUrl: string;
+                    };
+                };
+            };
+            /** @description `UNAUTHENTICATED`: Sign in first */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        error: {
+                            /** @enum {string} */
+                            code: "UNAUTHENTICATED";
+                            message: string;
+                            requestId: string;
+                            /** @description Per-field reasons (validation) */
+                            details?: {
+                                [key: string]: string;
+                            };
+                        };
+                    };
+                };
+            };
+            /** @description `CSRF_REJECTED`: Cross-site request rejected */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        error: {
+                            /** @enum {string} */
+                            code: "CSRF_REJECTED";
+                            message: string;
+                            requestId: string;
+                            /** @description Per-field reasons (validation) */
+                            details?: {
+                                [key: string]: string;
+                            };
+                        };
+                    };
+                };
+            };
+            /** @description `NOT_FOUND`: Not found */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        error: {
+                            /** @enum {string} */
+                            code: "NOT_FOUND";
+                            message: string;
+                            requestId: string;
+                            /** @description Per-field reasons (validation) */
+                            details?: {
+                                [key: string]: string;
+                            };
+                        };
+                    };
+                };
+            };
+            /** @description `PAYLOAD_TOO_LARGE`: The body is too large */
+            413: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        error: {
+                            /** @enum {string} */
+                            code: "PAYLOAD_TOO_LARGE";
+                            message: string;
+                            requestId: string;
+                            /** @description Per-field reasons (validation) */
+                            details?: {
+                                [key: string]: string;
+                            };
+                        };
+                    };
+                };
+            };
+            /** @description `INTERNAL_ERROR`: Internal error */
+            500: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        error: {
+                            /** @enum {string} */
+                            code: "INTERNAL_ERROR";
+                            message: string;
+                            requestId: string;
+                            /** @description Per-field reasons (validation) */
+                            details?: {
+                                [key: string]: string;
+                            };
+                        };
+                    };
+                };
+            };
+            /** @description `PROVIDER_UNAVAILABLE`: The sign-in provider cannot be reached; retry later; `DATABASE_UNAVAILABLE`: The database is unavailable; retry later; `POOL_EXHAUSTED`: All database connections are busy; retry later; `TOO_MANY_CONNECTIONS`: The database has no free connections; retry later; `QUERY_TIMEOUT`: The database did not answer in time; retry later; `SERIALIZATION_FAILURE`: A concurrent change conflicted; retry; `DEADLOCK_DETECTED`: A concurrent change conflicted; retry */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        error: {
+                            /** @enum {string} */
+                            code: "PROVIDER_UNAVAILABLE" | "DATABASE_UNAVAILABLE" | "POOL_EXHAUSTED" | "TOO_MANY_CONNECTIONS" | "QUERY_TIMEOUT" | "SERIALIZATION_FAILURE" | "DEADLOCK_DETECTED";
+                            message: string;
+                            requestId: string;
+                            /** @description Per-field reasons (validation) */
+                            details?: {
+                                [key: string]: string;
+                            };
+                        };
+                    };
+                };
+            };
+        };
+    };
+    getV1AuthAccounts: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Linked providers */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        accounts: components["schemas"]["LinkedAccount"][];
+                    };
+                };
+            };
+            /** @description `UNAUTHENTICATED`: Sign in first */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        error: {
+                            /** @enum {string} */
+                            code: "UNAUTHENTICATED";
+                            message: string;
+                            requestId: string;
+                            /** @description Per-field reasons (validation) */
+                            details?: {
+                                [key: string]: string;
+                            };
+                        };
+                    };
+                };
+            };
+            /** @description `INTERNAL_ERROR`: Internal error */
+            500: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        error: {
+                            /** @enum {string} */
+                            code: "INTERNAL_ERROR";
+                            message: string;
+                            requestId: string;
+                            /** @description Per-field reasons (validation) */
+                            details?: {
+                                [key: string]: string;
+                            };
+                        };
+                    };
+                };
+            };
+            /** @description `DATABASE_UNAVAILABLE`: The database is unavailable; retry later; `POOL_EXHAUSTED`: All database connections are busy; retry later; `TOO_MANY_CONNECTIONS`: The database has no free connections; retry later; `QUERY_TIMEOUT`: The database did not answer in time; retry later; `SERIALIZATION_FAILURE`: A concurrent change conflicted; retry; `DEADLOCK_DETECTED`: A concurrent change conflicted; retry */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        error: {
+                            /** @enum {string} */
+                            code: "DATABASE_UNAVAILABLE" | "POOL_EXHAUSTED" | "TOO_MANY_CONNECTIONS" | "QUERY_TIMEOUT" | "SERIALIZATION_FAILURE" | "DEADLOCK_DETECTED";
+                            message: string;
+                            requestId: string;
+                            /** @description Per-field reasons (validation) */
+                            details?: {
+                                [key: string]: string;
+                            };
+                        };
+                    };
+                };
+            };
+        };
+    };
+    deleteV1AuthAccountsById: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description The linked account's id */
+                id: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Unlinked */
+            204: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content?: never;
+            };
+            /** @description `UNAUTHENTICATED`: Sign in first */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        error: {
+                            /** @enum {string} */
+                            code: "UNAUTHENTICATED";
+                            message: string;
+                            requestId: string;
+                            /** @description Per-field reasons (validation) */
+                            details?: {
+                                [key: string]: string;
+                            };
+                        };
+                    };
+                };
+            };
+            /** @description `CSRF_REJECTED`: Cross-site request rejected */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        error: {
+                            /** @enum {string} */
+                            code: "CSRF_REJECTED";
+                            message: string;
+                            requestId: string;
+                            /** @description Per-field reasons (validation) */
+                            details?: {
+                                [key: string]: string;
+                            };
+                        };
+                    };
+                };
+            };
+            /** @description `NOT_FOUND`: Not found */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        error: {
+                            /** @enum {string} */
+                            code: "NOT_FOUND";
+                            message: string;
+                            requestId: string;
+                            /** @description Per-field reasons (validation) */
+                            details?: {
+                                [key: string]: string;
+                            };
+                        };
+                    };
+                };
+            };
+            /** @description `LAST_SIGN_IN_METHOD`: This is your last way to sign in: set a password or link another provider first */
+            409: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        error: {
+                            /** @enum {string} */
+                            code: "LAST_SIGN_IN_METHOD";
+                            message: string;
+                            requestId: string;
+                            /** @description Per-field reasons (validation) */
+                            details?: {
+                                [key: string]: string;
+                            };
+                        };
+                    };
+                };
+            };
+            /** @description `PAYLOAD_TOO_LARGE`: The body is too large */
+            413: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        error: {
+                            /** @enum {string} */
+                            code: "PAYLOAD_TOO_LARGE";
                             message: string;
                             requestId: string;
                             /** @description Per-field reasons (validation) */

@@ -38,6 +38,8 @@ export const ERROR_CODES = {
   EMAIL_TAKEN: { kind: "rejected" },
   PHONE_TAKEN: { kind: "rejected" },
   ACCOUNT_ALREADY_LINKED: { kind: "rejected" },
+  /** Unlinking would leave the user no way to sign in (no password, no proven address, no other provider). */
+  LAST_SIGN_IN_METHOD: { kind: "rejected" },
   INVALID_CREDENTIALS: { kind: "rejected" },
   TOKEN_INVALID: { kind: "rejected" },
   /** A new password is too common, contains the email's local part, or appears in a breach corpus. */

@@ -4,7 +4,23 @@ import { Hono } from "hono";
 import { z } from "zod";
 import type { AppEnv } from "../context.ts";
 import type { Guards } from "../guards.ts";
-import { documented, sessionSchema, signedInSchema, statusSchema, userSchema } from "../openapi.ts";
+import {
+  documented,
+  linkedAccountSchema,
+  sessionSchema,
+  signedInSchema,
+  statusSchema,
+  userSchema,
+} from "../openapi.ts";
+import {
+  callback,
+  callbackQuery,
+  listAccounts,
+  startLink,
+  startQuery,
+  startSignIn,
+  unlinkAccount,
+} from "./auth/oauth.ts";
 import { changePassword, resetPassword } from "./auth/password.ts";
 import {
   currentSession,
@@ -231,6 +247,91 @@ export function authRoutes({ requireSession }: Guards): Hono<AppEnv> {
       errors: ["TOKEN_INVALID", "RATE_LIMITED"],
     },
     verifyMagicLink,
+  );
+
+  // --- sign-in providers and linked accounts ---------------------------------------------------------------
+  const provider = { provider: "A configured provider's id (OAUTH_<ID>_* lower-cased; google, github)" };
+  route.get(
+    "/oauth/:provider/start",
+    {
+      summary: "Sign in with a provider: redirects to it",
+      description:
+        "Keeps state, nonce and a PKCE verifier server-side (10 minutes, used once) bound to this browser by a cookie, and redirects to the provider. `redirectTo` (under APP_URL or an allowed origin) is where the callback sends the browser.",
+      tag: "auth",
+      access: "public",
+      params: provider,
+      query: startQuery,
+      answers: { 302: { description: "To the provider" } },
+      errors: ["NOT_FOUND", "RATE_LIMITED", "PROVIDER_UNAVAILABLE"],
+    },
+    startSignIn,
+  );
+  route.get(
+    "/oauth/:provider/callback",
+    {
+      summary: "Where the provider sends the browser back (register this URL with it)",
+      description:
+        "Uses the state once, exchanges the code, validates the ID token (signature, issuer, audience, nonce, expiry), signs in with the session cookie and redirects to redirectTo. A failure redirects there with `?error=` OAUTH_STATE_INVALID, OAUTH_PROVIDER_ERROR, OAUTH_TOKEN_INVALID, OAUTH_PROVIDER_UNAVAILABLE, OAUTH_EMAIL_UNVERIFIED (a new identity without a verified address), OAUTH_ACCOUNT_ALREADY_LINKED, OAUTH_SESSION_ENDED or RATE_LIMITED.",
+      tag: "auth",
+      access: "public",
+      params: provider,
+      query: callbackQuery,
+      answers: {
+        302: { description: "To redirectTo (with ?error=CODE on failure, ?linked=<provider> after a link)" },
+      },
+      errors: ["NOT_FOUND"],
+    },
+    callback,
+  );
+  route.post(
+    "/oauth/:provider/link",
+    {
+      summary: "Link a provider to the signed-in user: answers the URL to send the browser to",
+      tag: "auth",
+      access: "session",
+      params: provider,
+      query: startQuery,
+      answers: {
+        200: {
+          description: "The provider's authorization URL",
+          schema: z.object({ authorizationUrl: z.url() }),
+        },
+      },
+      errors: ["NOT_FOUND", "PROVIDER_UNAVAILABLE"],
+    },
+    requireSession,
+    startLink,
+  );
+  route.get(
+    "/accounts",
+    {
+      summary: "The user's linked providers",
+      tag: "auth",
+      access: "session",
+      answers: {
+        200: {
+          description: "Linked providers",
+          schema: z.object({ accounts: z.array(linkedAccountSchema) }),
+        },
+      },
+    },
+    requireSession,
+    listAccounts,
+  );
+  route.delete(
+    "/accounts/:id",
+    {
+      summary: "Unlink a provider",
+      description:
+        "Refused when it would leave the user no way to sign in (no password, no proven address, no other provider).",
+      tag: "auth",
+      access: "session",
+      params: { id: "The linked account's id" },
+      answers: { 204: { description: "Unlinked" } },
+      errors: ["LAST_SIGN_IN_METHOD"],
+    },
+    requireSession,
+    unlinkAccount,
   );
 
   return auth;

@@ -320,4 +320,75 @@ describe("drill bad input", () => {
       `drill bad input (account deletion): ${requests} hostile requests: 4xx by code ${[...codes].map(([c, n]) => `${c} ${n}`).join(", ")}; account kept`,
     );
   });
+
+  it("answers hostile provider callbacks with a redirect carrying a stable code, and hostile redirectTo values with a 400", async () => {
+    // A configured provider that cannot be reached: nothing here may get as far as talking to it.
+    const t = makeApp({
+      env: {
+        ...env,
+        OAUTH_ACME_ISSUER: "http://127.0.0.1:9/",
+        OAUTH_ACME_CLIENT_ID: "drill-client",
+        OAUTH_ACME_CLIENT_SECRET: "drill-secret",
+        ACCOUNT_ENCRYPTION_KEYS: `a:${Buffer.alloc(32, 7).toString("base64")}`,
+      },
+    });
+    const before = await snapshot();
+    const values = [
+      "",
+      "a".repeat(10_000),
+      "%00",
+      "%ff%fe%c3%28",
+      "' OR '1'='1' --",
+      "%_%",
+      "<script>alert(1)</script>",
+      encodeURIComponent("https://evil.example/"),
+      "A".repeat(43),
+    ];
+    const problems: string[] = [];
+    let requests = 0;
+    for (const name of ["state", "code", "error", "iss"]) {
+      for (const value of values) {
+        for (const query of [
+          `${name}=${value}`,
+          `${name}=${value}&${name}=${value}`,
+          `state=x&${name}=${value}`,
+        ]) {
+          const response = await t.app.request(`/v1/auth/oauth/acme/callback?${query}`);
+          requests++;
+          const location = response.headers.get("location") ?? "";
+          const error = location ? new URL(location).searchParams.get("error") : null;
+          if (
+            response.status !== 302 ||
+            !location.startsWith("http://app.test") ||
+            error !== "OAUTH_STATE_INVALID"
+          ) {
+            problems.push(`callback ${query.slice(0, 60)}: ${response.status} ${location.slice(0, 80)}`);
+          }
+          if (response.headers.get("set-cookie")?.includes("session="))
+            problems.push(`callback ${query}: a session`);
+        }
+      }
+    }
+    for (const value of [
+      "https://evil.example/",
+      "//evil.example/x",
+      "javascript:alert(1)",
+      "http://app.test.evil.example/",
+      "a".repeat(5000),
+    ]) {
+      const response = await t.app.request(
+        `/v1/auth/oauth/acme/start?redirectTo=${encodeURIComponent(value)}`,
+      );
+      requests++;
+      const code = ((await response.json().catch(() => ({}))) as { error?: { code?: string } }).error?.code;
+      if (response.status !== 400 || code !== "VALIDATION_FAILED")
+        problems.push(`start ${value.slice(0, 40)}: ${response.status} ${code}`);
+    }
+    expect(problems).toEqual([]);
+    expect(await snapshot()).toEqual(before);
+    expect(t.logs.filter((line) => Number(line.level) >= 50).map((line) => line.msg)).toEqual([]);
+    console.log(
+      `drill bad input (provider callback): ${requests} hostile requests, every one refused, nothing stored`,
+    );
+  });
 });

@@ -1,7 +1,7 @@
 // Linked OAuth identities. A (provider, provider account id) pair belongs to at most one user; the provider's
 // access and refresh tokens are stored encrypted (AES-256-GCM, see encryption.ts) and never returned except
 // by getTokens(). Every other read returns LinkedAccount, which has no ciphertext columns at all.
-import { and, asc, eq, isNotNull, isNull, ne, notInArray } from "drizzle-orm";
+import { and, asc, eq, isNotNull, isNull, ne, notInArray, sql } from "drizzle-orm";
 import { transaction } from "../connection.ts";
 import { currentEncryptionKeyId } from "../crypto/encryption.ts";
 import { DbError, isDbError } from "../errors.ts";
@@ -25,6 +25,19 @@ import { type Call, defineService } from "./define.ts";
 // Split by concern: the columns callers see (accounts/columns.ts), input schemas (accounts/schemas.ts), token
 // sealing (accounts/sealing.ts) and the writes behind link() (accounts/link-writes.ts). Re-exported by name.
 export type { LinkedAccount } from "./accounts/columns.ts";
+export {
+  type ProviderIdentityInput,
+  type ProviderSignInOptions,
+  type ProviderSignInOutcome,
+  type ProviderSignInResult,
+  signInWithProvider,
+} from "./accounts/provider-sign-in.ts";
+export {
+  getFreshAccessToken,
+  type RefreshedTokens,
+  registerTokenRefresher,
+  type TokenRefresher,
+} from "./accounts/refresh.ts";
 export type { LinkAccountInput } from "./accounts/schemas.ts";
 
 /** The user behind an account: the password hash and the search vector are left out. */
@@ -112,8 +125,10 @@ export const link = defineService(
 );
 
 /**
- * Removes a linked identity. With `userId`, only if it belongs to that user (for self-service pages).
- * @throws DbError VALIDATION_FAILED, NOT_FOUND (no such account, or not that user's).
+ * Removes a linked identity. With `userId`, only if it belongs to that user (for self-service pages); with
+ * `keepSignInMethod` too, only if the user keeps another way to sign in (a password, a proven address for
+ * mailed links, or another provider), checked under the user's row lock.
+ * @throws DbError VALIDATION_FAILED, NOT_FOUND (no such account, or not that user's), LAST_SIGN_IN_METHOD.
  * @example await unlink({ accountId, userId: currentUser.id });
  */
 export const unlink = defineService(
@@ -124,22 +139,59 @@ export const unlink = defineService(
     logFields: ([payload]) => ({ accountId: payload?.accountId, userId: payload?.userId }),
   },
   async (
-    { logger, handle }: Call<ServiceOptions>,
-    payload: { accountId: string; userId?: string | undefined },
+    { logger, options }: Call<ServiceOptions>,
+    payload: { accountId: string; userId?: string | undefined; keepSignInMethod?: boolean | undefined },
   ): Promise<LinkedAccount> => {
     const input = validate(unlinkInput, payload);
-    const [account] = await withMetrics("delete", "accounts", () =>
-      handle
-        .delete(accounts)
-        .where(
-          and(
-            eq(accounts.id, input.accountId),
-            input.userId === undefined ? undefined : eq(accounts.userId, input.userId),
-          ),
-        )
-        .returning(linkedAccountColumns),
+    const account = await transaction(
+      async (tx) => {
+        if (input.keepSignInMethod && input.userId !== undefined) {
+          // Under the user's row lock (the lock every writer of a user's password and address takes), so two
+          // unlinks of the last two providers cannot both pass the check.
+          const [owner] = await withMetrics("select", "users", () =>
+            tx
+              .select({ passwordHash: users.passwordHash, emailVerifiedAt: users.emailVerifiedAt })
+              .from(users)
+              .where(eq(users.id, input.userId as string))
+              .for("update"),
+          );
+          if (!owner) throw notFound("accounts");
+          const [others] = await withMetrics("select", "accounts", () =>
+            tx
+              .select({ count: sql<number>`count(*)::int` })
+              .from(accounts)
+              .where(and(eq(accounts.userId, input.userId as string), ne(accounts.id, input.accountId))),
+          );
+          if (!owner.passwordHash && !owner.emailVerifiedAt && (others?.count ?? 0) === 0) {
+            const owned = await withMetrics("select", "accounts", () =>
+              tx
+                .select({ id: accounts.id })
+                .from(accounts)
+                .where(and(eq(accounts.id, input.accountId), eq(accounts.userId, input.userId as string))),
+            );
+            if (owned.length > 0) {
+              throw new DbError("LAST_SIGN_IN_METHOD", "This is the user's last way to sign in", {
+                table: "accounts",
+              });
+            }
+          }
+        }
+        const [deleted] = await withMetrics("delete", "accounts", () =>
+          tx
+            .delete(accounts)
+            .where(
+              and(
+                eq(accounts.id, input.accountId),
+                input.userId === undefined ? undefined : eq(accounts.userId, input.userId),
+              ),
+            )
+            .returning(linkedAccountColumns),
+        );
+        if (!deleted) throw notFound("accounts");
+        return deleted;
+      },
+      { tx: options.tx },
     );
-    if (!account) throw notFound("accounts");
     logger.audit(
       { accountId: account.id, userId: account.userId, provider: account.provider },
       "account unlinked",

@@ -77,6 +77,8 @@ const SERVICE_NAMES = [
   "accounts.listForUser",
   "accounts.getTokens",
   "accounts.reencrypt",
+  "accounts.getFreshAccessToken",
+  "accounts.signInWithProvider",
 ] as const;
 type ServiceName = (typeof SERVICE_NAMES)[number];
 
@@ -304,6 +306,8 @@ const BAD_INPUT: Record<ServiceName, BadInput> = {
   "accounts.listForUser": { args: [{ nope: 1 }] },
   "accounts.getTokens": { args: [42] },
   "accounts.reencrypt": { args: [{ nope: 1 }] },
+  "accounts.getFreshAccessToken": { args: [42] },
+  "accounts.signInWithProvider": { args: [{ nope: 1 }], options: { session: { authMethod: "oauth:acme" } } },
 };
 
 // ---------------------------------------------------------------------------------------------------------
@@ -603,6 +607,25 @@ const VALID: Record<ServiceName, ValidCall> = {
   },
   "accounts.listForUser": { writes: false, setup: async () => ({ args: [(await makeAccount()).userId] }) },
   "accounts.getTokens": { writes: false, setup: async () => ({ args: [(await makeAccount()).accountId] }) },
+  // A stored access token without expiry is fresh: answered as it is (under the account's refresh lock).
+  "accounts.getFreshAccessToken": {
+    writes: false,
+    setup: async () => ({ args: [(await makeAccount()).accountId] }),
+  },
+  "accounts.signInWithProvider": {
+    writes: true,
+    setup: async () => ({
+      args: [
+        {
+          provider: "acme",
+          providerAccountId: unique("acme"),
+          email: `${unique("provider")}@example.com`,
+          emailVerified: true,
+        },
+      ],
+      options: { session: { authMethod: "oauth:acme" } },
+    }),
+  },
   "accounts.reencrypt": {
     // An account sealed under key a, then b made current: reencrypt has a row to rewrite.
     writes: true,
@@ -623,7 +646,7 @@ describe("the registry", () => {
     const names = definedServices().map((service) => service.name);
     expect(new Set(names).size).toBe(names.length);
     expect([...names].sort()).toEqual([...SERVICE_NAMES].sort());
-    expect(names).toHaveLength(48);
+    expect(names).toHaveLength(50);
     const exported = new Set<unknown>(
       [UsersService, SessionsService, OneTimeTokensService, CacheService, AccountsService].flatMap((ns) =>
         Object.values(ns),
@@ -756,6 +779,6 @@ describe("coverage", () => {
     }
     const writers = SERVICE_NAMES.filter((name) => VALID[name].writes);
     const counted = SERVICE_NAMES.filter((name) => !VALID[name].noQuery);
-    expect({ writers: writers.length, counted: counted.length }).toEqual({ writers: 35, counted: 47 });
+    expect({ writers: writers.length, counted: counted.length }).toEqual({ writers: 36, counted: 49 });
   });
 });

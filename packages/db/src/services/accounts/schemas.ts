@@ -29,7 +29,33 @@ export const linkInput = z.strictObject({
  */
 export type LinkAccountInput = z.input<typeof linkInput>;
 
-export const unlinkInput = z.strictObject({ accountId: uuid, userId: uuid.optional() });
+/** A provider identity as the API read it from a validated ID token (or a provider's user API). */
+export const providerIdentityInput = z.strictObject({
+  provider,
+  providerAccountId,
+  /** The address the provider gave; it counts only with emailVerified. */
+  email: z.string().max(1024).nullish(),
+  emailVerified: z.boolean().default(false),
+  firstName: z.string().trim().max(200).refine(noNul, "must not contain NUL").nullish(),
+  lastName: z.string().trim().max(200).refine(noNul, "must not contain NUL").nullish(),
+  avatarUrl: z
+    .url({ protocol: /^https?$/ })
+    .max(2048)
+    .nullish(),
+  scope: linkInput.shape.scope,
+  accessToken: providerToken.nullish(),
+  accessTokenExpiresAt: z.date().nullish(),
+  refreshToken: providerToken.nullish(),
+  refreshTokenExpiresAt: z.date().nullish(),
+});
+export type ProviderIdentityInput = z.input<typeof providerIdentityInput>;
+
+export const unlinkInput = z.strictObject({
+  accountId: uuid,
+  userId: uuid.optional(),
+  /** With userId: refuse (LAST_SIGN_IN_METHOD) when it is the user's last way to sign in. */
+  keepSignInMethod: z.boolean().optional(),
+});
 export const findInput = z.strictObject({ provider, providerAccountId });
 export const reencryptInput = z.strictObject({
   batchSize: z.number().int().min(1).max(10_000).default(100),
