@@ -33,11 +33,13 @@ export function createApp(input: AppDeps): Hono<AppEnv> {
     tasks: input.tasks ?? backgroundTasks(),
     metrics: createHttpMetrics(),
     cookie: sessionCookie(input.config),
-    oauth: oauthProviders(
-      input.config.OAUTH_PROVIDERS,
-      input.config.API_URL ?? input.config.APP_URL,
-      (fields, message) => input.logger.warn(fields, message),
-    ),
+    oauth:
+      input.oauth ??
+      oauthProviders(
+        input.config.OAUTH_PROVIDERS,
+        input.config.API_URL ?? input.config.APP_URL,
+        (fields, message) => input.logger.warn(fields, message),
+      ),
   };
   const guards = createGuards(deps.config);
   const app = new Hono<AppEnv>();

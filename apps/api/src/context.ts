@@ -23,10 +23,12 @@ export interface AppDeps {
   getClientAddress?: (c: Context) => string | undefined;
   /** Where after-the-response work runs; pass one to wait for it (shutdown, tests). Default: a new one. */
   tasks?: BackgroundTasks;
+  /** The sign-in providers (the boot passes them warmed up). Default: built from config.OAUTH_PROVIDERS. */
+  oauth?: OAuthProviders;
 }
 
 /** The deps with defaults filled in, plus what createApp builds once. */
-export interface ResolvedDeps extends Required<Omit<AppDeps, "getClientAddress" | "tasks">> {
+export interface ResolvedDeps extends Required<Omit<AppDeps, "getClientAddress" | "tasks" | "oauth">> {
   tasks: BackgroundTasks;
   getClientAddress: (c: Context) => string | undefined;
   metrics: HttpMetrics;

@@ -20,6 +20,7 @@ import { ConfigError, loadApiConfig } from "./config.ts";
 import { createLogger } from "./logger.ts";
 import { droppingMailer, logMailer, type Mailer, smtpMailer } from "./mailer.ts";
 import { scheduleMaintenance } from "./maintenance.ts";
+import { oauthProviders } from "./oauth/providers.ts";
 
 async function main(): Promise<void> {
   const config = loadApiConfig();
@@ -61,8 +62,24 @@ async function main(): Promise<void> {
   }
 
   const tasks = backgroundTasks();
+  // Discovery starts now, in the background: an unreachable provider never delays or stops the start.
+  const oauth = oauthProviders(config.OAUTH_PROVIDERS, config.API_URL ?? config.APP_URL, (fields, message) =>
+    pinoLogger.warn(fields, message),
+  );
+  oauth.warmUp();
+  if (config.OAUTH_PROVIDERS.length > 0) {
+    pinoLogger.info(
+      {
+        providers: oauth
+          .all()
+          .map((provider) => ({ id: provider.settings.id, redirectUri: provider.redirectUri })),
+      },
+      "sign-in providers",
+    );
+  }
   const app = createApp({
     tasks,
+    oauth,
     config,
     logger: pinoLogger,
     mailer,

@@ -198,6 +198,25 @@ describe("sign-in with an OpenID provider", () => {
     expect(result.session).toBeUndefined();
   });
 
+  it("an unreachable provider answers 503 PROVIDER_UNAVAILABLE with Retry-After, and the rest of the API keeps working", async () => {
+    const t = makeApp({
+      env: {
+        OAUTH_DOWN_ISSUER: "http://127.0.0.1:9/",
+        OAUTH_DOWN_CLIENT_ID: "client",
+        OAUTH_DOWN_CLIENT_SECRET: "secret",
+        ACCOUNT_ENCRYPTION_KEYS: `a:${randomBytes(32).toString("base64")}`,
+      },
+    });
+    const first = await t.app.request("/v1/auth/oauth/down/start");
+    expect(first.status).toBe(503);
+    expect(((await first.json()) as { error: { code: string } }).error.code).toBe("PROVIDER_UNAVAILABLE");
+    expect(Number(first.headers.get("retry-after"))).toBeGreaterThan(0);
+    // Retried at most every 15 s, not on every request: the second request tries no discovery.
+    expect((await t.app.request("/v1/auth/oauth/down/start")).status).toBe(503);
+    expect((await t.app.request("/healthz")).status).toBe(200);
+    expect(t.logs.filter((line) => line.msg === "provider discovery failed")).toHaveLength(1);
+  });
+
   it("refuses a redirectTo outside the app (no open redirect), and an unknown provider", async () => {
     const t = oauthApp();
     const evil = await t.app.request("/v1/auth/oauth/acme/start?redirectTo=https://evil.example/x");
