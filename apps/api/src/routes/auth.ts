@@ -297,7 +297,7 @@ export function authRoutes({ requireSession }: Guards): Hono<AppEnv> {
           schema: z.object({ authorizationUrl: z.url() }),
         },
       },
-      errors: ["NOT_FOUND", "PROVIDER_UNAVAILABLE"],
+      errors: ["NOT_FOUND", "RATE_LIMITED", "PROVIDER_UNAVAILABLE"],
     },
     requireSession,
     startLink,

@@ -160,6 +160,12 @@ export async function startSignIn(c: Context<AppEnv>) {
 export async function startLink(c: Context<AppEnv>) {
   const provider = providerOf(c);
   const query = readQuery(c, startQuery);
+  await rateLimit(
+    c,
+    "oauth:start:client",
+    clientNetwork(c),
+    c.get("deps").config.RATE_LIMIT_SIGN_IN_PER_CLIENT,
+  );
   const url = await beginFlow(c, provider, safeRedirect(c, query.redirectTo), {
     userId: c.get("user").id,
     sessionId: c.get("session").id,
@@ -185,12 +191,19 @@ async function identityOf(
     return { ...common, ...(await githubIdentity(tokens.access_token)) };
   const idToken = tokens.claims();
   if (!idToken) throw new Error("no ID token");
-  let claims: Record<string, unknown> = idToken;
-  // Providers may keep the address out of the ID token (it then comes from the UserInfo endpoint, for the
-  // same subject: openid-client checks that).
+  // Providers may keep the address out of the ID token: it then comes from the UserInfo endpoint, for the
+  // same subject (openid-client checks that). The address and its verified flag always come from one source.
+  let info: Record<string, unknown> | undefined;
   if (idToken.email === undefined && configuration.serverMetadata().userinfo_endpoint) {
-    claims = { ...(await oidc.fetchUserInfo(configuration, tokens.access_token, idToken.sub)), ...idToken };
+    info = await oidc.fetchUserInfo(configuration, tokens.access_token, idToken.sub);
   }
+  const address = info ?? idToken;
+  const claims: Record<string, unknown> = {
+    ...info,
+    ...idToken,
+    email: address.email,
+    email_verified: address.email_verified,
+  };
   const text = (value: unknown) => (typeof value === "string" && value.length > 0 ? value : null);
   return {
     ...common,
@@ -318,7 +331,6 @@ export async function callback(c: Context<AppEnv>) {
     return c.redirect(target.toString(), 302);
   }
 
-  await endPresentedSession(c);
   let signed: AccountsService.ProviderSignInResult;
   try {
     signed = await AccountsService.signInWithProvider(identity, log, {
@@ -332,6 +344,8 @@ export async function callback(c: Context<AppEnv>) {
     if (isDbError(error, "EMAIL_NOT_VERIFIED")) return fail("OAUTH_EMAIL_UNVERIFIED", error);
     throw error;
   }
+  // Only once the new session exists: a refused sign-in leaves the browser as it was.
+  await endPresentedSession(c, signed.session.session.id);
   setSessionCookie(c, signed.session.token, signed.session.session.expiresAt);
   return c.redirect(redirectTo, 302);
 }

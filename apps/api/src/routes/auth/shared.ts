@@ -71,12 +71,12 @@ export function sessionFields(c: Context<AppEnv>, authMethod: string) {
   };
 }
 
-/** A session presented before sign-in is ended, never reused (session fixation). */
-export async function endPresentedSession(c: Context<AppEnv>): Promise<void> {
+/** A session presented before sign-in is ended, never reused (session fixation); `keep` is the new one. */
+export async function endPresentedSession(c: Context<AppEnv>, keep?: string): Promise<void> {
   const presented = presentedToken(c);
   if (!presented) return;
   const auth = await SessionsService.validate(presented.token, c.get("log"));
-  if (auth) await SessionsService.revoke(auth.session.id, c.get("log"));
+  if (auth && auth.session.id !== keep) await SessionsService.revoke(auth.session.id, c.get("log"));
 }
 
 /**

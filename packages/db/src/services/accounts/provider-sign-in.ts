@@ -19,13 +19,14 @@ import { DbError, isDbError } from "../../errors.ts";
 import { advisoryLockKey } from "../../locks.ts";
 import { withMetrics } from "../../metrics.ts";
 import { accounts, users } from "../../schema/index.ts";
+// A cycle (accounts.ts re-exports this module), used only at call time.
+import * as AccountsService from "../accounts.ts";
 import { notFound, type PublicUser, publicUserColumns, type ServiceOptions, validate } from "../common.ts";
 import { type Call, defineService } from "../define.ts";
 import * as OneTimeTokensService from "../one-time-tokens.ts";
 import * as SessionsService from "../sessions.ts";
 import { emailSchema } from "../users/schemas.ts";
 import type { LinkedAccount } from "./columns.ts";
-import { upsert } from "./link-writes.ts";
 import { type ProviderIdentityInput, providerIdentityInput } from "./schemas.ts";
 
 export type { ProviderIdentityInput } from "./schemas.ts";
@@ -169,9 +170,9 @@ export const signInWithProvider = defineService(
               throw new DbError("EMAIL_NOT_VERIFIED", "The provider did not give a verified email address");
             }
           }
-          const written = await upsert(tx, { ...identity, userId });
-          // Nothing written: the identity was linked to someone else meanwhile (retried: it then signs in).
-          if (!written) throw new DbError("ACCOUNT_ALREADY_LINKED", "The account is already linked");
+          // link() in this transaction: its rewrite path keeps a row whose stored tokens are under an older key
+          // usable; ACCOUNT_ALREADY_LINKED when the identity went to someone else meanwhile (retried below).
+          const account = await AccountsService.link({ ...identity, userId }, logger, { tx });
           const [user] = await withMetrics("update", "users", () =>
             tx
               .update(users)
@@ -184,7 +185,7 @@ export const signInWithProvider = defineService(
             tx,
             config: options.sessionConfig,
           });
-          return { user, account: written.account, session, outcome, revokedSessions, retiredTokens };
+          return { user, account, session, outcome, revokedSessions, retiredTokens };
         },
         { tx: options.tx },
       );
