@@ -142,31 +142,26 @@ async function beginFlow(
   return oidc.buildAuthorizationUrl(configuration, parameters);
 }
 
-/** GET /oauth/:provider/start: a new flow, and 302 to the provider. */
-export async function startSignIn(c: Context<AppEnv>) {
+/** What both starts check first: the provider, the start limit of the client's network, and redirectTo. */
+async function startOf(c: Context<AppEnv>): Promise<{ provider: OAuthProvider; redirectTo: string }> {
   const provider = providerOf(c);
   const query = readQuery(c, startQuery);
-  await rateLimit(
-    c,
-    "oauth:start:client",
-    clientNetwork(c),
-    c.get("deps").config.RATE_LIMIT_SIGN_IN_PER_CLIENT,
-  );
-  const url = await beginFlow(c, provider, safeRedirect(c, query.redirectTo));
+  const { config } = c.get("deps");
+  await rateLimit(c, "oauth:start:client", clientNetwork(c), config.RATE_LIMIT_SIGN_IN_PER_CLIENT);
+  return { provider, redirectTo: safeRedirect(c, query.redirectTo) };
+}
+
+/** GET /oauth/:provider/start: a new flow, and 302 to the provider. */
+export async function startSignIn(c: Context<AppEnv>) {
+  const { provider, redirectTo } = await startOf(c);
+  const url = await beginFlow(c, provider, redirectTo);
   return c.redirect(url.toString(), 302);
 }
 
 /** POST /oauth/:provider/link (signed in): a flow that links the provider to this user; answers its URL. */
 export async function startLink(c: Context<AppEnv>) {
-  const provider = providerOf(c);
-  const query = readQuery(c, startQuery);
-  await rateLimit(
-    c,
-    "oauth:start:client",
-    clientNetwork(c),
-    c.get("deps").config.RATE_LIMIT_SIGN_IN_PER_CLIENT,
-  );
-  const url = await beginFlow(c, provider, safeRedirect(c, query.redirectTo), {
+  const { provider, redirectTo } = await startOf(c);
+  const url = await beginFlow(c, provider, redirectTo, {
     userId: c.get("user").id,
     sessionId: c.get("session").id,
   });
