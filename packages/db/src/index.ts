@@ -132,6 +132,8 @@ export {
 
 export type { AccountTokens, LinkedAccount } from "./services/accounts.ts";
 export * as AccountsService from "./services/accounts.ts";
+export type { AuditEventInput, VerifyResult } from "./services/audit.ts";
+export * as AuditService from "./services/audit.ts";
 export * as CacheService from "./services/cache.ts";
 export type { ReadOptions, ServiceOptions } from "./services/common.ts";
 export type { OneTimeTokenRecord } from "./services/one-time-tokens.ts";

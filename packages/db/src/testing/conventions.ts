@@ -32,6 +32,16 @@ export const CONVENTION_EXCEPTIONS: { table: string; rule: ConventionRule; reaso
       "keyed by (resource_type, key): lookups are by that pair, and an id would only cost a second index",
   },
   {
+    table: "audit_events",
+    rule: "timestamps",
+    reason: "append-only: a row is written once (occurred_at) and never updated; its hash covers its content",
+  },
+  {
+    table: "audit_events",
+    rule: "updated_at_trigger",
+    reason: "append-only: a row is never updated, so there is no updated_at to keep",
+  },
+  {
     table: "cache",
     rule: "updated_at_trigger",
     reason: "its upsert sets updated_at itself; a row trigger would tax the hottest write path",

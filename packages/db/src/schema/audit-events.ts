@@ -1,0 +1,67 @@
+// The audit trail: one append-only row per security event, written in the transaction of the change it
+// records. Rows form a SHA-256 chain in `seq` order: each row's `hash` covers the previous row's hash and the
+// row's own content, so editing or deleting a row breaks the chain at that row (AuditService.verify).
+import { sql } from "drizzle-orm";
+import { bigint, check, index, jsonb, pgTable, text, uuid } from "drizzle-orm/pg-core";
+import { bytea, id, timestamptz } from "./columns.ts";
+
+/** Every action the trail records. */
+export const AUDIT_ACTIONS = [
+  "sign_up",
+  "sign_in",
+  "sign_in_failed",
+  "sign_out",
+  "session_revoked",
+  "sessions_revoked",
+  "password_changed",
+  "password_reset",
+  "email_verified",
+  "magic_link_sent",
+  "provider_linked",
+  "provider_unlinked",
+  "user_deleted",
+  "user_restored",
+  "role_granted",
+  "role_revoked",
+  "admin_key_used",
+] as const;
+export type AuditAction = (typeof AUDIT_ACTIONS)[number];
+
+/** Who did it: a signed-in user, the admin API key, or the system (maintenance, background work). */
+export const AUDIT_ACTORS = ["user", "admin_key", "system"] as const;
+export type AuditActor = (typeof AUDIT_ACTORS)[number];
+
+const list = (values: readonly string[]) => sql.raw(values.map((value) => `'${value}'`).join(", "));
+
+export const auditEvents = pgTable(
+  "audit_events",
+  {
+    id: id(),
+    /** The chain's order: assigned under the chain lock, so it is also the order rows were chained in. */
+    seq: bigint("seq", { mode: "number" }).notNull().unique("audit_events_seq_key"),
+    occurredAt: timestamptz("occurred_at").notNull(),
+    actorType: text("actor_type").notNull(),
+    /** The acting user when actorType is `user`. Not a foreign key: the trail outlives purged users. */
+    actorUserId: uuid("actor_user_id"),
+    /** Whom the event is about. Not a foreign key, for the same reason. */
+    subjectUserId: uuid("subject_user_id"),
+    action: text("action").notNull(),
+    ipAddress: text("ip_address"),
+    userAgent: text("user_agent"),
+    requestId: text("request_id"),
+    /** Ids and facts only; never a secret (AuditService.record refuses secret-looking fields and values). */
+    details: jsonb("details").$type<Record<string, unknown>>().notNull(),
+    /** The previous row's hash (32 zero bytes for the first row ever). */
+    prevHash: bytea("prev_hash").notNull(),
+    /** SHA-256 of prevHash and this row's canonical content. */
+    hash: bytea("hash").notNull(),
+  },
+  (t) => [
+    check("audit_events_action_check", sql`${t.action} IN (${list(AUDIT_ACTIONS)})`),
+    check("audit_events_actor_type_check", sql`${t.actorType} IN (${list(AUDIT_ACTORS)})`),
+    index("audit_events_subject_seq_idx").on(t.subjectUserId, t.seq),
+    index("audit_events_occurred_at_idx").on(t.occurredAt),
+  ],
+);
+
+export type AuditEvent = typeof auditEvents.$inferSelect;
