@@ -6,7 +6,7 @@ import { isIP } from "node:net";
 import { CacheService } from "@repo/db";
 import type { Context, MiddlewareHandler } from "hono";
 import { deleteCookie, getCookie, setCookie } from "hono/cookie";
-import type { z } from "zod";
+import { z } from "zod";
 import type { ApiConfig } from "./config.ts";
 import type { AppEnv } from "./context.ts";
 import { ApiError } from "./errors.ts";
@@ -58,6 +58,10 @@ function parseWith<S extends z.ZodType>(schema: S, value: unknown): z.output<S> 
   if (!parsed.success) throw validationError(parsed.error);
   return parsed.data;
 }
+
+/** A query parameter given at most once (readQuery hands every parameter over as a list); a repeated one fails `schema`. */
+export const singleParam = <T extends z.ZodType>(schema: T) =>
+  z.preprocess((value) => (Array.isArray(value) && value.length === 1 ? value[0] : value), schema);
 
 /** Validates a query string: every parameter as a list of values (repeatable), strict. */
 export function readQuery<S extends z.ZodType>(c: Context<AppEnv>, schema: S): z.output<S> {

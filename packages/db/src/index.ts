@@ -71,7 +71,13 @@ export { registry, withMetrics } from "./metrics.ts";
 
 // Migrations and locks
 
-export { type AdvisoryLockOptions, advisoryLockKey, tryWithAdvisoryLock, withAdvisoryLock } from "./locks.ts";
+export {
+  type AdvisoryLockOptions,
+  acquireAdvisoryLock,
+  advisoryLockKey,
+  tryWithAdvisoryLock,
+  withAdvisoryLock,
+} from "./locks.ts";
 export {
   isSchemaCurrent,
   type MigrateOptions,

@@ -50,6 +50,17 @@ export async function tryWithAdvisoryLock<T>(
   return await locked(name, fn, { ...options, wait: false });
 }
 
+/**
+ * Waits for the transaction-scoped advisory lock `name` inside `tx` (released when `tx` ends): for work that
+ * already runs in a transaction and must take turns with other transactions on the same name.
+ * @example await acquireAdvisoryLock(tx, `user-email:${email}`);
+ */
+export async function acquireAdvisoryLock(tx: DatabaseOrTransaction, name: string): Promise<void> {
+  await withMetrics("lock", "advisory", () =>
+    tx.execute(sql`SELECT pg_advisory_xact_lock(${advisoryLockKey(name)}::bigint)`),
+  );
+}
+
 async function locked<T>(
   name: string,
   fn: (tx: Transaction) => Promise<T>,
@@ -66,9 +77,7 @@ async function locked<T>(
         );
         if (!rows.rows[0]?.acquired) return { acquired: false } as const;
       } else {
-        await withMetrics("lock", "advisory", () =>
-          tx.execute(sql`SELECT pg_advisory_xact_lock(${key}::bigint)`),
-        );
+        await acquireAdvisoryLock(tx, name);
       }
       return { acquired: true, result: await fn(tx) } as const;
     },

@@ -37,6 +37,12 @@ const newLinkForm = z.strictObject({
 const signOutForm = z.strictObject({ csrf });
 const linkQuery = z.object({ token: token.optional() });
 
+/** The token of the link a page was opened with, when it has a plausible one. */
+function linkToken(c: Context<AppEnv>): string | undefined {
+  const query = linkQuery.safeParse(c.req.query());
+  return query.success ? query.data.token : undefined;
+}
+
 /** Security headers of every page: see the file comment. */
 const pageHeaders: MiddlewareHandler<AppEnv> = async (c, next) => {
   c.header("Cache-Control", "no-store");
@@ -193,8 +199,7 @@ export function pageRoutes(): Hono<AppEnv> {
     "/verify-email",
     pageDoc("The verification link's page (GET only looks the link up)"),
     async (c) => {
-      const query = linkQuery.safeParse(c.req.query());
-      const secret = query.success ? query.data.token : undefined;
+      const secret = linkToken(c);
       const pending = secret
         ? await OneTimeTokensService.peekLink(secret, "email_verification", c.get("log"))
         : null;
@@ -260,8 +265,7 @@ export function pageRoutes(): Hono<AppEnv> {
 
   // --- magic link ---------------------------------------------------------------------------------------
   route.get("/magic-link", pageDoc("The sign-in link's page (GET only looks the link up)"), async (c) => {
-    const query = linkQuery.safeParse(c.req.query());
-    const secret = query.success ? query.data.token : undefined;
+    const secret = linkToken(c);
     const pending = secret ? await OneTimeTokensService.peek(secret, "magic_link", c.get("log")) : null;
     if (!secret || !pending) return deadLink(c, "magic");
     return render(
@@ -293,8 +297,7 @@ export function pageRoutes(): Hono<AppEnv> {
 
   // --- password reset -----------------------------------------------------------------------------------
   route.get("/reset-password", pageDoc("The reset link's page (GET only looks the link up)"), async (c) => {
-    const query = linkQuery.safeParse(c.req.query());
-    const secret = query.success ? query.data.token : undefined;
+    const secret = linkToken(c);
     const pending = secret ? await OneTimeTokensService.peek(secret, "password_reset", c.get("log")) : null;
     if (!secret || !pending) return deadLink(c, "reset");
     return resetPage(c, secret, pending.sentTo);

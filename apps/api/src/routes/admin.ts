@@ -5,7 +5,7 @@ import { Hono, type MiddlewareHandler } from "hono";
 import { z } from "zod";
 import type { AppEnv } from "../context.ts";
 import { ApiError } from "../errors.ts";
-import { bearerMatches, readQuery } from "../http.ts";
+import { bearerMatches, readQuery, singleParam } from "../http.ts";
 import { adminUserSchema, documented } from "../openapi.ts";
 import { userView } from "../views.ts";
 
@@ -19,17 +19,13 @@ const adminKey: MiddlewareHandler<AppEnv> = async (c, next) => {
 /** `*` is the wildcard; LIKE's own %, _ and \ are taken literally. */
 const pattern = (value: string) => value.replace(/[\\%_]/g, (ch) => `\\${ch}`).replace(/\*/g, "%");
 
-/** A parameter given at most once (queries arrive as lists); a repeated one fails the inner schema. */
-const one = <T extends z.ZodType>(schema: T) =>
-  z.preprocess((value) => (Array.isArray(value) && value.length === 1 ? value[0] : value), schema);
-
 const listQuery = z.strictObject({
   email: z.array(z.string().min(1).max(318)).max(100).optional(),
   id: z.array(z.string().min(1).max(64)).max(100).optional(),
   phone: z.array(z.string().min(1).max(64)).max(100).optional(),
-  limit: one(z.coerce.number().int().min(1).max(1000)).optional(),
-  cursor: one(z.string().max(128)).optional(),
-  includeDeleted: one(z.enum(["true", "false"])).optional(),
+  limit: singleParam(z.coerce.number().int().min(1).max(1000)).optional(),
+  cursor: singleParam(z.string().max(128)).optional(),
+  includeDeleted: singleParam(z.enum(["true", "false"])).optional(),
 });
 
 const idParam = z.guid();

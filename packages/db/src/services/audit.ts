@@ -7,14 +7,14 @@
 // transaction ends, so concurrent writers append one after the other and never fork the chain; record() is
 // meant to be the last statement of its transaction, so the lock is held briefly.
 import { createHash } from "node:crypto";
-import { asc, desc, gt, sql } from "drizzle-orm";
+import { asc, desc, gt } from "drizzle-orm";
 import { uuidv7 } from "uuidv7";
 import { z } from "zod";
 import { now } from "../clock.ts";
 import { transaction } from "../connection.ts";
 import { isWellFormedSecret } from "../crypto/secrets.ts";
 import { DbError } from "../errors.ts";
-import { advisoryLockKey } from "../locks.ts";
+import { acquireAdvisoryLock } from "../locks.ts";
 import { withMetrics } from "../metrics.ts";
 import { AUDIT_ACTIONS, AUDIT_ACTORS, type AuditEvent, auditEvents } from "../schema/audit-events.ts";
 import { idSchema, noNul, type ServiceOptions, validate } from "./common.ts";
@@ -130,9 +130,7 @@ export const record = defineService(
     assertNoSecrets(input.details);
     return await transaction(
       async (tx) => {
-        await withMetrics("lock", TABLE, () =>
-          tx.execute(sql`SELECT pg_advisory_xact_lock(${advisoryLockKey(CHAIN_LOCK)}::bigint)`),
-        );
+        await acquireAdvisoryLock(tx, CHAIN_LOCK);
         const [last] = await withMetrics("select", TABLE, () =>
           tx
             .select({ seq: auditEvents.seq, hash: auditEvents.hash })

@@ -24,6 +24,7 @@ import {
   rateLimit,
   readQuery,
   setSessionCookie,
+  singleParam,
 } from "../../http.ts";
 import type { OAuthProvider } from "../../oauth/providers.ts";
 import { endPresentedSession, sessionConfig, sessionFields } from "./shared.ts";
@@ -56,13 +57,11 @@ export type OAuthFailure =
   | "OAUTH_EMAIL_UNVERIFIED"
   | "RATE_LIMITED";
 
-const one = <T extends z.ZodType>(schema: T) =>
-  z.preprocess((value) => (Array.isArray(value) && value.length === 1 ? value[0] : value), schema);
-export const startQuery = z.strictObject({ redirectTo: one(z.string().min(1).max(2048)).optional() });
+export const startQuery = z.strictObject({ redirectTo: singleParam(z.string().min(1).max(2048)).optional() });
 export const callbackQuery = z.object({
-  state: one(z.string().min(1).max(512)).optional(),
-  code: one(z.string().min(1).max(4096)).optional(),
-  error: one(z.string().max(256)).optional(),
+  state: singleParam(z.string().min(1).max(512)).optional(),
+  code: singleParam(z.string().min(1).max(4096)).optional(),
+  error: singleParam(z.string().max(256)).optional(),
 });
 
 const sha256 = (value: string) => createHash("sha256").update(value).digest("base64url");
@@ -90,7 +89,8 @@ function safeRedirect(c: Context<AppEnv>, raw: string | undefined): string {
     });
   }
   const origins = new Set([new URL(config.APP_URL).origin, ...allowedOrigins(config)]);
-  if (!origins.has(url.origin) || (url.protocol !== "https:" && url.protocol !== "http:")) {
+  // Allowed origins are http(s) ones: a javascript: or data: URL (origin "null") never matches.
+  if (!origins.has(url.origin)) {
     throw new ApiError(
       "VALIDATION_FAILED",
       "Invalid input: redirectTo: must be under APP_URL or an allowed origin",

@@ -16,15 +16,15 @@ import { uuidv7 } from "uuidv7";
 import { now } from "../../clock.ts";
 import { type DatabaseOrTransaction, transaction } from "../../connection.ts";
 import { DbError, isDbError } from "../../errors.ts";
-import { advisoryLockKey } from "../../locks.ts";
+import { acquireAdvisoryLock } from "../../locks.ts";
 import { withMetrics } from "../../metrics.ts";
 import { accounts, users } from "../../schema/index.ts";
 // A cycle (accounts.ts re-exports this module), used only at call time.
 import * as AccountsService from "../accounts.ts";
 import { notFound, type PublicUser, publicUserColumns, type ServiceOptions, validate } from "../common.ts";
 import { type Call, defineService } from "../define.ts";
-import * as OneTimeTokensService from "../one-time-tokens.ts";
 import * as SessionsService from "../sessions.ts";
+import { endPriorAccess } from "../users/email-links.ts";
 import { emailSchema } from "../users/schemas.ts";
 import type { LinkedAccount } from "./columns.ts";
 import { type ProviderIdentityInput, providerIdentityInput } from "./schemas.ts";
@@ -84,11 +84,7 @@ export const signInWithProvider = defineService(
           // locked in sorted order, so two transactions wanting both never wait on each other in a cycle.
           const names = [`provider-identity:${input.provider}:${input.providerAccountId}`];
           if (email) names.push(`user-email:${email}`);
-          for (const name of names.sort()) {
-            await withMetrics("lock", "accounts", () =>
-              tx.execute(sql`SELECT pg_advisory_xact_lock(${advisoryLockKey(name)}::bigint)`),
-            );
-          }
+          for (const name of names.sort()) await acquireAdvisoryLock(tx, name);
           const at = now();
           const identity = {
             provider: input.provider,
@@ -151,11 +147,9 @@ export const signInWithProvider = defineService(
                   })
                   .where(eq(users.id, owner.id)),
               );
-              revokedSessions = await SessionsService.revokeAllForUser({ userId: owner.id }, logger, { tx });
-              retiredTokens = await OneTimeTokensService.invalidateForUser(owner.id, {}, logger, { tx });
-              await withMetrics("delete", "accounts", () =>
-                tx.delete(accounts).where(eq(accounts.userId, owner.id)),
-              );
+              ({ revokedSessions, retiredTokens } = await endPriorAccess(tx, owner.id, logger, {
+                linkedAccounts: true,
+              }));
             } else if (email) {
               outcome = "created";
               userId = await createUser(tx, {

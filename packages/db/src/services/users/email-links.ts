@@ -3,7 +3,7 @@
 import { and, eq, isNull, sql } from "drizzle-orm";
 import type { PgUpdateSetSource } from "drizzle-orm/pg-core";
 import { now } from "../../clock.ts";
-import { transaction } from "../../connection.ts";
+import { type Transaction, transaction } from "../../connection.ts";
 import {
   candidatePasswordSchema,
   preparedFromHash,
@@ -11,6 +11,7 @@ import {
   verifyPasswordHash,
 } from "../../crypto/passwords.ts";
 import { DbError } from "../../errors.ts";
+import type { Logger } from "../../logger.ts";
 import { withMetrics } from "../../metrics.ts";
 import { accounts, users } from "../../schema/index.ts";
 import { notFound, type PublicUser, publicUserColumns, type ServiceOptions, validate } from "../common.ts";
@@ -26,6 +27,25 @@ import {
   useEmailLinkSchema,
   verificationTargetSchema,
 } from "./schemas.ts";
+
+/**
+ * What a first proof of an address ends (and a reset, without `linkedAccounts`), in the caller's transaction:
+ * every session, every pending link, and with `linkedAccounts` every linked provider identity (linked by
+ * whoever held the account before the proof). Used by useEmailLink and by provider sign-in's first proof.
+ */
+export async function endPriorAccess(
+  tx: Transaction,
+  userId: string,
+  logger: Logger,
+  options: { linkedAccounts: boolean },
+): Promise<{ revokedSessions: number; retiredTokens: number }> {
+  const revokedSessions = await SessionsService.revokeAllForUser({ userId }, logger, { tx });
+  const retiredTokens = await OneTimeTokensService.invalidateForUser(userId, {}, logger, { tx });
+  if (options.linkedAccounts) {
+    await withMetrics("delete", "accounts", () => tx.delete(accounts).where(eq(accounts.userId, userId)));
+  }
+  return { revokedSessions, retiredTokens };
+}
 
 export interface RegisterOptions extends ServiceOptions {
   /**
@@ -273,18 +293,10 @@ export const useEmailLink = defineService(
           tx.update(users).set(set).where(eq(users.id, current.id)).returning(publicUserColumns),
         );
         if (!user) throw tokenInvalid();
-        let revokedSessions = 0;
-        let retiredTokens = 0;
-        if (firstProof || input.purpose === "password_reset") {
-          revokedSessions = await SessionsService.revokeAllForUser({ userId: user.id }, logger, { tx });
-          retiredTokens = await OneTimeTokensService.invalidateForUser(user.id, {}, logger, { tx });
-        }
-        if (firstProof) {
-          // Provider identities linked before the address was proven were linked by whoever held the account.
-          await withMetrics("delete", "accounts", () =>
-            tx.delete(accounts).where(eq(accounts.userId, user.id)),
-          );
-        }
+        const { revokedSessions, retiredTokens } =
+          firstProof || input.purpose === "password_reset"
+            ? await endPriorAccess(tx, user.id, logger, { linkedAccounts: firstProof })
+            : { revokedSessions: 0, retiredTokens: 0 };
         const session = options.session
           ? await SessionsService.create({ ...options.session, userId: user.id }, logger, {
               tx,
