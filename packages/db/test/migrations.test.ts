@@ -56,7 +56,7 @@ describe("migrations", () => {
     const racedSchema = await describeSchema(raced.url);
     const serialSchema = await describeSchema(serial.url);
     expect(racedSchema).toEqual(serialSchema);
-    expect((racedSchema.tables as unknown[]).length).toBe(6);
+    expect((racedSchema.tables as unknown[]).length).toBe(8);
   });
 
   it("reports pending migrations and prints their SQL, then none once applied", async () => {

@@ -27,8 +27,11 @@ export const AUDIT_ACTIONS = [
 ] as const;
 export type AuditAction = (typeof AUDIT_ACTIONS)[number];
 
-/** Who did it: a signed-in user, the admin API key, or the system (maintenance, background work). */
-export const AUDIT_ACTORS = ["user", "admin_key", "system"] as const;
+/**
+ * Who did it: a signed-in user (actorUserId), the admin API key, the system (maintenance, the command line), or
+ * an anonymous client (a failed sign-in, a sign-up: the subject, if any, is the account it was aimed at).
+ */
+export const AUDIT_ACTORS = ["user", "admin_key", "system", "anonymous"] as const;
 export type AuditActor = (typeof AUDIT_ACTORS)[number];
 
 const list = (values: readonly string[]) => sql.raw(values.map((value) => `'${value}'`).join(", "));
@@ -60,6 +63,7 @@ export const auditEvents = pgTable(
     check("audit_events_action_check", sql`${t.action} IN (${list(AUDIT_ACTIONS)})`),
     check("audit_events_actor_type_check", sql`${t.actorType} IN (${list(AUDIT_ACTORS)})`),
     index("audit_events_subject_seq_idx").on(t.subjectUserId, t.seq),
+    index("audit_events_actor_seq_idx").on(t.actorUserId, t.seq),
     index("audit_events_occurred_at_idx").on(t.occurredAt),
   ],
 );

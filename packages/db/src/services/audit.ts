@@ -1,31 +1,31 @@
 // AuditService: the security events of the audit trail (schema/audit-events.ts). record() appends one event,
 // in the caller's transaction when given one (a change that rolls back leaves no event); verify() walks the
-// chain and reports the first row where it breaks.
+// chain and reports the first row where it breaks; prune() applies retention; list() reads it back.
 //
-// The chain: writers take a transaction-scoped advisory lock, read the last row, and insert the next one with
-// seq + 1 and hash = SHA-256(previous hash || canonical content). The lock is held until the writer's
-// transaction ends, so concurrent writers append one after the other and never fork the chain; record() is
-// meant to be the last statement of its transaction, so the lock is held briefly.
+// The chain: one statement advances the head row (schema/audit-chain.ts) and inserts the event. The UPDATE
+// waits for the head's row lock, then works on the committed head, so concurrent writers append one after the
+// other and never fork the chain; the hash is computed by PostgreSQL (sha256) over the previous hash and the
+// event's canonical content, whose text TypeScript builds around the seq the head assigns. The row lock is
+// held until the writer's transaction ends: record() belongs at the end of its transaction.
 import { createHash } from "node:crypto";
-import { asc, desc, gt } from "drizzle-orm";
+import { and, desc, eq, getTableColumns, gte, inArray, lt, lte, or, type SQL, sql } from "drizzle-orm";
 import { uuidv7 } from "uuidv7";
 import { z } from "zod";
 import { now } from "../clock.ts";
-import { transaction } from "../connection.ts";
+import { type DatabaseOrTransaction, transaction } from "../connection.ts";
 import { isWellFormedSecret } from "../crypto/secrets.ts";
 import { DbError } from "../errors.ts";
-import { acquireAdvisoryLock } from "../locks.ts";
+import type { Logger } from "../logger.ts";
 import { withMetrics } from "../metrics.ts";
+import { type AuditChainHead, auditChain } from "../schema/audit-chain.ts";
 import { AUDIT_ACTIONS, AUDIT_ACTORS, type AuditEvent, auditEvents } from "../schema/audit-events.ts";
+import { defineStatement, param } from "../statements.ts";
 import { idSchema, noNul, type ServiceOptions, validate } from "./common.ts";
 import { type Call, defineService } from "./define.ts";
 
 export type { AuditAction, AuditActor, AuditEvent } from "../schema/audit-events.ts";
 
 const TABLE = "audit_events";
-const CHAIN_LOCK = "audit_events:chain";
-/** The previous hash of the first row ever written. */
-const GENESIS = Buffer.alloc(32);
 /** Keys that name a secret: such a detail is refused whatever its value. */
 const SECRET_KEY = /pass(word)?|secret|token|cookie|authorization|api[_-]?key|private|credential|hash/i;
 
@@ -45,6 +45,12 @@ export type AuditEventInput = Omit<z.input<typeof recordInput>, "details"> & {
   details?: Record<string, unknown> | undefined;
 };
 
+/**
+ * The events a service records in its own transaction, from its result (for services that do work before
+ * their transaction opens, such as a password check, so the caller cannot open it for them).
+ */
+export type AuditFor<R> = (result: R) => AuditEventInput | readonly AuditEventInput[] | undefined;
+
 /** JSON with object keys sorted at every level: the same text for the same value, before and after jsonb. */
 export function canonicalJson(value: unknown): string {
   if (Array.isArray(value)) return `[${value.map(canonicalJson).join(",")}]`;
@@ -57,10 +63,10 @@ export function canonicalJson(value: unknown): string {
   return JSON.stringify(value);
 }
 
-type ChainedContent = Pick<
+/** The content a row's hash covers, without its seq (which the chain head assigns). */
+type EventContent = Pick<
   AuditEvent,
   | "id"
-  | "seq"
   | "occurredAt"
   | "actorType"
   | "actorUserId"
@@ -72,11 +78,13 @@ type ChainedContent = Pick<
   | "details"
 >;
 
-/** What a row's hash covers, as one text. */
-function contentOf(row: ChainedContent): string {
-  return canonicalJson([
-    row.id,
-    row.seq,
+/**
+ * The canonical text of a row's content is `prefix + seq + suffix`: the JSON array [id, seq, occurredAt,
+ * actorType, actorUserId, subjectUserId, action, ipAddress, userAgent, requestId, details], split around the
+ * seq so PostgreSQL can hash it with the seq it assigns.
+ */
+function contentParts(row: EventContent): { prefix: string; suffix: string } {
+  const rest = [
     row.occurredAt.toISOString(),
     row.actorType,
     row.actorUserId ?? null,
@@ -86,11 +94,13 @@ function contentOf(row: ChainedContent): string {
     row.userAgent ?? null,
     row.requestId ?? null,
     row.details,
-  ]);
+  ];
+  return { prefix: `[${canonicalJson(row.id)},`, suffix: `,${rest.map(canonicalJson).join(",")}]` };
 }
 
-function chainHash(previous: Buffer, content: string): Buffer {
-  return createHash("sha256").update(previous).update(content, "utf8").digest();
+function chainHash(previous: Buffer, row: EventContent & { seq: number }): Buffer {
+  const { prefix, suffix } = contentParts(row);
+  return createHash("sha256").update(previous).update(`${prefix}${row.seq}${suffix}`, "utf8").digest();
 }
 
 /** Refuses details that name or carry a secret (a token in our format, a password, a key). */
@@ -116,110 +126,289 @@ function assertNoSecrets(details: unknown, path = "details"): void {
   }
 }
 
+interface RecordParams extends Record<string, unknown> {
+  id: string;
+  at: Date;
+  actorType: string;
+  actorUserId: string | null;
+  subjectUserId: string | null;
+  action: string;
+  ipAddress: string | null;
+  userAgent: string | null;
+  requestId: string | null;
+  details: string;
+  prefix: Buffer;
+  suffix: Buffer;
+}
+
+/**
+ * Advances the head and inserts the event it chains, in one round trip. In the UPDATE every right-hand side
+ * reads the head as it was: prev_hash takes the old hash and the new hash covers it.
+ */
+const recordStatement = defineStatement<{ seq: string; prevHash: Buffer; hash: Buffer }, RecordParams>(
+  "audit_record",
+  sql`WITH head AS (
+      UPDATE audit_chain
+      SET seq = seq + 1, prev_hash = hash,
+        hash = sha256(hash || ${param("prefix")}::bytea || convert_to((seq + 1)::text, 'UTF8') || ${param("suffix")}::bytea)
+      WHERE id
+      RETURNING seq, prev_hash, hash
+    )
+    INSERT INTO audit_events (id, seq, occurred_at, actor_type, actor_user_id, subject_user_id, action,
+      ip_address, user_agent, request_id, details, prev_hash, hash)
+    SELECT ${param("id")}::uuid, head.seq, ${param("at")}::timestamptz, ${param("actorType")}::text,
+      ${param("actorUserId")}::uuid, ${param("subjectUserId")}::uuid, ${param("action")}::text,
+      ${param("ipAddress")}::text, ${param("userAgent")}::text, ${param("requestId")}::text,
+      ${param("details")}::jsonb, head.prev_hash, head.hash
+    FROM head
+    RETURNING seq, prev_hash AS "prevHash", hash`,
+);
+
+/** Validates an event and appends it on `handle` (a transaction, or the pool: then it commits alone). */
+async function append(payload: AuditEventInput, handle: DatabaseOrTransaction | undefined): Promise<AuditEvent> {
+  const input = validate(recordInput, payload);
+  assertNoSecrets(input.details);
+  // The details as jsonb will give them back (keys reordered, nothing else): parsed from canonical text.
+  const detailsText = canonicalJson(input.details);
+  const content: EventContent = {
+    id: uuidv7(),
+    occurredAt: new Date(now().getTime()),
+    actorType: input.actorType,
+    actorUserId: input.actorUserId ?? null,
+    subjectUserId: input.subjectUserId ?? null,
+    action: input.action,
+    ipAddress: input.ipAddress ?? null,
+    userAgent: input.userAgent ?? null,
+    requestId: input.requestId ?? null,
+    details: JSON.parse(detailsText) as Record<string, unknown>,
+  };
+  const { prefix, suffix } = contentParts(content);
+  const { rows } = await withMetrics("insert", TABLE, () =>
+    recordStatement.run(handle, {
+      ...content,
+      at: content.occurredAt,
+      details: detailsText,
+      prefix: Buffer.from(prefix, "utf8"),
+      suffix: Buffer.from(suffix, "utf8"),
+    }),
+  );
+  const row = rows[0];
+  if (!row) throw new DbError("DATABASE_ERROR", "The audit chain's head row is missing");
+  return { ...content, seq: Number(row.seq), prevHash: row.prevHash, hash: row.hash };
+}
+
 /**
  * Appends one event to the trail, in `options.tx` when given (it then commits or rolls back with the change it
- * records). Details hold ids and facts: a key naming a secret or a value shaped like one of our tokens is
- * refused.
+ * records; call it last, since the chain's head stays locked until that transaction ends). Details hold ids
+ * and facts: a key naming a secret or a value shaped like one of our tokens is refused.
  * @throws DbError VALIDATION_FAILED (unknown action or actor, bad ids, a secret in details).
  * @example await AuditService.record({ action: "password_changed", actorType: "user", actorUserId: id, subjectUserId: id }, log, { tx });
  */
 export const record = defineService(
   { name: "audit.record", table: TABLE, arity: 1, logFields: ([payload]) => ({ action: payload?.action }) },
-  async ({ options }: Call<ServiceOptions>, payload: AuditEventInput): Promise<AuditEvent> => {
-    const input = validate(recordInput, payload);
-    assertNoSecrets(input.details);
-    return await transaction(
-      async (tx) => {
-        await acquireAdvisoryLock(tx, CHAIN_LOCK);
-        const [last] = await withMetrics("select", TABLE, () =>
-          tx
-            .select({ seq: auditEvents.seq, hash: auditEvents.hash })
-            .from(auditEvents)
-            .orderBy(desc(auditEvents.seq))
-            .limit(1),
-        );
-        const prevHash = last?.hash ?? GENESIS;
-        // The details as jsonb will give them back (keys reordered, nothing else): parsed from canonical text.
-        const details = JSON.parse(canonicalJson(input.details)) as Record<string, unknown>;
-        const content: ChainedContent = {
-          id: uuidv7(),
-          seq: (last?.seq ?? 0) + 1,
-          occurredAt: new Date(now().getTime()),
-          actorType: input.actorType,
-          actorUserId: input.actorUserId?.toLowerCase() ?? null,
-          subjectUserId: input.subjectUserId?.toLowerCase() ?? null,
-          action: input.action,
-          ipAddress: input.ipAddress ?? null,
-          userAgent: input.userAgent ?? null,
-          requestId: input.requestId ?? null,
-          details,
-        };
-        const hash = chainHash(prevHash, contentOf(content));
-        const [row] = await withMetrics("insert", TABLE, () =>
-          tx
-            .insert(auditEvents)
-            .values({ ...content, prevHash, hash })
-            .returning(),
-        );
-        if (!row) throw new DbError("DATABASE_ERROR", "The audit event was not written");
-        return row;
-      },
-      { tx: options.tx },
-    );
-  },
+  async ({ options }: Call<ServiceOptions>, payload: AuditEventInput): Promise<AuditEvent> =>
+    await append(payload, options.tx),
 );
+
+/**
+ * Records the events `audit` derives from a service's result, in that service's transaction (see AuditFor).
+ * For the services themselves; callers pass `audit` in the service's options.
+ */
+export async function recordFor<R>(
+  tx: DatabaseOrTransaction,
+  audit: AuditFor<R> | undefined,
+  result: R,
+  logger: Logger,
+): Promise<void> {
+  const events = audit?.(result);
+  if (!events) return;
+  for (const event of Array.isArray(events) ? events : [events as AuditEventInput]) {
+    await record(event, logger, { tx });
+  }
+}
 
 export interface VerifyResult {
   ok: boolean;
   /** Rows checked. */
   checked: number;
-  /** The first row where the chain breaks, and why. */
-  broken?: { id: string; seq: number; reason: "content changed" | "previous row missing or changed" };
+  /**
+   * The first place the chain breaks, and why. `id` is the row's (absent when rows are missing at the end:
+   * `seq` is then the first missing one).
+   */
+  broken?: {
+    id?: string;
+    seq: number;
+    reason: "content changed" | "previous row missing or changed" | "newest rows missing";
+  };
 }
 
 /**
- * Walks the chain in seq order, in batches, and reports the first row whose hash does not match its content,
- * or whose previous hash is not the hash of the row before it (a row edited, inserted or deleted). The first
- * row kept is trusted as the anchor (rows before it may have been removed by retention).
+ * Walks the chain in seq order, in batches, in one snapshot, and reports the first row whose hash does not
+ * match its content, or whose previous hash is not the hash of the row before it (a row edited, inserted or
+ * deleted). The oldest row must follow the point retention pruned to, and the newest must be the chain head's,
+ * so rows deleted at either end show too.
  * @throws DbError VALIDATION_FAILED (bad batch size).
  * @example const { ok, broken } = await AuditService.verify();
  */
 export const verify = defineService(
   { name: "audit.verify", table: TABLE, arity: 1 },
   async (
-    { handle }: Call<ServiceOptions>,
+    { options }: Call<ServiceOptions>,
     payload: { batchSize?: number | undefined } = {},
   ): Promise<VerifyResult> => {
     const { batchSize } = validate(
       z.strictObject({ batchSize: z.number().int().min(1).max(10_000).default(1000) }),
       payload,
     );
-    let previous: { seq: number; hash: Buffer } | undefined;
-    let checked = 0;
-    for (;;) {
-      const rows = await withMetrics("select", TABLE, () =>
-        handle
-          .select()
-          .from(auditEvents)
-          .where(previous ? gt(auditEvents.seq, previous.seq) : undefined)
-          .orderBy(asc(auditEvents.seq))
-          .limit(batchSize),
-      );
-      for (const row of rows) {
-        checked++;
-        if (previous && (row.seq !== previous.seq + 1 || !row.prevHash.equals(previous.hash))) {
-          return {
-            ok: false,
-            checked,
-            broken: { id: row.id, seq: row.seq, reason: "previous row missing or changed" },
-          };
-        }
-        if (!chainHash(row.prevHash, contentOf(row)).equals(row.hash)) {
-          return { ok: false, checked, broken: { id: row.id, seq: row.seq, reason: "content changed" } };
-        }
-        previous = { seq: row.seq, hash: row.hash };
+    return await transaction(
+      async (tx) => {
+        const [head] = await withMetrics("select", "audit_chain", () => tx.select().from(auditChain));
+        if (!head) throw new DbError("DATABASE_ERROR", "The audit chain's head row is missing");
+        return await walk(tx, head, batchSize);
+      },
+      { tx: options.tx, isolationLevel: "repeatable read", accessMode: "read only" },
+    );
+  },
+);
+
+async function walk(tx: DatabaseOrTransaction, head: AuditChainHead, batchSize: number): Promise<VerifyResult> {
+  let previous = { seq: head.prunedSeq, hash: head.prunedHash };
+  let checked = 0;
+  for (;;) {
+    const rows = await withMetrics("select", TABLE, () =>
+      tx
+        .select()
+        .from(auditEvents)
+        .where(sql`${auditEvents.seq} > ${previous.seq}`)
+        .orderBy(auditEvents.seq)
+        .limit(batchSize),
+    );
+    for (const row of rows) {
+      checked++;
+      if (row.seq !== previous.seq + 1 || !row.prevHash.equals(previous.hash)) {
+        return {
+          ok: false,
+          checked,
+          broken: { id: row.id, seq: row.seq, reason: "previous row missing or changed" },
+        };
       }
-      if (rows.length < batchSize) return { ok: true, checked };
+      if (!chainHash(row.prevHash, row).equals(row.hash)) {
+        return { ok: false, checked, broken: { id: row.id, seq: row.seq, reason: "content changed" } };
+      }
+      previous = { seq: row.seq, hash: row.hash };
     }
+    if (rows.length < batchSize) break;
+  }
+  if (previous.seq !== head.seq || !previous.hash.equals(head.hash)) {
+    return { ok: false, checked, broken: { seq: previous.seq + 1, reason: "newest rows missing" } };
+  }
+  return { ok: true, checked };
+}
+
+/**
+ * Retention: deletes the oldest events up to the first one at or after `before`, in batches of `batchSize`
+ * (each its own short transaction), always a prefix of the chain, and moves the head's pruned point so the
+ * rest stays verifiable. Returns how many rows were deleted.
+ * @throws DbError VALIDATION_FAILED.
+ * @example await AuditService.prune({ before: new Date(Date.now() - 365 * 86_400_000) });
+ */
+export const prune = defineService(
+  { name: "audit.prune", table: TABLE, arity: 1 },
+  async (
+    _call: Call<ServiceOptions>,
+    payload: { before: Date; batchSize?: number | undefined },
+  ): Promise<number> => {
+    const { before, batchSize } = validate(
+      z.strictObject({ before: z.date(), batchSize: z.number().int().min(1).max(10_000).default(1000) }),
+      payload,
+    );
+    let deleted = 0;
+    for (;;) {
+      const removed = await transaction(async (tx) => {
+        // The head is locked first (appends wait a moment), then the oldest rows read in seq order; the
+        // prefix older than `before` goes, up to the first newer row even if an older one follows it.
+        const [head] = await withMetrics("select", "audit_chain", () =>
+          tx.select().from(auditChain).for("update"),
+        );
+        if (!head) throw new DbError("DATABASE_ERROR", "The audit chain's head row is missing");
+        const oldest = await withMetrics("select", TABLE, () =>
+          tx
+            .select({ seq: auditEvents.seq, hash: auditEvents.hash, occurredAt: auditEvents.occurredAt })
+            .from(auditEvents)
+            .where(sql`${auditEvents.seq} > ${head.prunedSeq}`)
+            .orderBy(auditEvents.seq)
+            .limit(batchSize),
+        );
+        const cut = oldest.findIndex((row) => row.occurredAt >= before);
+        const doomed = cut === -1 ? oldest : oldest.slice(0, cut);
+        const last = doomed.at(-1);
+        if (!last) return 0;
+        await withMetrics("delete", TABLE, () =>
+          tx.delete(auditEvents).where(sql`${auditEvents.seq} <= ${last.seq}`),
+        );
+        await withMetrics("update", "audit_chain", () =>
+          tx.update(auditChain).set({ prunedSeq: last.seq, prunedHash: last.hash }),
+        );
+        return doomed.length;
+      });
+      deleted += removed;
+      if (removed < batchSize) return deleted;
+    }
+  },
+);
+
+const listInput = z.strictObject({
+  /** Events about this user or done by them. */
+  userId: idSchema.optional(),
+  /** Only events about this user (a user's own security events). */
+  subjectUserId: idSchema.optional(),
+  actions: z.array(z.enum(AUDIT_ACTIONS)).max(AUDIT_ACTIONS.length).optional(),
+  from: z.date().optional(),
+  to: z.date().optional(),
+  /** Only events older than this seq (the previous page's nextCursor). */
+  before: z.number().int().min(1).optional(),
+  limit: z.number().int().min(1).max(1000).default(50),
+});
+export type ListAuditInput = z.input<typeof listInput>;
+
+/** An event as readers get it: everything but the chain's hashes. */
+export type AuditEventView = Omit<AuditEvent, "prevHash" | "hash">;
+
+const { prevHash: _prevHash, hash: _hash, ...viewColumns } = getTableColumns(auditEvents);
+
+/**
+ * Events newest first, filtered, one page (keyset on seq: pass nextCursor as `before`). The filters use the
+ * (subject_user_id, seq) and (actor_user_id, seq) indexes.
+ * @throws DbError VALIDATION_FAILED.
+ * @example const { events, nextCursor } = await AuditService.list({ subjectUserId: user.id, limit: 20 });
+ */
+export const list = defineService(
+  { name: "audit.list", table: TABLE, arity: 1 },
+  async (
+    { handle }: Call<ServiceOptions>,
+    payload: ListAuditInput,
+  ): Promise<{ events: AuditEventView[]; nextCursor: number | null }> => {
+    const input = validate(listInput, payload);
+    const where: (SQL | undefined)[] = [
+      input.userId
+        ? or(eq(auditEvents.subjectUserId, input.userId), eq(auditEvents.actorUserId, input.userId))
+        : undefined,
+      input.subjectUserId ? eq(auditEvents.subjectUserId, input.subjectUserId) : undefined,
+      input.actions ? inArray(auditEvents.action, input.actions) : undefined,
+      input.from ? gte(auditEvents.occurredAt, input.from) : undefined,
+      input.to ? lte(auditEvents.occurredAt, input.to) : undefined,
+      input.before ? lt(auditEvents.seq, input.before) : undefined,
+    ];
+    const rows = await withMetrics("select", TABLE, () =>
+      handle
+        .select(viewColumns)
+        .from(auditEvents)
+        .where(and(...where))
+        .orderBy(desc(auditEvents.seq))
+        .limit(input.limit + 1),
+    );
+    const events = rows.slice(0, input.limit) as AuditEventView[];
+    const more = rows.length > input.limit;
+    return { events, nextCursor: more ? (events.at(-1)?.seq ?? null) : null };
   },
 );

@@ -42,6 +42,21 @@ export const CONVENTION_EXCEPTIONS: { table: string; rule: ConventionRule; reaso
     reason: "append-only: a row is never updated, so there is no updated_at to keep",
   },
   {
+    table: "audit_chain",
+    rule: "uuid_id",
+    reason: "one row (id is always true): the audit chain's head, not an entity",
+  },
+  {
+    table: "audit_chain",
+    rule: "timestamps",
+    reason: "the head moves with every audit event; the events carry the times",
+  },
+  {
+    table: "audit_chain",
+    rule: "updated_at_trigger",
+    reason: "updated by every audit event: a trigger would tax each one for a time nobody reads",
+  },
+  {
     table: "cache",
     rule: "updated_at_trigger",
     reason: "its upsert sets updated_at itself; a row trigger would tax the hottest write path",

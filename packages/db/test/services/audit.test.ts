@@ -87,6 +87,97 @@ describe("the audit chain", () => {
     expect((await AuditService.verify()).ok).toBe(true);
   });
 
+  it("rows deleted at either end of the chain show: the newest against the head, the oldest against the pruned point", async () => {
+    const rows = [];
+    for (let i = 0; i < 3; i++) rows.push(await AuditService.record(event({ end: i })));
+    const newest = rows[2];
+    if (!newest) throw new Error("rows missing");
+    const saved = await database.admin<{ row: string }>(
+      "SELECT row_to_json(a)::text AS row FROM audit_events a WHERE id = $1",
+      [newest.id],
+    );
+    await database.admin("DELETE FROM audit_events WHERE id = $1", [newest.id]);
+    expect((await AuditService.verify()).broken).toEqual({ seq: newest.seq, reason: "newest rows missing" });
+    await database.admin(
+      "INSERT INTO audit_events SELECT * FROM json_populate_record(NULL::audit_events, $1::json)",
+      [saved.rows[0]?.row],
+    );
+    expect((await AuditService.verify()).ok).toBe(true);
+
+    const oldest = await database.admin<{ id: string; seq: string; row: string }>(
+      "SELECT id, seq, row_to_json(a)::text AS row FROM audit_events a ORDER BY seq LIMIT 2",
+    );
+    const [first, next] = oldest.rows;
+    if (!first || !next) throw new Error("rows missing");
+    await database.admin("DELETE FROM audit_events WHERE id = $1", [first.id]);
+    expect((await AuditService.verify()).broken).toEqual({
+      id: next.id,
+      seq: Number(next.seq),
+      reason: "previous row missing or changed",
+    });
+    await database.admin(
+      "INSERT INTO audit_events SELECT * FROM json_populate_record(NULL::audit_events, $1::json)",
+      [first.row],
+    );
+    expect((await AuditService.verify()).ok).toBe(true);
+  });
+
+  it("retention deletes the oldest prefix in batches and the rest stays verifiable, with appends running", async () => {
+    for (let i = 0; i < 12; i++) await AuditService.record(event({ retention: i }));
+    const cutoff = await database.admin<{ at: Date; seq: string }>(
+      "SELECT occurred_at AS at, seq FROM audit_events ORDER BY seq DESC OFFSET 4 LIMIT 1",
+    );
+    const keepFrom = cutoff.rows[0];
+    if (!keepFrom) throw new Error("rows missing");
+    const [deleted] = await Promise.all([
+      AuditService.prune({ before: keepFrom.at, batchSize: 3 }),
+      ...Array.from({ length: 10 }, (_, i) => AuditService.record(event({ during: i }))),
+    ]);
+    expect(deleted).toBeGreaterThan(0);
+    const left = await database.admin<{ min: string }>("SELECT min(seq) AS min FROM audit_events");
+    expect(Number(left.rows[0]?.min)).toBeLessThanOrEqual(Number(keepFrom.seq));
+    const older = await database.admin<{ n: number }>(
+      "SELECT count(*)::int AS n FROM audit_events WHERE seq < (SELECT min(seq) FROM audit_events WHERE occurred_at >= $1)",
+      [keepFrom.at],
+    );
+    expect(older.rows[0]?.n).toBe(0);
+    expect(await AuditService.verify({ batchSize: 4 })).toMatchObject({ ok: true });
+    // Nothing older than the cutoff is left: a second round deletes nothing.
+    expect(await AuditService.prune({ before: keepFrom.at })).toBe(0);
+  });
+
+  it("lists newest first, by subject or by anyone involved, by action and time, one keyset page at a time", async () => {
+    const subject = userId();
+    const actor = userId();
+    const written = [];
+    for (let i = 0; i < 5; i++) {
+      written.push(
+        await AuditService.record({
+          ...event({ page: i }),
+          subjectUserId: subject,
+          actorUserId: i === 4 ? actor : subject,
+          action: i % 2 === 0 ? "sign_in" : "sign_out",
+        }),
+      );
+    }
+    const seen: number[] = [];
+    let before: number | undefined;
+    for (;;) {
+      const page = await AuditService.list({ subjectUserId: subject, limit: 2, ...(before ? { before } : {}) });
+      seen.push(...page.events.map((e) => e.seq));
+      expect(page.events.every((e) => !("hash" in e) && !("prevHash" in e))).toBe(true);
+      if (page.nextCursor === null) break;
+      before = page.nextCursor;
+    }
+    expect(seen).toEqual(written.map((e) => e.seq).reverse());
+    const byActor = await AuditService.list({ userId: actor });
+    expect(byActor.events.map((e) => e.seq)).toEqual([written[4]?.seq]);
+    const signOuts = await AuditService.list({ subjectUserId: subject, actions: ["sign_out"] });
+    expect(signOuts.events.map((e) => e.action)).toEqual(["sign_out", "sign_out"]);
+    const none = await AuditService.list({ subjectUserId: subject, from: new Date(Date.now() + 60_000) });
+    expect(none.events).toEqual([]);
+  });
+
   it("refuses details that name or carry a secret, and unknown actions", async () => {
     for (const details of [
       { password: "hunter2" },
