@@ -27,6 +27,7 @@ export const API_ERRORS = {
     status: 409,
     message: "This is your last way to sign in: set a password or link another provider first",
   },
+  LAST_ADMIN: { status: 409, message: "This is the last admin: grant the role to someone else first" },
   PAYLOAD_TOO_LARGE: { status: 413, message: "The body is too large" },
   UNSUPPORTED_MEDIA_TYPE: { status: 415, message: "Send application/json" },
   RATE_LIMITED: { status: 429, message: "Too many requests; retry later" },

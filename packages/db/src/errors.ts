@@ -40,6 +40,8 @@ export const ERROR_CODES = {
   ACCOUNT_ALREADY_LINKED: { kind: "rejected" },
   /** Unlinking would leave the user no way to sign in (no password, no proven address, no other provider). */
   LAST_SIGN_IN_METHOD: { kind: "rejected" },
+  /** Revoking the role would leave no live admin. */
+  LAST_ADMIN: { kind: "rejected" },
   INVALID_CREDENTIALS: { kind: "rejected" },
   TOKEN_INVALID: { kind: "rejected" },
   /** A new password is too common, contains the email's local part, or appears in a breach corpus. */

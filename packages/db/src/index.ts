@@ -116,7 +116,11 @@ export {
 
 export {
   type Account,
+  AUDIT_ACTIONS,
+  AUDIT_ACTORS,
   accounts,
+  auditChain,
+  auditEvents,
   type CacheEntry,
   cache,
   type NewAccount,
@@ -127,10 +131,13 @@ export {
   type OneTimeTokenPurpose,
   oneTimeTokenPurpose,
   oneTimeTokens,
+  ROLES,
   type Session,
   sessionStatus,
   sessions,
   type User,
+  type UserRole,
+  userRoles,
   users,
 } from "./schema/index.ts";
 
@@ -138,12 +145,23 @@ export {
 
 export type { AccountTokens, LinkedAccount } from "./services/accounts.ts";
 export * as AccountsService from "./services/accounts.ts";
-export type { AuditEventInput, VerifyResult } from "./services/audit.ts";
+export type {
+  AuditAction,
+  AuditActor,
+  AuditEvent,
+  AuditEventInput,
+  AuditEventView,
+  AuditFor,
+  ListAuditInput,
+  VerifyResult,
+} from "./services/audit.ts";
 export * as AuditService from "./services/audit.ts";
 export * as CacheService from "./services/cache.ts";
 export type { ReadOptions, ServiceOptions } from "./services/common.ts";
 export type { OneTimeTokenRecord } from "./services/one-time-tokens.ts";
 export * as OneTimeTokensService from "./services/one-time-tokens.ts";
+export type { Role } from "./services/roles.ts";
+export * as RolesService from "./services/roles.ts";
 export type { PublicSession, SessionConfig, SessionUser } from "./services/sessions.ts";
 export * as SessionsService from "./services/sessions.ts";
 export type { PreparedPassword, PublicUser } from "./services/users.ts";

@@ -51,6 +51,11 @@ export type AuditEventInput = Omit<z.input<typeof recordInput>, "details"> & {
  */
 export type AuditFor<R> = (result: R) => AuditEventInput | readonly AuditEventInput[] | undefined;
 
+/** The options of a service that records the events `audit` derives from its result, in its transaction. */
+export interface AuditedOptions<R> {
+  audit?: AuditFor<R> | undefined;
+}
+
 /** JSON with object keys sorted at every level: the same text for the same value, before and after jsonb. */
 export function canonicalJson(value: unknown): string {
   if (Array.isArray(value)) return `[${value.map(canonicalJson).join(",")}]`;
@@ -165,7 +170,10 @@ const recordStatement = defineStatement<{ seq: string; prevHash: Buffer; hash: B
 );
 
 /** Validates an event and appends it on `handle` (a transaction, or the pool: then it commits alone). */
-async function append(payload: AuditEventInput, handle: DatabaseOrTransaction | undefined): Promise<AuditEvent> {
+async function append(
+  payload: AuditEventInput,
+  handle: DatabaseOrTransaction | undefined,
+): Promise<AuditEvent> {
   const input = validate(recordInput, payload);
   assertNoSecrets(input.details);
   // The details as jsonb will give them back (keys reordered, nothing else): parsed from canonical text.
@@ -271,7 +279,11 @@ export const verify = defineService(
   },
 );
 
-async function walk(tx: DatabaseOrTransaction, head: AuditChainHead, batchSize: number): Promise<VerifyResult> {
+async function walk(
+  tx: DatabaseOrTransaction,
+  head: AuditChainHead,
+  batchSize: number,
+): Promise<VerifyResult> {
   let previous = { seq: head.prunedSeq, hash: head.prunedHash };
   let checked = 0;
   for (;;) {
@@ -307,7 +319,7 @@ async function walk(tx: DatabaseOrTransaction, head: AuditChainHead, batchSize: 
 
 /**
  * Retention: deletes the oldest events up to the first one at or after `before`, in batches of `batchSize`
- * (each its own short transaction), always a prefix of the chain, and moves the head's pruned point so the
+ * (each its own short transaction, or all in `options.tx`), always a prefix of the chain, and moves the head's pruned point so the
  * rest stays verifiable. Returns how many rows were deleted.
  * @throws DbError VALIDATION_FAILED.
  * @example await AuditService.prune({ before: new Date(Date.now() - 365 * 86_400_000) });
@@ -315,7 +327,7 @@ async function walk(tx: DatabaseOrTransaction, head: AuditChainHead, batchSize: 
 export const prune = defineService(
   { name: "audit.prune", table: TABLE, arity: 1 },
   async (
-    _call: Call<ServiceOptions>,
+    { options }: Call<ServiceOptions>,
     payload: { before: Date; batchSize?: number | undefined },
   ): Promise<number> => {
     const { before, batchSize } = validate(
@@ -324,33 +336,36 @@ export const prune = defineService(
     );
     let deleted = 0;
     for (;;) {
-      const removed = await transaction(async (tx) => {
-        // The head is locked first (appends wait a moment), then the oldest rows read in seq order; the
-        // prefix older than `before` goes, up to the first newer row even if an older one follows it.
-        const [head] = await withMetrics("select", "audit_chain", () =>
-          tx.select().from(auditChain).for("update"),
-        );
-        if (!head) throw new DbError("DATABASE_ERROR", "The audit chain's head row is missing");
-        const oldest = await withMetrics("select", TABLE, () =>
-          tx
-            .select({ seq: auditEvents.seq, hash: auditEvents.hash, occurredAt: auditEvents.occurredAt })
-            .from(auditEvents)
-            .where(sql`${auditEvents.seq} > ${head.prunedSeq}`)
-            .orderBy(auditEvents.seq)
-            .limit(batchSize),
-        );
-        const cut = oldest.findIndex((row) => row.occurredAt >= before);
-        const doomed = cut === -1 ? oldest : oldest.slice(0, cut);
-        const last = doomed.at(-1);
-        if (!last) return 0;
-        await withMetrics("delete", TABLE, () =>
-          tx.delete(auditEvents).where(sql`${auditEvents.seq} <= ${last.seq}`),
-        );
-        await withMetrics("update", "audit_chain", () =>
-          tx.update(auditChain).set({ prunedSeq: last.seq, prunedHash: last.hash }),
-        );
-        return doomed.length;
-      });
+      const removed = await transaction(
+        async (tx) => {
+          // The head is locked first (appends wait a moment), then the oldest rows read in seq order; the
+          // prefix older than `before` goes, up to the first newer row even if an older one follows it.
+          const [head] = await withMetrics("select", "audit_chain", () =>
+            tx.select().from(auditChain).for("update"),
+          );
+          if (!head) throw new DbError("DATABASE_ERROR", "The audit chain's head row is missing");
+          const oldest = await withMetrics("select", TABLE, () =>
+            tx
+              .select({ seq: auditEvents.seq, hash: auditEvents.hash, occurredAt: auditEvents.occurredAt })
+              .from(auditEvents)
+              .where(sql`${auditEvents.seq} > ${head.prunedSeq}`)
+              .orderBy(auditEvents.seq)
+              .limit(batchSize),
+          );
+          const cut = oldest.findIndex((row) => row.occurredAt >= before);
+          const doomed = cut === -1 ? oldest : oldest.slice(0, cut);
+          const last = doomed.at(-1);
+          if (!last) return 0;
+          await withMetrics("delete", TABLE, () =>
+            tx.delete(auditEvents).where(sql`${auditEvents.seq} <= ${last.seq}`),
+          );
+          await withMetrics("update", "audit_chain", () =>
+            tx.update(auditChain).set({ prunedSeq: last.seq, prunedHash: last.hash }),
+          );
+          return doomed.length;
+        },
+        { tx: options.tx },
+      );
       deleted += removed;
       if (removed < batchSize) return deleted;
     }

@@ -163,7 +163,11 @@ describe("the audit chain", () => {
     const seen: number[] = [];
     let before: number | undefined;
     for (;;) {
-      const page = await AuditService.list({ subjectUserId: subject, limit: 2, ...(before ? { before } : {}) });
+      const page = await AuditService.list({
+        subjectUserId: subject,
+        limit: 2,
+        ...(before ? { before } : {}),
+      });
       seen.push(...page.events.map((e) => e.seq));
       expect(page.events.every((e) => !("hash" in e) && !("prevHash" in e))).toBe(true);
       if (page.nextCursor === null) break;

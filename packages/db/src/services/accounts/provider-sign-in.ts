@@ -21,6 +21,7 @@ import { withMetrics } from "../../metrics.ts";
 import { accounts, users } from "../../schema/index.ts";
 // A cycle (accounts.ts re-exports this module), used only at call time.
 import * as AccountsService from "../accounts.ts";
+import { type AuditedOptions, recordFor } from "../audit.ts";
 import { notFound, type PublicUser, publicUserColumns, type ServiceOptions, validate } from "../common.ts";
 import { type Call, defineService } from "../define.ts";
 import * as SessionsService from "../sessions.ts";
@@ -31,7 +32,7 @@ import { type ProviderIdentityInput, providerIdentityInput } from "./schemas.ts"
 
 export type { ProviderIdentityInput } from "./schemas.ts";
 
-export interface ProviderSignInOptions extends ServiceOptions {
+export interface ProviderSignInOptions extends ServiceOptions, AuditedOptions<ProviderSignInResult> {
   /** The session to create (its userId filled in), in the same transaction. */
   session: Omit<SessionsService.CreateSessionInput, "userId">;
   /** Per-call session configuration (maxPerUser, lifetimes). */
@@ -179,7 +180,9 @@ export const signInWithProvider = defineService(
             tx,
             config: options.sessionConfig,
           });
-          return { user, account, session, outcome, revokedSessions, retiredTokens };
+          const result = { user, account, session, outcome, revokedSessions, retiredTokens };
+          await recordFor(tx, options.audit, result, logger);
+          return result;
         },
         { tx: options.tx },
       );

@@ -15,6 +15,7 @@ import { DbError } from "../../errors.ts";
 import type { Logger } from "../../logger.ts";
 import { withMetrics } from "../../metrics.ts";
 import { users } from "../../schema/index.ts";
+import { type AuditedOptions, recordFor } from "../audit.ts";
 import { notFound, type PublicUser, publicUserColumns, type ServiceOptions, validate } from "../common.ts";
 import { type Call, defineService } from "../define.ts";
 import type * as OneTimeTokensService from "../one-time-tokens.ts";
@@ -170,7 +171,9 @@ export const verifyPassword = defineService(
   },
 );
 
-export interface SignInOptions extends VerifyPasswordOptions {
+export interface SignInOptions
+  extends VerifyPasswordOptions,
+    AuditedOptions<{ user: PublicUser; session: SessionsService.PublicSession }> {
   /** The session to create (its userId is filled in). */
   session: Omit<SessionsService.CreateSessionInput, "userId">;
   /** Per-call session configuration (maxPerUser, lifetimes). */
@@ -180,7 +183,7 @@ export interface SignInOptions extends VerifyPasswordOptions {
 /**
  * Password sign-in: checks the password (argon2, outside any transaction), then in one transaction locks the
  * user, makes sure the password (and, with requireVerifiedEmail, the verification) is still the one checked,
- * records the sign-in and creates the session. A reset or first proof of the address that commits while the
+ * records the sign-in and creates the session (and the events of `audit`, in that transaction). A reset or first proof of the address that commits while the
  * password is being checked therefore wins: the sign-in fails instead of leaving a session it would not end.
  * @throws DbError INVALID_CREDENTIALS, EMAIL_NOT_VERIFIED, VALIDATION_FAILED.
  * @example const { user, token } = await signIn({ email, password }, log, { session: { authMethod: "password" } });
@@ -214,7 +217,9 @@ export const signIn = defineService(
           tx,
           config: options.sessionConfig,
         });
-        return { user: current, ...created };
+        const result = { user: current, ...created };
+        await recordFor(tx, options.audit, result, logger);
+        return result;
       },
       { tx: options.tx },
     );

@@ -14,6 +14,7 @@ import { DbError } from "../../errors.ts";
 import type { Logger } from "../../logger.ts";
 import { withMetrics } from "../../metrics.ts";
 import { accounts, users } from "../../schema/index.ts";
+import { type AuditedOptions, recordFor } from "../audit.ts";
 import { notFound, type PublicUser, publicUserColumns, type ServiceOptions, validate } from "../common.ts";
 import { type Call, defineService } from "../define.ts";
 import type { OneTimeTokenRecord } from "../one-time-tokens.ts";
@@ -177,7 +178,7 @@ export const sendVerification = defineService(
   },
 );
 
-export interface EmailLinkOptions extends ServiceOptions {
+export interface EmailLinkOptions extends ServiceOptions, AuditedOptions<EmailLinkResult> {
   /** Sign in: create this session (its userId filled in) in the same transaction, after the proof. */
   session?: Omit<SessionsService.CreateSessionInput, "userId"> | undefined;
   /** Per-call session configuration (maxPerUser, lifetimes). */
@@ -207,6 +208,7 @@ export interface EmailLinkResult {
  *    sign-up mailed them cannot adopt the attacker's password by mistake. Its names replace the account's.
  *  - a reset always sets `newPassword`, ends every session and retires every other token.
  *  - with `options.session`, last_sign_in_at is set and that session is created in the same transaction.
+ *  - with `options.audit`, the events it derives from the result are recorded last, in that transaction.
  * argon2 (checking `password`) runs before the transaction opens. Locks: the user row, then the token row,
  * the order every other writer of both follows.
  * @throws DbError TOKEN_INVALID (unknown, used, expired, wrong purpose, user gone, address changed since),
@@ -303,7 +305,9 @@ export const useEmailLink = defineService(
               config: options.sessionConfig,
             })
           : undefined;
-        return { user, firstProof, revokedSessions, retiredTokens, ...(session ? { session } : {}) };
+        const result = { user, firstProof, revokedSessions, retiredTokens, ...(session ? { session } : {}) };
+        await recordFor(tx, options.audit, result, logger);
+        return result;
       },
       { tx: options.tx },
     );
