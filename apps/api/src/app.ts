@@ -92,7 +92,7 @@ export function createApp(input: AppDeps): Hono<AppEnv> {
   app.route("/", pageRoutes());
   app.route("/v1/auth", authRoutes(guards));
   app.route("/v1/users", userRoutes(guards));
-  app.route("/v1/admin", adminRoutes());
+  app.route("/v1/admin", adminRoutes(guards));
 
   app.notFound(() => {
     throw new ApiError("NOT_FOUND");

@@ -114,6 +114,8 @@ const schema = z.object({
   /** Live sessions per user; creating one more revokes the oldest. */
   SESSION_MAX_PER_USER: z.coerce.number().int().min(1).max(10_000).default(50),
   MAINTENANCE_INTERVAL_MS: z.coerce.number().int().min(1000).max(86_400_000).default(300_000),
+  /** Audit events older than this are deleted by maintenance (the rest stays verifiable); 0 keeps them all. */
+  AUDIT_RETENTION_DAYS: z.coerce.number().int().min(0).max(36_500).default(365),
 });
 
 export type ApiConfig = z.infer<typeof schema> & {

@@ -1,5 +1,5 @@
 // The dependencies createApp() is built from and the typed context variables every handler can read.
-import type { Logger, PublicSession, SessionUser } from "@repo/db";
+import type { Logger, PublicSession, Role, SessionUser } from "@repo/db";
 import type { Context } from "hono";
 import type { BackgroundTasks } from "./background.ts";
 import type { ApiConfig } from "./config.ts";
@@ -49,6 +49,8 @@ export interface AppVariables {
   /** The token the session was presented with, and how. */
   sessionToken: string;
   authVia: "cookie" | "bearer";
+  /** Set by the admin guard: the admin key, or a signed-in user's roles. */
+  admin?: { via: "key" } | { via: "role"; roles: Role[] };
   /** Set by hono's secureHeaders on pages whose CSP carries a nonce. */
   secureHeadersNonce?: string;
 }

@@ -97,7 +97,11 @@ async function main(): Promise<void> {
     "API listening",
   );
 
-  const maintenance = scheduleMaintenance(config.MAINTENANCE_INTERVAL_MS, logger);
+  const maintenance = scheduleMaintenance(
+    config.MAINTENANCE_INTERVAL_MS,
+    logger,
+    config.AUDIT_RETENTION_DAYS,
+  );
 
   shutdown = async (signal: string) => {
     logger.info({ signal }, "shutting down");

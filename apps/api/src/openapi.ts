@@ -3,6 +3,7 @@
 // the schemas of its answers and the error codes it can answer with. /openapi.json serves the result; a test
 // checks that every route the app registers is described and every described route exists.
 
+import { AUDIT_ACTIONS, AUDIT_ACTORS, ROLES } from "@repo/db";
 import type { Context, Hono, MiddlewareHandler, Next } from "hono";
 import { describeRoute, generateSpecs, resolver } from "hono-openapi";
 import type { OpenAPIV3_1 } from "openapi-types";
@@ -34,6 +35,29 @@ export const userSchema = z
 export const adminUserSchema = userSchema
   .extend({ deletedAt: timestamp.nullable() })
   .meta({ id: "AdminUser" });
+
+export const roleSchema = z.enum(ROLES).describe("admin: everything under /v1/admin; support: reads only");
+
+export const auditEventSchema = z
+  .object({
+    id: z.uuid(),
+    seq: z
+      .number()
+      .int()
+      .describe("The event's place in the chain; pass the last one's as `cursor` for older"),
+    occurredAt: timestamp,
+    action: z.enum(AUDIT_ACTIONS),
+    actor: z.object({
+      type: z.enum(AUDIT_ACTORS),
+      userId: z.uuid().nullable().describe("The acting user (in a user's own list: only when it is them)"),
+    }),
+    subjectUserId: z.uuid().nullable(),
+    ipAddress: z.string().nullable(),
+    userAgent: z.string().nullable(),
+    requestId: z.string().nullable(),
+    details: z.record(z.string(), z.unknown()).describe("Ids and facts about the event; never a secret"),
+  })
+  .meta({ id: "AuditEvent" });
 
 export const sessionSchema = z
   .object({
@@ -157,13 +181,13 @@ const DATABASE_ERRORS: ApiErrorCode[] = [
 const ACCESS_ERRORS: Record<Access, ApiErrorCode[]> = {
   public: [],
   session: ["UNAUTHENTICATED"],
-  admin: ["UNAUTHENTICATED", "NOT_FOUND"],
+  admin: ["UNAUTHENTICATED", "FORBIDDEN"],
   metrics: ["UNAUTHENTICATED", "NOT_FOUND"],
 };
 const SECURITY: Record<Access, OpenAPIV3_1.SecurityRequirementObject[] | undefined> = {
   public: [],
   session: [{ sessionCookie: [] }, { sessionBearer: [] }],
-  admin: [{ adminKey: [] }],
+  admin: [{ adminKey: [] }, { sessionCookie: [] }, { sessionBearer: [] }],
   metrics: [{ metricsToken: [] }],
 };
 
@@ -303,9 +327,9 @@ type Register = (path: string, doc: RouteDoc, ...handlers: [Handler, ...Handler[
 export function documented(
   app: Hono<AppEnv>,
   prefix: string,
-): Record<"get" | "post" | "patch" | "delete", Register> {
+): Record<"get" | "post" | "put" | "patch" | "delete", Register> {
   const on =
-    (method: "get" | "post" | "patch" | "delete"): Register =>
+    (method: "get" | "post" | "put" | "patch" | "delete"): Register =>
     (path, doc, ...handlers) => {
       const full = `${prefix}${path}`;
       app.on(
@@ -315,7 +339,7 @@ export function documented(
         ...(handlers as MiddlewareHandler<AppEnv>[]),
       );
     };
-  return { get: on("get"), post: on("post"), patch: on("patch"), delete: on("delete") };
+  return { get: on("get"), post: on("post"), put: on("put"), patch: on("patch"), delete: on("delete") };
 }
 
 /** The document's own parts: title, servers, the ways to authenticate, tags. */
@@ -333,7 +357,11 @@ function documentation(serverUrl: string | undefined, cookieName: string) {
       { name: "auth", description: "Sign-up, sign-in and mailed links" },
       { name: "sessions", description: "The signed-in user's sessions" },
       { name: "users", description: "The signed-in user's profile" },
-      { name: "admin", description: "User administration (ADMIN_API_KEY)" },
+      {
+        name: "admin",
+        description:
+          "User administration and the audit trail: with ADMIN_API_KEY, or signed in as a user with the `admin` role (`support` may only read)",
+      },
       { name: "operations", description: "Health, readiness and metrics" },
       { name: "docs", description: "This description and its rendered docs" },
       { name: "pages", description: "The HTML pages behind the mailed links (no JavaScript)" },

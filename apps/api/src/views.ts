@@ -1,5 +1,5 @@
 // What clients see of the data layer's rows: the one place a field is added to (or kept out of) an answer.
-import type { PublicSession, PublicUser } from "@repo/db";
+import type { AuditEventView, PublicSession, PublicUser } from "@repo/db";
 
 /** What a client sees of a session. */
 export function sessionView(session: PublicSession, currentId?: string) {
@@ -29,5 +29,28 @@ export function userView(user: PublicUser) {
     lastSignInAt: user.lastSignInAt,
     createdAt: user.createdAt,
     updatedAt: user.updatedAt,
+  };
+}
+
+/**
+ * What a reader sees of an audit event. `viewer`: a user reading their own events sees who acted by type, and
+ * by id only when it was them (an admin's id is not theirs to know).
+ */
+export function auditEventView(event: AuditEventView, viewer?: string) {
+  const actorId = event.actorUserId;
+  return {
+    id: event.id,
+    seq: event.seq,
+    occurredAt: event.occurredAt,
+    action: event.action,
+    actor: {
+      type: event.actorType,
+      userId: viewer === undefined || actorId === viewer ? actorId : null,
+    },
+    subjectUserId: event.subjectUserId,
+    ipAddress: event.ipAddress,
+    userAgent: event.userAgent,
+    requestId: event.requestId,
+    details: event.details,
   };
 }

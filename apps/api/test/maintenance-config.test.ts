@@ -1,5 +1,5 @@
-import { CacheService, noopLogger, withAdvisoryLock } from "@repo/db";
-import { useTestDatabase } from "@repo/db/testing";
+import { AuditService, CacheService, noopLogger, withAdvisoryLock } from "@repo/db";
+import { resetClock, setClock, useTestDatabase } from "@repo/db/testing";
 import { describe, expect, it } from "vitest";
 import { allowedOrigins, ConfigError, loadApiConfig } from "../src/config.ts";
 import { maintenanceRound } from "../src/maintenance.ts";
@@ -20,11 +20,32 @@ describe("maintenance", () => {
     expect(after[0]?.n).toBe(0);
   });
 
+  it("deletes audit events past AUDIT_RETENTION_DAYS and leaves the rest verifiable; 0 keeps them", async () => {
+    const event = { action: "sign_out", actorType: "system" } as const;
+    try {
+      setClock(() => new Date(Date.now() - 400 * 86_400_000));
+      for (let i = 0; i < 3; i++) await AuditService.record(event);
+    } finally {
+      resetClock();
+    }
+    for (let i = 0; i < 2; i++) await AuditService.record(event);
+    const count = async () =>
+      (await database.admin<{ n: number }>("SELECT count(*)::int AS n FROM audit_events")).rows[0]?.n;
+    const before = await count();
+    expect(await maintenanceRound(noopLogger, { auditRetentionDays: 0 })).toMatchObject({ auditEvents: 0 });
+    expect(await maintenanceRound(noopLogger, { auditRetentionDays: 365 })).toMatchObject({
+      ran: true,
+      auditEvents: 3,
+    });
+    expect(await count()).toBe((before ?? 0) - 3);
+    expect(await AuditService.verify()).toMatchObject({ ok: true });
+  });
+
   it("runs one round per interval across processes: a round just done elsewhere is not repeated", async () => {
-    expect(await maintenanceRound(noopLogger, 0)).toMatchObject({ ran: true });
+    expect(await maintenanceRound(noopLogger, { minGapMs: 0 })).toMatchObject({ ran: true });
     // Another process's timer firing moments later finds the stamp and skips.
-    expect(await maintenanceRound(noopLogger, 60_000)).toEqual({ ran: false });
-    expect(await maintenanceRound(noopLogger, 0)).toMatchObject({ ran: true });
+    expect(await maintenanceRound(noopLogger, { minGapMs: 60_000 })).toEqual({ ran: false });
+    expect(await maintenanceRound(noopLogger, { minGapMs: 0 })).toMatchObject({ ran: true });
   });
 });
 

@@ -119,6 +119,16 @@ const newIdentity = (email: string, verified = true): TestIdentity => ({
   family_name: "Lovelace",
 });
 
+/** The audit trail's events about a user, oldest first: [action, actor type, actor id]. */
+async function trailOf(userId: string) {
+  const { rows } = await queryOnce<{ action: string; actor_type: string; actor_user_id: string | null }>(
+    database.url,
+    "SELECT action, actor_type, actor_user_id FROM audit_events WHERE subject_user_id = $1 ORDER BY seq",
+    [userId],
+  );
+  return rows.map((row) => [row.action, row.actor_type, row.actor_user_id]);
+}
+
 async function me(t: TestApp, session: string | undefined) {
   return await call(t, "GET", "/v1/auth/session", { cookie: `__Host-session=${session}` });
 }
@@ -139,7 +149,15 @@ describe("sign-in with an OpenID provider", () => {
     expect(session.json.session.authMethod).toBe("oauth:acme");
 
     const again = await signInWithProvider(t, identity);
-    expect((await me(t, again.session)).json.user.id).toBe(session.json.user.id);
+    const userId = session.json.user.id;
+    expect((await me(t, again.session)).json.user.id).toBe(userId);
+    // The trail: the account opened (sign-up and link), then two sign-ins, each by the user.
+    expect(await trailOf(userId)).toEqual([
+      ["sign_up", "user", userId],
+      ["provider_linked", "user", userId],
+      ["sign_in", "user", userId],
+      ["sign_in", "user", userId],
+    ]);
     // The provider's tokens are stored, encrypted.
     const accounts = await call(t, "GET", "/v1/auth/accounts", { cookie: `__Host-session=${again.session}` });
     expect(accounts.json.accounts).toHaveLength(1);
@@ -257,6 +275,10 @@ describe("linking rules (account pre-hijacking)", () => {
     const { email, user } = await signUp(t, uniqueEmail("verified"));
     const result = await signInWithProvider(t, newIdentity(email));
     expect((await me(t, result.session)).json.user.id).toBe(user.id);
+    expect((await trailOf(user.id)).slice(-2)).toEqual([
+      ["provider_linked", "user", user.id],
+      ["sign_in", "user", user.id],
+    ]);
     // Its password still works: a verified owner loses nothing.
     expect((await call(t, "POST", "/v1/auth/sign-in", { body: { email, password: PASSWORD } })).status).toBe(
       200,
@@ -300,9 +322,10 @@ describe("linked accounts", () => {
     });
     expect(refused.status).toBe(409);
     expect(refused.json.error.code).toBe("LAST_SIGN_IN_METHOD");
+    expect(await trailOf(phoneUser.id)).toEqual([]);
 
     // A verified user links a second identity through the link flow, then unlinks it.
-    const { email } = await signUp(t, uniqueEmail("linker"));
+    const { email, user } = await signUp(t, uniqueEmail("linker"));
     const signedIn = await call(t, "POST", "/v1/auth/sign-in", {
       body: { email, password: PASSWORD },
       browser: true,
@@ -329,6 +352,10 @@ describe("linked accounts", () => {
       cookie: userCookie,
     });
     expect(unlinked.status).toBe(204);
+    expect((await trailOf(user.id)).slice(-2)).toEqual([
+      ["provider_linked", "user", user.id],
+      ["provider_unlinked", "user", user.id],
+    ]);
   });
 
   it("refreshes an expired access token once when ten callers ask at the same time, and stores the rotated tokens", async () => {

@@ -578,6 +578,26 @@ export interface paths {
         patch: operations["patchV1UsersMe"];
         trace?: never;
     };
+    "/v1/users/me/security-events": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * The signed-in user's security events
+         * @description Sign-ins (and failed ones aimed at the account), sign-outs, password and address changes, linked providers, administrators' actions on the account: newest first, from the audit trail. Pass nextCursor as cursor for older ones.
+         */
+        get: operations["getV1UsersMeSecurityEvents"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
     "/v1/admin/users": {
         parameters: {
             query?: never;
@@ -605,7 +625,7 @@ export interface paths {
             path?: never;
             cookie?: never;
         };
-        /** One user */
+        /** One user, with their roles */
         get: operations["getV1AdminUsersById"];
         put?: never;
         post?: never;
@@ -633,6 +653,70 @@ export interface paths {
         patch?: never;
         trace?: never;
     };
+    "/v1/admin/users/{id}/restore": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /**
+         * Restore a soft-deleted user
+         * @description The user comes back without sessions, links or linked providers (those ended with the delete). 409 when their address or phone number was taken meanwhile.
+         */
+        post: operations["postV1AdminUsersByIdRestore"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/v1/admin/users/{id}/roles/{role}": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        /**
+         * Grant a role
+         * @description Idempotent: granting a role the user holds changes nothing and records nothing.
+         */
+        put: operations["putV1AdminUsersByIdRolesByRole"];
+        post?: never;
+        /**
+         * Revoke a role
+         * @description Idempotent. A signed-in admin cannot leave the API without an admin: revoking the last admin's role is 409 LAST_ADMIN (the admin key can).
+         */
+        delete: operations["deleteV1AdminUsersByIdRolesByRole"];
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/v1/admin/audit": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * The audit trail
+         * @description Newest first. `userId` matches events about the user or done by them; `action` repeats; `from`/`to` bound the time. Pages by `cursor` (the last event's seq, as nextCursor). With `Accept: application/x-ndjson` the answer streams every matching event (one JSON object per line) instead of a page.
+         */
+        get: operations["getV1AdminAudit"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
 }
 export type webhooks = Record<string, never>;
 export interface components {
@@ -640,7 +724,7 @@ export interface components {
         Error: {
             error: {
                 /** @enum {string} */
-                code: "VALIDATION_FAILED" | "INVALID_JSON" | "TOKEN_INVALID" | "PASSWORD_TOO_WEAK" | "INVALID_CREDENTIALS" | "UNAUTHENTICATED" | "FORBIDDEN" | "REAUTHENTICATION_REQUIRED" | "CSRF_REJECTED" | "NOT_FOUND" | "EMAIL_TAKEN" | "PHONE_TAKEN" | "ACCOUNT_ALREADY_LINKED" | "LAST_SIGN_IN_METHOD" | "PAYLOAD_TOO_LARGE" | "UNSUPPORTED_MEDIA_TYPE" | "RATE_LIMITED" | "SIGN_IN_LINK_REQUIRED" | "INTERNAL_ERROR" | "SERVICE_UNAVAILABLE" | "PROVIDER_UNAVAILABLE" | "DATABASE_UNAVAILABLE" | "POOL_EXHAUSTED" | "TOO_MANY_CONNECTIONS" | "QUERY_TIMEOUT" | "SERIALIZATION_FAILURE" | "DEADLOCK_DETECTED" | "LOCK_NOT_ACQUIRED";
+                code: "VALIDATION_FAILED" | "INVALID_JSON" | "TOKEN_INVALID" | "PASSWORD_TOO_WEAK" | "INVALID_CREDENTIALS" | "UNAUTHENTICATED" | "FORBIDDEN" | "REAUTHENTICATION_REQUIRED" | "CSRF_REJECTED" | "NOT_FOUND" | "EMAIL_TAKEN" | "PHONE_TAKEN" | "ACCOUNT_ALREADY_LINKED" | "LAST_SIGN_IN_METHOD" | "LAST_ADMIN" | "PAYLOAD_TOO_LARGE" | "UNSUPPORTED_MEDIA_TYPE" | "RATE_LIMITED" | "SIGN_IN_LINK_REQUIRED" | "INTERNAL_ERROR" | "SERVICE_UNAVAILABLE" | "PROVIDER_UNAVAILABLE" | "DATABASE_UNAVAILABLE" | "POOL_EXHAUSTED" | "TOO_MANY_CONNECTIONS" | "QUERY_TIMEOUT" | "SERIALIZATION_FAILURE" | "DEADLOCK_DETECTED" | "LOCK_NOT_ACQUIRED";
                 message: string;
                 requestId: string;
                 /** @description Per-field reasons (validation) */
@@ -719,6 +803,33 @@ export interface components {
         };
         /** @description Any JSON value */
         __schema0: unknown;
+        AuditEvent: {
+            /** Format: uuid */
+            id: string;
+            /** @description The event's place in the chain; pass the last one's as `cursor` for older */
+            seq: number;
+            /**
+             * Format: date-time
+             * @description ISO 8601 timestamp
+             */
+            occurredAt: string;
+            /** @enum {string} */
+            action: "sign_up" | "sign_in" | "sign_in_failed" | "sign_out" | "session_revoked" | "sessions_revoked" | "password_changed" | "password_reset" | "email_verified" | "magic_link_sent" | "provider_linked" | "provider_unlinked" | "user_deleted" | "user_restored" | "role_granted" | "role_revoked" | "admin_key_used";
+            actor: {
+                /** @enum {string} */
+                type: "user" | "admin_key" | "system" | "anonymous";
+                /** @description The acting user (in a user's own list: only when it is them) */
+                userId: string | null;
+            };
+            subjectUserId: string | null;
+            ipAddress: string | null;
+            userAgent: string | null;
+            requestId: string | null;
+            /** @description Ids and facts about the event; never a secret */
+            details: {
+                [key: string]: unknown;
+            };
+        };
         AdminUser: {
             /** Format: uuid */
             id: string;
@@ -5095,6 +5206,112 @@ export interface operations {
             };
         };
     };
+    getV1UsersMeSecurityEvents: {
+        parameters: {
+            query?: {
+                limit?: number;
+                cursor?: number;
+            };
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description One page */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        events: components["schemas"]["AuditEvent"][];
+                        nextCursor: number | null;
+                    };
+                };
+            };
+            /** @description `VALIDATION_FAILED`: The request is invalid */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        error: {
+                            /** @enum {string} */
+                            code: "VALIDATION_FAILED";
+                            message: string;
+                            requestId: string;
+                            /** @description Per-field reasons (validation) */
+                            details?: {
+                                [key: string]: string;
+                            };
+                        };
+                    };
+                };
+            };
+            /** @description `UNAUTHENTICATED`: Sign in first */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        error: {
+                            /** @enum {string} */
+                            code: "UNAUTHENTICATED";
+                            message: string;
+                            requestId: string;
+                            /** @description Per-field reasons (validation) */
+                            details?: {
+                                [key: string]: string;
+                            };
+                        };
+                    };
+                };
+            };
+            /** @description `INTERNAL_ERROR`: Internal error */
+            500: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        error: {
+                            /** @enum {string} */
+                            code: "INTERNAL_ERROR";
+                            message: string;
+                            requestId: string;
+                            /** @description Per-field reasons (validation) */
+                            details?: {
+                                [key: string]: string;
+                            };
+                        };
+                    };
+                };
+            };
+            /** @description `DATABASE_UNAVAILABLE`: The database is unavailable; retry later; `POOL_EXHAUSTED`: All database connections are busy; retry later; `TOO_MANY_CONNECTIONS`: The database has no free connections; retry later; `QUERY_TIMEOUT`: The database did not answer in time; retry later; `SERIALIZATION_FAILURE`: A concurrent change conflicted; retry; `DEADLOCK_DETECTED`: A concurrent change conflicted; retry */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        error: {
+                            /** @enum {string} */
+                            code: "DATABASE_UNAVAILABLE" | "POOL_EXHAUSTED" | "TOO_MANY_CONNECTIONS" | "QUERY_TIMEOUT" | "SERIALIZATION_FAILURE" | "DEADLOCK_DETECTED";
+                            message: string;
+                            requestId: string;
+                            /** @description Per-field reasons (validation) */
+                            details?: {
+                                [key: string]: string;
+                            };
+                        };
+                    };
+                };
+            };
+        };
+    };
     getV1AdminUsers: {
         parameters: {
             query?: {
@@ -5163,8 +5380,8 @@ export interface operations {
                     };
                 };
             };
-            /** @description `NOT_FOUND`: Not found */
-            404: {
+            /** @description `FORBIDDEN`: Not allowed */
+            403: {
                 headers: {
                     [name: string]: unknown;
                 };
@@ -5172,7 +5389,7 @@ export interface operations {
                     "application/json": {
                         error: {
                             /** @enum {string} */
-                            code: "NOT_FOUND";
+                            code: "FORBIDDEN";
                             message: string;
                             requestId: string;
                             /** @description Per-field reasons (validation) */
@@ -5245,6 +5462,7 @@ export interface operations {
                 content: {
                     "application/json": {
                         user: components["schemas"]["AdminUser"];
+                        roles: ("admin" | "support")[];
                     };
                 };
             };
@@ -5258,6 +5476,26 @@ export interface operations {
                         error: {
                             /** @enum {string} */
                             code: "UNAUTHENTICATED";
+                            message: string;
+                            requestId: string;
+                            /** @description Per-field reasons (validation) */
+                            details?: {
+                                [key: string]: string;
+                            };
+                        };
+                    };
+                };
+            };
+            /** @description `FORBIDDEN`: Not allowed */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        error: {
+                            /** @enum {string} */
+                            code: "FORBIDDEN";
                             message: string;
                             requestId: string;
                             /** @description Per-field reasons (validation) */
@@ -5369,7 +5607,7 @@ export interface operations {
                     };
                 };
             };
-            /** @description `CSRF_REJECTED`: Cross-site request rejected */
+            /** @description `FORBIDDEN`: Not allowed; `CSRF_REJECTED`: Cross-site request rejected */
             403: {
                 headers: {
                     [name: string]: unknown;
@@ -5378,7 +5616,7 @@ export interface operations {
                     "application/json": {
                         error: {
                             /** @enum {string} */
-                            code: "CSRF_REJECTED";
+                            code: "FORBIDDEN" | "CSRF_REJECTED";
                             message: string;
                             requestId: string;
                             /** @description Per-field reasons (validation) */
@@ -5514,7 +5752,7 @@ export interface operations {
                     };
                 };
             };
-            /** @description `CSRF_REJECTED`: Cross-site request rejected */
+            /** @description `FORBIDDEN`: Not allowed; `CSRF_REJECTED`: Cross-site request rejected */
             403: {
                 headers: {
                     [name: string]: unknown;
@@ -5523,7 +5761,7 @@ export interface operations {
                     "application/json": {
                         error: {
                             /** @enum {string} */
-                            code: "CSRF_REJECTED";
+                            code: "FORBIDDEN" | "CSRF_REJECTED";
                             message: string;
                             requestId: string;
                             /** @description Per-field reasons (validation) */
@@ -5564,6 +5802,615 @@ export interface operations {
                         error: {
                             /** @enum {string} */
                             code: "PAYLOAD_TOO_LARGE";
+                            message: string;
+                            requestId: string;
+                            /** @description Per-field reasons (validation) */
+                            details?: {
+                                [key: string]: string;
+                            };
+                        };
+                    };
+                };
+            };
+            /** @description `INTERNAL_ERROR`: Internal error */
+            500: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        error: {
+                            /** @enum {string} */
+                            code: "INTERNAL_ERROR";
+                            message: string;
+                            requestId: string;
+                            /** @description Per-field reasons (validation) */
+                            details?: {
+                                [key: string]: string;
+                            };
+                        };
+                    };
+                };
+            };
+            /** @description `DATABASE_UNAVAILABLE`: The database is unavailable; retry later; `POOL_EXHAUSTED`: All database connections are busy; retry later; `TOO_MANY_CONNECTIONS`: The database has no free connections; retry later; `QUERY_TIMEOUT`: The database did not answer in time; retry later; `SERIALIZATION_FAILURE`: A concurrent change conflicted; retry; `DEADLOCK_DETECTED`: A concurrent change conflicted; retry */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        error: {
+                            /** @enum {string} */
+                            code: "DATABASE_UNAVAILABLE" | "POOL_EXHAUSTED" | "TOO_MANY_CONNECTIONS" | "QUERY_TIMEOUT" | "SERIALIZATION_FAILURE" | "DEADLOCK_DETECTED";
+                            message: string;
+                            requestId: string;
+                            /** @description Per-field reasons (validation) */
+                            details?: {
+                                [key: string]: string;
+                            };
+                        };
+                    };
+                };
+            };
+        };
+    };
+    postV1AdminUsersByIdRestore: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description The user's id */
+                id: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description The restored user */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        user: components["schemas"]["AdminUser"];
+                    };
+                };
+            };
+            /** @description `UNAUTHENTICATED`: Sign in first */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        error: {
+                            /** @enum {string} */
+                            code: "UNAUTHENTICATED";
+                            message: string;
+                            requestId: string;
+                            /** @description Per-field reasons (validation) */
+                            details?: {
+                                [key: string]: string;
+                            };
+                        };
+                    };
+                };
+            };
+            /** @description `FORBIDDEN`: Not allowed; `CSRF_REJECTED`: Cross-site request rejected */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        error: {
+                            /** @enum {string} */
+                            code: "FORBIDDEN" | "CSRF_REJECTED";
+                            message: string;
+                            requestId: string;
+                            /** @description Per-field reasons (validation) */
+                            details?: {
+                                [key: string]: string;
+                            };
+                        };
+                    };
+                };
+            };
+            /** @description `NOT_FOUND`: Not found */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        error: {
+                            /** @enum {string} */
+                            code: "NOT_FOUND";
+                            message: string;
+                            requestId: string;
+                            /** @description Per-field reasons (validation) */
+                            details?: {
+                                [key: string]: string;
+                            };
+                        };
+                    };
+                };
+            };
+            /** @description `EMAIL_TAKEN`: The email address is already in use; `PHONE_TAKEN`: The phone number is already in use */
+            409: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        error: {
+                            /** @enum {string} */
+                            code: "EMAIL_TAKEN" | "PHONE_TAKEN";
+                            message: string;
+                            requestId: string;
+                            /** @description Per-field reasons (validation) */
+                            details?: {
+                                [key: string]: string;
+                            };
+                        };
+                    };
+                };
+            };
+            /** @description `PAYLOAD_TOO_LARGE`: The body is too large */
+            413: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        error: {
+                            /** @enum {string} */
+                            code: "PAYLOAD_TOO_LARGE";
+                            message: string;
+                            requestId: string;
+                            /** @description Per-field reasons (validation) */
+                            details?: {
+                                [key: string]: string;
+                            };
+                        };
+                    };
+                };
+            };
+            /** @description `INTERNAL_ERROR`: Internal error */
+            500: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        error: {
+                            /** @enum {string} */
+                            code: "INTERNAL_ERROR";
+                            message: string;
+                            requestId: string;
+                            /** @description Per-field reasons (validation) */
+                            details?: {
+                                [key: string]: string;
+                            };
+                        };
+                    };
+                };
+            };
+            /** @description `DATABASE_UNAVAILABLE`: The database is unavailable; retry later; `POOL_EXHAUSTED`: All database connections are busy; retry later; `TOO_MANY_CONNECTIONS`: The database has no free connections; retry later; `QUERY_TIMEOUT`: The database did not answer in time; retry later; `SERIALIZATION_FAILURE`: A concurrent change conflicted; retry; `DEADLOCK_DETECTED`: A concurrent change conflicted; retry */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        error: {
+                            /** @enum {string} */
+                            code: "DATABASE_UNAVAILABLE" | "POOL_EXHAUSTED" | "TOO_MANY_CONNECTIONS" | "QUERY_TIMEOUT" | "SERIALIZATION_FAILURE" | "DEADLOCK_DETECTED";
+                            message: string;
+                            requestId: string;
+                            /** @description Per-field reasons (validation) */
+                            details?: {
+                                [key: string]: string;
+                            };
+                        };
+                    };
+                };
+            };
+        };
+    };
+    putV1AdminUsersByIdRolesByRole: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description The user's id */
+                id: string;
+                /** @description admin or support */
+                role: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description The user's roles now */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        roles: ("admin" | "support")[];
+                    };
+                };
+            };
+            /** @description `UNAUTHENTICATED`: Sign in first */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        error: {
+                            /** @enum {string} */
+                            code: "UNAUTHENTICATED";
+                            message: string;
+                            requestId: string;
+                            /** @description Per-field reasons (validation) */
+                            details?: {
+                                [key: string]: string;
+                            };
+                        };
+                    };
+                };
+            };
+            /** @description `FORBIDDEN`: Not allowed; `CSRF_REJECTED`: Cross-site request rejected */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        error: {
+                            /** @enum {string} */
+                            code: "FORBIDDEN" | "CSRF_REJECTED";
+                            message: string;
+                            requestId: string;
+                            /** @description Per-field reasons (validation) */
+                            details?: {
+                                [key: string]: string;
+                            };
+                        };
+                    };
+                };
+            };
+            /** @description `NOT_FOUND`: Not found */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        error: {
+                            /** @enum {string} */
+                            code: "NOT_FOUND";
+                            message: string;
+                            requestId: string;
+                            /** @description Per-field reasons (validation) */
+                            details?: {
+                                [key: string]: string;
+                            };
+                        };
+                    };
+                };
+            };
+            /** @description `PAYLOAD_TOO_LARGE`: The body is too large */
+            413: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        error: {
+                            /** @enum {string} */
+                            code: "PAYLOAD_TOO_LARGE";
+                            message: string;
+                            requestId: string;
+                            /** @description Per-field reasons (validation) */
+                            details?: {
+                                [key: string]: string;
+                            };
+                        };
+                    };
+                };
+            };
+            /** @description `INTERNAL_ERROR`: Internal error */
+            500: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        error: {
+                            /** @enum {string} */
+                            code: "INTERNAL_ERROR";
+                            message: string;
+                            requestId: string;
+                            /** @description Per-field reasons (validation) */
+                            details?: {
+                                [key: string]: string;
+                            };
+                        };
+                    };
+                };
+            };
+            /** @description `DATABASE_UNAVAILABLE`: The database is unavailable; retry later; `POOL_EXHAUSTED`: All database connections are busy; retry later; `TOO_MANY_CONNECTIONS`: The database has no free connections; retry later; `QUERY_TIMEOUT`: The database did not answer in time; retry later; `SERIALIZATION_FAILURE`: A concurrent change conflicted; retry; `DEADLOCK_DETECTED`: A concurrent change conflicted; retry */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        error: {
+                            /** @enum {string} */
+                            code: "DATABASE_UNAVAILABLE" | "POOL_EXHAUSTED" | "TOO_MANY_CONNECTIONS" | "QUERY_TIMEOUT" | "SERIALIZATION_FAILURE" | "DEADLOCK_DETECTED";
+                            message: string;
+                            requestId: string;
+                            /** @description Per-field reasons (validation) */
+                            details?: {
+                                [key: string]: string;
+                            };
+                        };
+                    };
+                };
+            };
+        };
+    };
+    deleteV1AdminUsersByIdRolesByRole: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description The user's id */
+                id: string;
+                /** @description admin or support */
+                role: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description The user's roles now */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        roles: ("admin" | "support")[];
+                    };
+                };
+            };
+            /** @description `UNAUTHENTICATED`: Sign in first */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        error: {
+                            /** @enum {string} */
+                            code: "UNAUTHENTICATED";
+                            message: string;
+                            requestId: string;
+                            /** @description Per-field reasons (validation) */
+                            details?: {
+                                [key: string]: string;
+                            };
+                        };
+                    };
+                };
+            };
+            /** @description `FORBIDDEN`: Not allowed; `CSRF_REJECTED`: Cross-site request rejected */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        error: {
+                            /** @enum {string} */
+                            code: "FORBIDDEN" | "CSRF_REJECTED";
+                            message: string;
+                            requestId: string;
+                            /** @description Per-field reasons (validation) */
+                            details?: {
+                                [key: string]: string;
+                            };
+                        };
+                    };
+                };
+            };
+            /** @description `NOT_FOUND`: Not found */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        error: {
+                            /** @enum {string} */
+                            code: "NOT_FOUND";
+                            message: string;
+                            requestId: string;
+                            /** @description Per-field reasons (validation) */
+                            details?: {
+                                [key: string]: string;
+                            };
+                        };
+                    };
+                };
+            };
+            /** @description `LAST_ADMIN`: This is the last admin: grant the role to someone else first */
+            409: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        error: {
+                            /** @enum {string} */
+                            code: "LAST_ADMIN";
+                            message: string;
+                            requestId: string;
+                            /** @description Per-field reasons (validation) */
+                            details?: {
+                                [key: string]: string;
+                            };
+                        };
+                    };
+                };
+            };
+            /** @description `PAYLOAD_TOO_LARGE`: The body is too large */
+            413: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        error: {
+                            /** @enum {string} */
+                            code: "PAYLOAD_TOO_LARGE";
+                            message: string;
+                            requestId: string;
+                            /** @description Per-field reasons (validation) */
+                            details?: {
+                                [key: string]: string;
+                            };
+                        };
+                    };
+                };
+            };
+            /** @description `INTERNAL_ERROR`: Internal error */
+            500: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        error: {
+                            /** @enum {string} */
+                            code: "INTERNAL_ERROR";
+                            message: string;
+                            requestId: string;
+                            /** @description Per-field reasons (validation) */
+                            details?: {
+                                [key: string]: string;
+                            };
+                        };
+                    };
+                };
+            };
+            /** @description `DATABASE_UNAVAILABLE`: The database is unavailable; retry later; `POOL_EXHAUSTED`: All database connections are busy; retry later; `TOO_MANY_CONNECTIONS`: The database has no free connections; retry later; `QUERY_TIMEOUT`: The database did not answer in time; retry later; `SERIALIZATION_FAILURE`: A concurrent change conflicted; retry; `DEADLOCK_DETECTED`: A concurrent change conflicted; retry */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        error: {
+                            /** @enum {string} */
+                            code: "DATABASE_UNAVAILABLE" | "POOL_EXHAUSTED" | "TOO_MANY_CONNECTIONS" | "QUERY_TIMEOUT" | "SERIALIZATION_FAILURE" | "DEADLOCK_DETECTED";
+                            message: string;
+                            requestId: string;
+                            /** @description Per-field reasons (validation) */
+                            details?: {
+                                [key: string]: string;
+                            };
+                        };
+                    };
+                };
+            };
+        };
+    };
+    getV1AdminAudit: {
+        parameters: {
+            query?: {
+                userId?: string;
+                action?: ("sign_up" | "sign_in" | "sign_in_failed" | "sign_out" | "session_revoked" | "sessions_revoked" | "password_changed" | "password_reset" | "email_verified" | "magic_link_sent" | "provider_linked" | "provider_unlinked" | "user_deleted" | "user_restored" | "role_granted" | "role_revoked" | "admin_key_used")[];
+                from?: string;
+                to?: string;
+                limit?: number;
+                cursor?: number;
+            };
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description One page (or, for application/x-ndjson, every matching event) */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        events: components["schemas"]["AuditEvent"][];
+                        nextCursor: number | null;
+                    };
+                };
+            };
+            /** @description `VALIDATION_FAILED`: The request is invalid */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        error: {
+                            /** @enum {string} */
+                            code: "VALIDATION_FAILED";
+                            message: string;
+                            requestId: string;
+                            /** @description Per-field reasons (validation) */
+                            details?: {
+                                [key: string]: string;
+                            };
+                        };
+                    };
+                };
+            };
+            /** @description `UNAUTHENTICATED`: Sign in first */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        error: {
+                            /** @enum {string} */
+                            code: "UNAUTHENTICATED";
+                            message: string;
+                            requestId: string;
+                            /** @description Per-field reasons (validation) */
+                            details?: {
+                                [key: string]: string;
+                            };
+                        };
+                    };
+                };
+            };
+            /** @description `FORBIDDEN`: Not allowed */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        error: {
+                            /** @enum {string} */
+                            code: "FORBIDDEN";
                             message: string;
                             requestId: string;
                             /** @description Per-field reasons (validation) */

@@ -15,6 +15,7 @@ import { toErrorAnswer } from "../errors.ts";
 import { clearSessionCookie, presentedToken, setSessionCookie } from "../http.ts";
 import { documented, type RouteDoc } from "../openapi.ts";
 import { resetWithLink } from "../routes/auth/password.ts";
+import { endSession } from "../routes/auth/sessions.ts";
 import { limitLinkUse, requestLink, signInWithLink } from "../routes/auth/shared.ts";
 import { formToken, formTokenMatches } from "./csrf.ts";
 import { Form, Page, PasswordField, Problem } from "./layout.tsx";
@@ -415,7 +416,7 @@ export function pageRoutes(): Hono<AppEnv> {
     if (form instanceof Response) return form;
     const presented = presentedToken(c);
     const auth = presented ? await SessionsService.validate(presented.token, c.get("log")) : null;
-    if (auth) await SessionsService.revoke(auth.session.id, c.get("log"));
+    if (auth) await endSession(c, auth.session.id, auth.user.id);
     clearSessionCookie(c);
     return c.redirect("/account", 303);
   });

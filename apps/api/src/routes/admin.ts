@@ -1,20 +1,47 @@
-// /v1/admin: user administration behind ADMIN_API_KEY (Authorization: Bearer <key>). Without a key
-// configured the routes do not exist (404).
-import { SessionsService, UsersService } from "@repo/db";
+// /v1/admin: user administration and the audit trail, for the admin key (Authorization: Bearer
+// ADMIN_API_KEY, when one is configured) or a signed-in user holding a role: `admin` may do everything,
+// `support` may only read (GET). Every use of the key is recorded in the audit trail (admin_key_used), and
+// every change with the actor who made it.
+import { AUDIT_ACTIONS, AuditService, RolesService, SessionsService, UsersService } from "@repo/db";
 import { Hono, type MiddlewareHandler } from "hono";
 import { z } from "zod";
+import { audited, recordLater } from "../audit.ts";
 import type { AppEnv } from "../context.ts";
 import { ApiError } from "../errors.ts";
+import type { Guards } from "../guards.ts";
 import { bearerMatches, readQuery, singleParam } from "../http.ts";
-import { adminUserSchema, documented } from "../openapi.ts";
-import { userView } from "../views.ts";
+import { adminUserSchema, auditEventSchema, documented, roleSchema } from "../openapi.ts";
+import { auditEventView, userView } from "../views.ts";
 
-const adminKey: MiddlewareHandler<AppEnv> = async (c, next) => {
-  const expected = c.get("deps").config.ADMIN_API_KEY;
-  if (!expected) throw new ApiError("NOT_FOUND");
-  if (!bearerMatches(c, expected)) throw new ApiError("UNAUTHENTICATED");
-  await next();
-};
+const READS = new Set(["GET", "HEAD"]);
+
+/**
+ * The admin key, or a session whose user holds `admin` (or `support`, for reads). No credentials or a dead
+ * session: 401; a live session without the role: 403.
+ */
+function adminAccess(requireSession: MiddlewareHandler<AppEnv>): MiddlewareHandler<AppEnv> {
+  return async (c, next) => {
+    const key = c.get("deps").config.ADMIN_API_KEY;
+    if (key && bearerMatches(c, key)) {
+      c.set("admin", { via: "key" });
+      recordLater(c, "admin_key_used", { details: { method: c.req.method, path: c.req.path.slice(0, 256) } });
+      await next();
+      return;
+    }
+    await requireSession(c, async () => {
+      const roles = await RolesService.rolesOf(c.get("user").id, c.get("log"));
+      const allowed = roles.includes("admin") || (roles.includes("support") && READS.has(c.req.method));
+      if (!allowed) throw new ApiError("FORBIDDEN");
+      c.set("admin", { via: "role", roles });
+      await next();
+    });
+  };
+}
+
+/** The acting admin user's id; null for the admin key. */
+function actingUser(c: Parameters<MiddlewareHandler<AppEnv>>[0]): string | null {
+  return c.get("admin")?.via === "role" ? c.get("user").id : null;
+}
 
 /** `*` is the wildcard; LIKE's own %, _ and \ are taken literally. */
 const pattern = (value: string) => value.replace(/[\\%_]/g, (ch) => `\\${ch}`).replace(/\*/g, "%");
@@ -36,14 +63,22 @@ function parseUserId(raw: string): string {
   return parsed.data.toLowerCase();
 }
 
-export function adminRoutes(): Hono<AppEnv> {
+const auditQuery = z.strictObject({
+  userId: singleParam(z.guid()).optional(),
+  action: z.array(z.enum(AUDIT_ACTIONS)).max(AUDIT_ACTIONS.length).optional(),
+  from: singleParam(z.iso.datetime({ offset: true })).optional(),
+  to: singleParam(z.iso.datetime({ offset: true })).optional(),
+  limit: singleParam(z.coerce.number().int().min(1).max(1000)).optional(),
+  cursor: singleParam(z.coerce.number().int().min(1)).optional(),
+});
+
+/** How many events an NDJSON export reads per query. */
+const EXPORT_BATCH = 1000;
+
+export function adminRoutes({ requireSession }: Guards): Hono<AppEnv> {
   const admin = new Hono<AppEnv>();
-  admin.use("*", adminKey);
+  admin.use("*", adminAccess(requireSession));
   const route = documented(admin, "/v1/admin");
-  const userAnswer = {
-    description: "The user (deleted ones too)",
-    schema: z.object({ user: adminUserSchema }),
-  };
   const userId = { id: "The user's id" };
 
   route.get(
@@ -84,13 +119,24 @@ export function adminRoutes(): Hono<AppEnv> {
 
   route.get(
     "/users/:id",
-    { summary: "One user", tag: "admin", access: "admin", params: userId, answers: { 200: userAnswer } },
+    {
+      summary: "One user, with their roles",
+      tag: "admin",
+      access: "admin",
+      params: userId,
+      answers: {
+        200: {
+          description: "The user (deleted ones too)",
+          schema: z.object({ user: adminUserSchema, roles: z.array(roleSchema) }),
+        },
+      },
+    },
     async (c) => {
-      const user = await UsersService.findById(parseUserId(c.req.param("id") ?? ""), c.get("log"), {
-        includeDeleted: true,
-      });
+      const id = parseUserId(c.req.param("id") ?? "");
+      const user = await UsersService.findById(id, c.get("log"), { includeDeleted: true });
       if (!user) throw new ApiError("NOT_FOUND");
-      return c.json({ user: { ...userView(user), deletedAt: user.deletedAt } });
+      const roles = await RolesService.rolesOf(id, c.get("log"));
+      return c.json({ user: { ...userView(user), deletedAt: user.deletedAt }, roles });
     },
   );
 
@@ -112,7 +158,11 @@ export function adminRoutes(): Hono<AppEnv> {
       const id = parseUserId(c.req.param("id") ?? "");
       const user = await UsersService.findById(id, c.get("log"), { includeDeleted: true });
       if (!user) throw new ApiError("NOT_FOUND");
-      const revoked = await SessionsService.revokeAllForUser({ userId: id }, c.get("log"));
+      const revoked = await audited(c, async (tx, record) => {
+        const count = await SessionsService.revokeAllForUser({ userId: id }, c.get("log"), { tx });
+        await record("sessions_revoked", { subject: id, details: { revoked: count } });
+        return count;
+      });
       return c.json({ revoked });
     },
   );
@@ -127,10 +177,179 @@ export function adminRoutes(): Hono<AppEnv> {
       answers: { 204: { description: "Deleted" } },
     },
     async (c) => {
-      await UsersService.softDelete(parseUserId(c.req.param("id") ?? ""), c.get("log"));
+      const id = parseUserId(c.req.param("id") ?? "");
+      await audited(c, async (tx, record) => {
+        await UsersService.softDelete(id, c.get("log"), { tx });
+        await record("user_deleted", { subject: id });
+      });
       return c.body(null, 204);
     },
   );
 
+  route.post(
+    "/users/:id/restore",
+    {
+      summary: "Restore a soft-deleted user",
+      description:
+        "The user comes back without sessions, links or linked providers (those ended with the delete). 409 when their address or phone number was taken meanwhile.",
+      tag: "admin",
+      access: "admin",
+      params: userId,
+      answers: { 200: { description: "The restored user", schema: z.object({ user: adminUserSchema }) } },
+      errors: ["EMAIL_TAKEN", "PHONE_TAKEN"],
+    },
+    async (c) => {
+      const id = parseUserId(c.req.param("id") ?? "");
+      const user = await audited(c, async (tx, record) => {
+        const restored = await UsersService.restore(id, c.get("log"), { tx });
+        await record("user_restored", { subject: id });
+        return restored;
+      });
+      return c.json({ user: { ...userView(user), deletedAt: user.deletedAt } });
+    },
+  );
+
+  const roleParams = { id: "The user's id", role: "admin or support" };
+  const rolesAnswer = {
+    description: "The user's roles now",
+    schema: z.object({ roles: z.array(roleSchema) }),
+  };
+  const parseRole = (raw: string | undefined) => {
+    const parsed = roleSchema.safeParse(raw);
+    if (!parsed.success) throw new ApiError("NOT_FOUND");
+    return parsed.data;
+  };
+
+  route.put(
+    "/users/:id/roles/:role",
+    {
+      summary: "Grant a role",
+      description: "Idempotent: granting a role the user holds changes nothing and records nothing.",
+      tag: "admin",
+      access: "admin",
+      params: roleParams,
+      answers: { 200: rolesAnswer },
+    },
+    async (c) => {
+      const id = parseUserId(c.req.param("id") ?? "");
+      const role = parseRole(c.req.param("role"));
+      const roles = await audited(c, async (tx, record) => {
+        const granted = await RolesService.grant(
+          { userId: id, role, grantedBy: actingUser(c) },
+          c.get("log"),
+          {
+            tx,
+          },
+        );
+        if (granted) await record("role_granted", { subject: id, details: { role } });
+        return await RolesService.rolesOf(id, c.get("log"), { tx });
+      });
+      return c.json({ roles });
+    },
+  );
+
+  route.delete(
+    "/users/:id/roles/:role",
+    {
+      summary: "Revoke a role",
+      description:
+        "Idempotent. A signed-in admin cannot leave the API without an admin: revoking the last admin's role is 409 LAST_ADMIN (the admin key can).",
+      tag: "admin",
+      access: "admin",
+      params: roleParams,
+      answers: { 200: rolesAnswer },
+      errors: ["LAST_ADMIN"],
+    },
+    async (c) => {
+      const id = parseUserId(c.req.param("id") ?? "");
+      const role = parseRole(c.req.param("role"));
+      const roles = await audited(c, async (tx, record) => {
+        const revoked = await RolesService.revoke(
+          { userId: id, role, revokedBy: actingUser(c) },
+          c.get("log"),
+          { tx },
+        );
+        if (revoked) await record("role_revoked", { subject: id, details: { role } });
+        return await RolesService.rolesOf(id, c.get("log"), { tx });
+      });
+      return c.json({ roles });
+    },
+  );
+
+  route.get(
+    "/audit",
+    {
+      summary: "The audit trail",
+      description:
+        "Newest first. `userId` matches events about the user or done by them; `action` repeats; `from`/`to` bound the time. Pages by `cursor` (the last event's seq, as nextCursor). With `Accept: application/x-ndjson` the answer streams every matching event (one JSON object per line) instead of a page.",
+      tag: "admin",
+      access: "admin",
+      query: auditQuery,
+      answers: {
+        200: {
+          description: "One page (or, for application/x-ndjson, every matching event)",
+          schema: z.object({ events: z.array(auditEventSchema), nextCursor: z.number().int().nullable() }),
+        },
+      },
+    },
+    async (c) => {
+      const query = readQuery(c, auditQuery);
+      const filter = {
+        ...(query.userId ? { userId: query.userId } : {}),
+        ...(query.action ? { actions: query.action } : {}),
+        ...(query.from ? { from: new Date(query.from) } : {}),
+        ...(query.to ? { to: new Date(query.to) } : {}),
+      };
+      const log = c.get("log");
+      if (wantsNdjson(c.req.header("accept"))) {
+        // The first batch is read before the answer starts, so a database failure is a proper error answer.
+        let page = await AuditService.list(
+          { ...filter, limit: EXPORT_BATCH, ...(query.cursor ? { before: query.cursor } : {}) },
+          log,
+        );
+        const encoder = new TextEncoder();
+        const body = new ReadableStream<Uint8Array>({
+          async pull(controller) {
+            const lines = page.events.map((event) => `${JSON.stringify(auditEventView(event))}\n`).join("");
+            if (lines) controller.enqueue(encoder.encode(lines));
+            if (page.nextCursor === null) {
+              controller.close();
+              return;
+            }
+            try {
+              page = await AuditService.list(
+                { ...filter, limit: EXPORT_BATCH, before: page.nextCursor },
+                log,
+              );
+            } catch (error) {
+              // The headers are sent: the export stops short (every line sent is whole) and the client sees it cut.
+              log.error({ code: (error as { code?: string }).code ?? "UNKNOWN" }, "audit export failed");
+              controller.error(error);
+            }
+          },
+        });
+        c.header("Cache-Control", "no-store");
+        return c.body(body, 200, { "Content-Type": "application/x-ndjson; charset=utf-8" });
+      }
+      const page = await AuditService.list(
+        {
+          ...filter,
+          ...(query.limit ? { limit: query.limit } : {}),
+          ...(query.cursor ? { before: query.cursor } : {}),
+        },
+        log,
+      );
+      return c.json({
+        events: page.events.map((event) => auditEventView(event)),
+        nextCursor: page.nextCursor,
+      });
+    },
+  );
+
   return admin;
+}
+
+/** Whether the client asked for NDJSON (and prefers it to JSON). */
+function wantsNdjson(accept: string | undefined): boolean {
+  return /(^|,)\s*application\/x-ndjson\s*(;|,|$)/i.test(accept ?? "");
 }

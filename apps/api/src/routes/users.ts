@@ -1,13 +1,14 @@
-// /v1/users/me: the signed-in user's own profile.
-import { UsersService } from "@repo/db";
+// /v1/users/me: the signed-in user's own profile, and their security events from the audit trail.
+import { AuditService, UsersService } from "@repo/db";
 import { Hono } from "hono";
 import { z } from "zod";
+import { audited } from "../audit.ts";
 import type { AppEnv } from "../context.ts";
 import { ApiError } from "../errors.ts";
 import type { Guards } from "../guards.ts";
-import { clearSessionCookie, readJson } from "../http.ts";
-import { documented, type RouteDoc, userSchema } from "../openapi.ts";
-import { userView } from "../views.ts";
+import { clearSessionCookie, readJson, readQuery, singleParam } from "../http.ts";
+import { auditEventSchema, documented, type RouteDoc, userSchema } from "../openapi.ts";
+import { auditEventView, userView } from "../views.ts";
 import { confirmPassword, signedInRecently } from "./auth.ts";
 
 const patchBody = z
@@ -26,6 +27,7 @@ const deleteBody = z.strictObject({ password: z.string().min(1).max(1024).option
 export function userRoutes({ requireSession }: Guards): Hono<AppEnv> {
   const users = new Hono<AppEnv>();
   users.use("/me", requireSession);
+  users.use("/me/*", requireSession);
 
   const route = documented(users, "/v1/users");
   const userAnswer = { description: "The user", schema: z.object({ user: userSchema }) };
@@ -74,10 +76,52 @@ export function userRoutes({ requireSession }: Guards): Hono<AppEnv> {
     } else if (!signedInRecently(c)) {
       throw new ApiError("REAUTHENTICATION_REQUIRED");
     }
-    await UsersService.softDelete(c.get("user").id, c.get("log"));
+    const userId = c.get("user").id;
+    await audited(c, async (tx, record) => {
+      await UsersService.softDelete(userId, c.get("log"), { tx });
+      await record("user_deleted", { subject: userId });
+    });
     clearSessionCookie(c);
     return c.body(null, 204);
   });
+
+  const eventsQuery = z.strictObject({
+    limit: singleParam(z.coerce.number().int().min(1).max(100)).optional(),
+    cursor: singleParam(z.coerce.number().int().min(1)).optional(),
+  });
+  route.get(
+    "/me/security-events",
+    {
+      summary: "The signed-in user's security events",
+      description:
+        "Sign-ins (and failed ones aimed at the account), sign-outs, password and address changes, linked providers, administrators' actions on the account: newest first, from the audit trail. Pass nextCursor as cursor for older ones.",
+      tag: "users",
+      access: "session",
+      query: eventsQuery,
+      answers: {
+        200: {
+          description: "One page",
+          schema: z.object({ events: z.array(auditEventSchema), nextCursor: z.number().int().nullable() }),
+        },
+      },
+    },
+    async (c) => {
+      const query = readQuery(c, eventsQuery);
+      const me = c.get("user").id;
+      const page = await AuditService.list(
+        {
+          subjectUserId: me,
+          limit: query.limit ?? 20,
+          ...(query.cursor ? { before: query.cursor } : {}),
+        },
+        c.get("log"),
+      );
+      return c.json({
+        events: page.events.map((event) => auditEventView(event, me)),
+        nextCursor: page.nextCursor,
+      });
+    },
+  );
 
   return users;
 }

@@ -9,8 +9,7 @@ import { useTestDatabase } from "../../src/testing/index.ts";
 
 const database = useTestDatabase({ config: { poolMax: 10 } });
 
-const makeUser = () =>
-  UsersService.create({ email: `roles-${randomBytes(5).toString("hex")}@example.com` });
+const makeUser = () => UsersService.create({ email: `roles-${randomBytes(5).toString("hex")}@example.com` });
 
 /** Every live admin is removed first: the tests of this file share one database, in any order. */
 async function noAdmins(): Promise<void> {

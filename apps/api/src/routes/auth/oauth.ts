@@ -14,6 +14,7 @@ import type { Context } from "hono";
 import { deleteCookie, getCookie, setCookie } from "hono/cookie";
 import * as oidc from "openid-client";
 import { z } from "zod";
+import { audited, auditFor } from "../../audit.ts";
 import { allowedOrigins } from "../../config.ts";
 import type { AppEnv } from "../../context.ts";
 import { ApiError } from "../../errors.ts";
@@ -316,7 +317,15 @@ export async function callback(c: Context<AppEnv>) {
       return fail("OAUTH_SESSION_ENDED");
     }
     try {
-      await AccountsService.link({ userId: flow.data.linkUserId, ...withoutProfile(identity) }, log);
+      const userId = flow.data.linkUserId;
+      await audited(c, async (tx, record) => {
+        const account = await AccountsService.link({ userId, ...withoutProfile(identity) }, log, { tx });
+        await record("provider_linked", {
+          subject: userId,
+          actor: "subject",
+          details: { provider: account.provider, accountId: account.id },
+        });
+      });
     } catch (error) {
       if (isDbError(error, "ACCOUNT_ALREADY_LINKED")) return fail("OAUTH_ACCOUNT_ALREADY_LINKED", error);
       throw error;
@@ -331,6 +340,19 @@ export async function callback(c: Context<AppEnv>) {
     signed = await AccountsService.signInWithProvider(identity, log, {
       session: sessionFields(c, `oauth:${provider.settings.id}`),
       sessionConfig: sessionConfig(c),
+      audit: auditFor(c, ({ user, account, outcome, revokedSessions }) => {
+        const subject = { subject: user.id, actor: "subject" } as const;
+        const about = { provider: account.provider, accountId: account.id };
+        return [
+          outcome === "created" && ["sign_up", { ...subject, details: { ...about, outcome } }],
+          outcome === "linked_first_proof" && [
+            "email_verified",
+            { ...subject, details: { method: "provider", ...about, revokedSessions } },
+          ],
+          outcome !== "signed_in" && ["provider_linked", { ...subject, details: { ...about, outcome } }],
+          ["sign_in", { ...subject, details: { method: "provider", ...about } }],
+        ];
+      }),
     });
   } catch (error) {
     // An identity this package refuses (an id or a name out of bounds) is an unusable answer.
@@ -384,9 +406,16 @@ export async function unlinkAccount(c: Context<AppEnv>) {
   const id = z.guid().safeParse(c.req.param("id"));
   if (!id.success) throw new ApiError("NOT_FOUND");
   const userId = c.get("user").id;
-  await AccountsService.unlink(
-    { accountId: id.data.toLowerCase(), userId, keepSignInMethod: true },
-    c.get("log"),
-  );
+  await audited(c, async (tx, record) => {
+    const account = await AccountsService.unlink(
+      { accountId: id.data.toLowerCase(), userId, keepSignInMethod: true },
+      c.get("log"),
+      { tx },
+    );
+    await record("provider_unlinked", {
+      subject: userId,
+      details: { provider: account.provider, accountId: account.id },
+    });
+  });
   return c.body(null, 204);
 }

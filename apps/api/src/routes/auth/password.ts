@@ -1,7 +1,8 @@
 // /v1/auth passwords: reset with a mailed link, and change while signed in. (Forgot password shares its
 // handler with the magic link request: linkRequest in shared.ts.)
-import { OneTimeTokensService, SessionsService, transaction, UsersService } from "@repo/db";
+import { OneTimeTokensService, SessionsService, UsersService } from "@repo/db";
 import type { Context } from "hono";
+import { audited, auditFor } from "../../audit.ts";
 import type { AppEnv } from "../../context.ts";
 import { ApiError } from "../../errors.ts";
 import { clearSessionCookie, rateLimit, readJson } from "../../http.ts";
@@ -46,6 +47,15 @@ export async function resetWithLink(c: Context<AppEnv>, token: string, newPasswo
   const { user } = await UsersService.useEmailLink(
     { token, purpose: "password_reset", newPassword: password },
     log,
+    {
+      audit: auditFor(c, ({ user, firstProof, revokedSessions }) => [
+        firstProof && [
+          "email_verified",
+          { subject: user.id, actor: "subject", details: { method: "password_reset" } },
+        ],
+        ["password_reset", { subject: user.id, actor: "subject", details: { revokedSessions } }],
+      ]),
+    },
   );
   clearSessionCookie(c);
   if (user.email && (await mailBudget(c, "notice", user.email))) {
@@ -79,13 +89,19 @@ export async function changePassword(c: Context<AppEnv>) {
   );
   // Keep only this session, under a new token: whoever held the old one (or any other) is out, and every
   // pending link (reset, magic link, verification) dies with the old password.
-  const rotated = await transaction(async (tx) => {
+  const rotated = await audited(c, async (tx, record) => {
     await UsersService.setPassword({ id: current.id, password }, log, { tx });
-    await SessionsService.revokeAllForUser({ userId: current.id, except: c.get("session").id }, log, { tx });
+    const revokedSessions = await SessionsService.revokeAllForUser(
+      { userId: current.id, except: c.get("session").id },
+      log,
+      { tx },
+    );
     // On an account whose address is not proven yet, every link stays: they are how its owner proves it,
     // and whoever set the password before that proof must not be able to keep killing them.
     if (current.emailVerifiedAt) await OneTimeTokensService.invalidateForUser(current.id, {}, log, { tx });
-    return await SessionsService.rotate(c.get("sessionToken"), log, { tx });
+    const next = await SessionsService.rotate(c.get("sessionToken"), log, { tx });
+    await record("password_changed", { subject: current.id, details: { revokedSessions } });
+    return next;
   });
   if (current.email && (await mailBudget(c, "notice", current.email))) {
     sendInBackground(

@@ -1,6 +1,7 @@
 // /v1/auth sessions: the current session, the user's sessions (list, revoke one, revoke the others), sign-out.
 import { SessionsService } from "@repo/db";
 import type { Context } from "hono";
+import { audited } from "../../audit.ts";
 import type { AppEnv } from "../../context.ts";
 import { ApiError } from "../../errors.ts";
 import { clearSessionCookie } from "../../http.ts";
@@ -8,9 +9,17 @@ import { sessionView, userView } from "../../views.ts";
 import { sessionIdParam } from "./shared.ts";
 
 export async function signOut(c: Context<AppEnv>) {
-  await SessionsService.revoke(c.get("session").id, c.get("log"));
+  await endSession(c, c.get("session").id, c.get("user").id);
   clearSessionCookie(c);
   return c.body(null, 204);
+}
+
+/** Sign-out: the session ends and the trail says so, in one transaction (the JSON route and the page). */
+export async function endSession(c: Context<AppEnv>, sessionId: string, userId: string): Promise<void> {
+  await audited(c, async (tx, record) => {
+    await SessionsService.revoke(sessionId, c.get("log"), { tx });
+    await record("sign_out", { subject: userId, actor: "subject", details: { sessionId } });
+  });
 }
 
 export function currentSession(c: Context<AppEnv>) {
@@ -27,15 +36,24 @@ export async function revokeSession(c: Context<AppEnv>) {
   if (!parsed.success) throw new ApiError("NOT_FOUND");
   const id = parsed.data.toLowerCase();
   // One UPDATE scoped to the caller: someone else's id is NOT_FOUND, exactly like an unknown one.
-  await SessionsService.revoke(id, c.get("log"), { userId: c.get("user").id });
+  await audited(c, async (tx, record) => {
+    await SessionsService.revoke(id, c.get("log"), { userId: c.get("user").id, tx });
+    await record("session_revoked", { subject: c.get("user").id, details: { sessionId: id } });
+  });
   if (id === c.get("session").id) clearSessionCookie(c);
   return c.body(null, 204);
 }
 
 export async function revokeOtherSessions(c: Context<AppEnv>) {
-  const revoked = await SessionsService.revokeAllForUser(
-    { userId: c.get("user").id, except: c.get("session").id },
-    c.get("log"),
-  );
+  const userId = c.get("user").id;
+  const revoked = await audited(c, async (tx, record) => {
+    const count = await SessionsService.revokeAllForUser(
+      { userId, except: c.get("session").id },
+      c.get("log"),
+      { tx },
+    );
+    await record("sessions_revoked", { subject: userId, details: { revoked: count, keptCurrent: true } });
+    return count;
+  });
   return c.json({ revoked });
 }

@@ -10,6 +10,7 @@ import {
 } from "@repo/db";
 import type { Context } from "hono";
 import { z } from "zod";
+import { audited, auditFor } from "../../audit.ts";
 import type { AppEnv } from "../../context.ts";
 import { ApiError } from "../../errors.ts";
 import {
@@ -167,7 +168,17 @@ export async function useLink(
     const result = await UsersService.useEmailLink(
       { token, purpose, ...(password === undefined ? {} : { password }) },
       c.get("log"),
-      { session: sessionFields(c, authMethod), sessionConfig: sessionConfig(c) },
+      {
+        session: sessionFields(c, authMethod),
+        sessionConfig: sessionConfig(c),
+        audit: auditFor(c, ({ user, firstProof, revokedSessions }) => [
+          firstProof && [
+            "email_verified",
+            { subject: user.id, actor: "subject", details: { method: purpose, revokedSessions } },
+          ],
+          ["sign_in", { subject: user.id, actor: "subject", details: { method: purpose } }],
+        ]),
+      },
     );
     if (!result.session) throw new Error("useEmailLink created no session");
     return { user: result.user, session: result.session };
@@ -202,10 +213,10 @@ export async function requestLink(
       throw error;
     });
     if (!user?.email) return;
-    const { token: secret } = await OneTimeTokensService.create(
-      { userId: user.id, purpose, sentTo: user.email },
-      log,
-    );
+    const { token: secret } =
+      purpose === "magic_link"
+        ? await issueMagicLink(c, user.id, user.email, "requested")
+        : await OneTimeTokensService.create({ userId: user.id, purpose, sentTo: user.email }, log);
     const url = link(c, purpose === "password_reset" ? "/reset-password" : "/magic-link", secret);
     await mailer.send(
       purpose === "password_reset"
@@ -220,6 +231,22 @@ export async function requestLink(
             text: `Open this link within 15 minutes to sign in:\n\n${url}\n`,
           },
     );
+  });
+}
+
+/**
+ * A new magic link for a user, recorded in the trail (magic_link_sent) in the transaction that issues it. The
+ * caller mails it.
+ */
+export async function issueMagicLink(c: Context<AppEnv>, userId: string, email: string, reason: string) {
+  return await audited(c, async (tx, record) => {
+    const issued = await OneTimeTokensService.create(
+      { userId, purpose: "magic_link", sentTo: email },
+      c.get("log"),
+      { tx },
+    );
+    await record("magic_link_sent", { subject: userId, actor: "anonymous", details: { reason } });
+    return issued;
   });
 }
 

@@ -1,6 +1,7 @@
 // /v1/auth sign-in: password sign-in with its failure (lockout) buckets, and the magic link's use.
-import { isDbError, OneTimeTokensService, UsersService } from "@repo/db";
+import { isDbError, UsersService } from "@repo/db";
 import type { Context } from "hono";
+import { auditFor, recordLater } from "../../audit.ts";
 import type { AppEnv } from "../../context.ts";
 import { ApiError } from "../../errors.ts";
 import {
@@ -15,6 +16,7 @@ import {
 import {
   appHome,
   endPresentedSession,
+  issueMagicLink,
   link,
   mailBudget,
   sessionConfig,
@@ -65,13 +67,11 @@ export async function signIn(c: Context<AppEnv>) {
     // The same answer for every address, with or without an account; the owner (if any) gets a link once,
     // when the cap is first crossed.
     if (accountHit.value === config.RATE_LIMIT_SIGN_IN_FAILURES_PER_ACCOUNT + 1) {
+      failedSignIn(c, body.email, "paused");
       tasks.run("sign-in-link", log, async () => {
         const user = await UsersService.findByEmail(body.email, log).catch(() => null);
         if (!user?.email) return;
-        const { token } = await OneTimeTokensService.create(
-          { userId: user.id, purpose: "magic_link", sentTo: user.email },
-          log,
-        );
+        const { token } = await issueMagicLink(c, user.id, user.email, "sign_in_paused");
         await mailer.send({
           to: user.email,
           subject: "Many failed sign-ins on your account",
@@ -88,8 +88,16 @@ export async function signIn(c: Context<AppEnv>) {
       requireVerifiedEmail: !config.SIGN_IN_BEFORE_EMAIL_VERIFICATION,
       session: sessionFields(c, "password"),
       sessionConfig: sessionConfig(c),
+      audit: auditFor(c, ({ user }) => [
+        ["sign_in", { subject: user.id, actor: "subject", details: { method: "password" } }],
+      ]),
     });
   } catch (error) {
+    if (isDbError(error, "INVALID_CREDENTIALS") || isDbError(error, "VALIDATION_FAILED")) {
+      failedSignIn(c, body.email, "invalid_credentials");
+    } else if (isDbError(error, "EMAIL_NOT_VERIFIED")) {
+      failedSignIn(c, body.email, "email_not_verified");
+    }
     if (isDbError(error, "EMAIL_NOT_VERIFIED")) {
       // The right password for an unproven address: it answers like a wrong one (an unverified account
       // grants nothing), and the address gets a fresh link, within its silent sign-up mail budget. The
@@ -115,6 +123,19 @@ export async function signIn(c: Context<AppEnv>) {
   await countHit(c, "sign-in:failures:account", account, config.RATE_LIMIT_SIGN_IN_FAILURES_PER_ACCOUNT, -1);
   await endPresentedSession(c);
   return signedIn(c, signed, signed.user);
+}
+
+/**
+ * A password sign-in that failed, recorded after the answer (so neither its timing nor its round trips differ
+ * between accounts that exist and those that do not), about the account it was aimed at when there is one.
+ * Only attempts that got past the rate limits are recorded: a flood of refused requests writes nothing.
+ */
+function failedSignIn(c: Context<AppEnv>, email: string, reason: string): void {
+  const log = c.get("log");
+  recordLater(c, "sign_in_failed", async () => {
+    const user = await UsersService.findByEmail(email, log).catch(() => null);
+    return { subject: user?.id ?? null, actor: "anonymous", details: { method: "password", reason } };
+  });
 }
 
 export async function verifyMagicLink(c: Context<AppEnv>) {

@@ -1,6 +1,7 @@
 // /v1/auth sign-up and email verification: sign-up, the verification link and its resend.
 import { SessionsService, UsersService } from "@repo/db";
 import type { Context } from "hono";
+import { audited } from "../../audit.ts";
 import type { AppEnv } from "../../context.ts";
 import { ApiError } from "../../errors.ts";
 import { clientNetwork, rateLimit, readJson } from "../../http.ts";
@@ -40,11 +41,21 @@ export async function signUp(c: Context<AppEnv>) {
   // answer is the same 202 and nothing happens (no retired link, no mail), so sign-ups by someone else
   // cannot flood the address or keep replacing its owner's link.
   if (!(await mailBudget(c, "sign-up", body.email))) return c.json(CHECK_EMAIL, 202);
-  const registration = await UsersService.register(
-    { email: body.email, password, firstName: body.firstName, lastName: body.lastName },
-    log,
-    { passwordBeforeVerification: config.SIGN_IN_BEFORE_EMAIL_VERIFICATION },
-  );
+  // The trail has the attempt whatever its outcome (created, an unverified account's newer sign-up, or an
+  // address with an account already): the owner can see sign-ups aimed at their address.
+  const registration = await audited(c, async (tx, record) => {
+    const registered = await UsersService.register(
+      { email: body.email, password, firstName: body.firstName, lastName: body.lastName },
+      log,
+      { passwordBeforeVerification: config.SIGN_IN_BEFORE_EMAIL_VERIFICATION, tx },
+    );
+    await record("sign_up", {
+      subject: registered.user.id,
+      actor: "anonymous",
+      details: { outcome: registered.outcome },
+    });
+    return registered;
+  });
   const to = registration.user.email ?? body.email;
   if (registration.verification) {
     sendInBackground(
@@ -62,11 +73,15 @@ export async function signUp(c: Context<AppEnv>) {
     );
   }
   if (config.SIGN_IN_BEFORE_EMAIL_VERIFICATION && registration.outcome === "created") {
-    const session = await SessionsService.create(
-      { userId: registration.user.id, ...sessionFields(c, "password") },
-      log,
-      { config: sessionConfig(c) },
-    );
+    const userId = registration.user.id;
+    const session = await audited(c, async (tx, record) => {
+      const created = await SessionsService.create({ userId, ...sessionFields(c, "password") }, log, {
+        config: sessionConfig(c),
+        tx,
+      });
+      await record("sign_in", { subject: userId, actor: "subject", details: { method: "sign_up" } });
+      return created;
+    });
     await endPresentedSession(c);
     return signedIn(c, session, registration.user, 201);
   }
