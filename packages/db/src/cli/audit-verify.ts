@@ -16,7 +16,7 @@ try {
     console.log(`audit trail at ${redactUrl(database.url)}: ${result.checked} rows, the chain holds`);
   } else {
     console.log(
-      `audit trail at ${redactUrl(database.url)}: the chain breaks at row seq ${result.broken?.seq} (id ${result.broken?.id}): ${result.broken?.reason}; ${result.checked} rows checked`,
+      `audit trail at ${redactUrl(database.url)}: the chain breaks at seq ${result.broken?.seq}${result.broken?.id ? ` (id ${result.broken.id})` : ""}: ${result.broken?.reason}; ${result.checked} rows checked`,
     );
     exitCode = 1;
   }
