@@ -175,10 +175,13 @@ async function send(t: TestApp, endpoint: Endpoint, bearer: string, body: string
   return { status: res.status, code };
 }
 
-/** Row count and checksum of every public table. The cache is left out: rate-limit counters write to it. */
+/**
+ * Row count and checksum of every public table. The cache is left out (rate-limit counters write to it), and
+ * so is the audit trail, which records failed sign-in attempts by design: trailSince() checks it.
+ */
 async function snapshot(): Promise<Record<string, string>> {
   const tables = await database.admin<{ tablename: string }>(
-    "SELECT tablename FROM pg_tables WHERE schemaname = 'public' AND tablename <> 'cache' ORDER BY tablename",
+    "SELECT tablename FROM pg_tables WHERE schemaname = 'public' AND tablename NOT IN ('cache', 'audit_events', 'audit_chain') ORDER BY tablename",
   );
   const result: Record<string, string> = {};
   for (const { tablename } of tables.rows) {
@@ -188,6 +191,21 @@ async function snapshot(): Promise<Record<string, string>> {
     result[tablename] = `${row.rows[0]?.n}:${row.rows[0]?.sum ?? "-"}`;
   }
   return result;
+}
+
+/** The newest event's seq: the drill's events are the ones after it. */
+async function trailHead(): Promise<number> {
+  const { rows } = await database.admin<{ seq: string }>("SELECT seq FROM audit_chain");
+  return Number(rows[0]?.seq ?? 0);
+}
+
+/** What the trail recorded after `seq`: each action with its reason, counted. */
+async function trailSince(seq: number): Promise<Record<string, number>> {
+  const { rows } = await database.admin<{ what: string; n: number }>(
+    "SELECT action || coalesce(':' || coalesce(details->>'reason', details->>'outcome'), '') AS what, count(*)::int AS n FROM audit_events WHERE seq > $1 GROUP BY 1",
+    [seq],
+  );
+  return Object.fromEntries(rows.map((row) => [row.what, row.n]));
 }
 
 /** A verified account with a password and a live session, made directly: sign-up no longer signs in. */
@@ -278,11 +296,17 @@ describe("drill bad input", () => {
     // The session is used once before the snapshot, so nothing the first use may write is counted.
     expect((await call(t, "GET", "/v1/users/me", { bearer })).status).toBe(200);
     const before = await snapshot();
+    const head = await trailHead();
 
     const { problems, codes, requests, accepted } = await drive(t, ENDPOINTS, email, bearer);
 
     expect(problems).toEqual([]);
     expect(await snapshot()).toEqual(before);
+    // The trail holds the attempts (what it is for: failed sign-ins, sign-ups aimed at the verified
+    // account's address) and nothing else: no hostile request changed anything it would record.
+    for (const what of Object.keys(await trailSince(head))) {
+      expect(what).toMatch(/^(sign_in_failed:(invalid_credentials|email_not_verified)|sign_up:verified)$/);
+    }
     // Nothing was an unexpected error, not even in the after-the-response work of the 202 endpoints.
     const errors = t.logs.filter((line) => Number(line.level) >= 50);
     expect(errors.map((line) => `${String(line.msg)} ${String(line.errMessage ?? "")}`)).toEqual([]);
