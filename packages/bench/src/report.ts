@@ -3,6 +3,7 @@ import { execFileSync } from "node:child_process";
 import { mkdir, writeFile } from "node:fs/promises";
 import os from "node:os";
 import path from "node:path";
+import { AUDIT_COST_HEADERS, type AuditCostSection, auditCostCells, auditCostSummary } from "./audit-cost.ts";
 import { serviceVsFloorSvg } from "./chart.ts";
 import { table } from "./format.ts";
 import { HTTP_HEADERS, type HttpRow, httpCells } from "./http.ts";
@@ -34,6 +35,7 @@ export interface BenchResults {
   cacheVsRedis: Outcome<RedisSection>;
   http: Outcome<HttpRow[]>;
   passwords: Outcome<PasswordSection>;
+  auditCost: Outcome<AuditCostSection>;
 }
 
 /** Where the chart's bars come from: the concurrency the targets are stated at. */
@@ -167,6 +169,22 @@ export function markdown(results: BenchResults, links: { json: string; svg: stri
         "",
         section.note,
       ].join("\n"),
+    ),
+    "",
+    "## 6. What the audit trail costs",
+    "",
+    "Each product path that now records an event in the transaction of its change, without and with the " +
+      "trail, in process through the services on the service pool of section 1 (same harness settings, the " +
+      "two variants interleaved). **sign-out**: without is `SessionsService.revoke` alone (one autocommit " +
+      "UPDATE); with is the API's: the revoke and `AuditService.record` (one statement that advances the " +
+      "chain head and inserts the event) in one transaction, whose head-row lock makes audited writers commit " +
+      "one after the other. **password sign-in**: `UsersService.signIn` without and with the `audit` option " +
+      "recording one `sign_in` event in its own transaction; argon2 runs before that transaction in both. The " +
+      "users and sessions are the section's own. `with/without` is the median of the repetitions' paired " +
+      "ratios: ops/s below 1x and latency above 1x is what the trail costs. Latencies in milliseconds.",
+    "",
+    sectionBody(results.auditCost, (section) =>
+      [table(AUDIT_COST_HEADERS, section.rows.map(auditCostCells)), "", auditCostSummary(section)].join("\n"),
     ),
     "",
   ];

@@ -1,8 +1,11 @@
-// `bun run bench [--quick]`: starts PostgreSQL (or uses BENCH_DATABASE_URL), seeds it, runs the five sections
+// `bun run bench [--quick]`: starts PostgreSQL (or uses BENCH_DATABASE_URL), seeds it, runs the six sections
 // and writes the results. The exit code reports breakage only (a server that did not start, a failed query, a
 // wrong answer); the numbers themselves are never judged.
+// `--only=6` (or `--only=1,6`) runs only the sections with those numbers (1 is sections 1-2), for checking a
+// section while working on it; the others are reported as skipped and no file is written.
 import path from "node:path";
 import { fileURLToPath } from "node:url";
+import { type AuditCostSection, auditCost } from "./audit-cost.ts";
 import { openBenchDatabase } from "./database.ts";
 import { HTTP_POOL_SIZE, type HttpRow, httpSection } from "./http.ts";
 import { type PasswordSection, passwordSection, printPasswords } from "./passwords.ts";
@@ -13,6 +16,9 @@ import { FULL_SEED, QUICK_SEED, seed } from "./seed.ts";
 import { type ComparisonRow, openVariants, POOL_SIZE, serviceVsFloor } from "./service-vs-floor.ts";
 
 const quick = process.argv.includes("--quick");
+const onlyArgument = process.argv.find((arg) => arg.startsWith("--only="));
+const only =
+  onlyArgument === undefined ? undefined : new Set(onlyArgument.slice("--only=".length).split(","));
 const repoRoot = fileURLToPath(new URL("../../..", import.meta.url));
 const resultsDir = fileURLToPath(new URL(quick ? "../results/quick" : "../results", import.meta.url));
 
@@ -24,6 +30,8 @@ const HTTP = quick
   ? { connections: [16, 64], durationSec: 2, warmupSec: 1, repeats: 1 }
   : { connections: [16, 64], durationSec: 5, warmupSec: 1, repeats: 6 };
 const PASSWORD_ITERATIONS = quick ? 3 : 20;
+// Section 6: password sign-in runs argon2 per call, so it is measured at the lower concurrencies only.
+const AUDIT = { signInConcurrencies: [1, 16], users: quick ? 500 : 2000 };
 
 const print = (text: string) => console.log(text);
 const resources = createResources();
@@ -48,6 +56,7 @@ function onSignal(signal: string): void {
 /** Runs one section, printing its title; a failure is recorded and reported, and the next section runs. */
 async function section<T>(title: string, run: () => Promise<T>): Promise<Outcome<T>> {
   if (interrupted()) return { ok: false, error: "interrupted" };
+  if (only && !only.has(/^\d+/.exec(title)?.[0] ?? "")) return { ok: false, error: "skipped (--only)" };
   print(`\n## ${title}\n`);
   try {
     return { ok: true, value: await run() };
@@ -110,9 +119,32 @@ async function main(): Promise<void> {
     return result;
   });
 
+  const auditCostResult: Outcome<AuditCostSection> = await section("6. What the audit trail costs", () =>
+    auditCost(
+      {
+        ...HARNESS,
+        signOutConcurrencies: CONCURRENCIES,
+        signInConcurrencies: AUDIT.signInConcurrencies,
+        users: AUDIT.users,
+      },
+      print,
+    ),
+  );
+
   meta.wallSeconds = (performance.now() - started) / 1000;
-  const results: BenchResults = { meta, serviceVsFloor: comparison, cacheVsRedis: redis, http, passwords };
+  const results: BenchResults = {
+    meta,
+    serviceVsFloor: comparison,
+    cacheVsRedis: redis,
+    http,
+    passwords,
+    auditCost: auditCostResult,
+  };
   if (interrupted()) return;
+  if (only) {
+    print(`\nNot writing results: only section(s) ${[...only].join(", ")} ran (--only).`);
+    return;
+  }
   if (failed && !quick) {
     print("\nNot writing results: a section failed (see above).");
     return;
