@@ -116,6 +116,8 @@ const schema = z.object({
   MAINTENANCE_INTERVAL_MS: z.coerce.number().int().min(1000).max(86_400_000).default(300_000),
   /** Audit events older than this are deleted by maintenance (the rest stays verifiable); 0 keeps them all. */
   AUDIT_RETENTION_DAYS: z.coerce.number().int().min(0).max(36_500).default(365),
+  /** How often events written since are linked into the audit trail's hash chain (one process at a time). */
+  AUDIT_CHAIN_INTERVAL_MS: z.coerce.number().int().min(100).max(60_000).default(1000),
 });
 
 export type ApiConfig = z.infer<typeof schema> & {

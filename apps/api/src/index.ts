@@ -98,9 +98,12 @@ async function main(): Promise<void> {
   );
 
   const maintenance = scheduleMaintenance(
-    config.MAINTENANCE_INTERVAL_MS,
+    {
+      intervalMs: config.MAINTENANCE_INTERVAL_MS,
+      auditChainIntervalMs: config.AUDIT_CHAIN_INTERVAL_MS,
+      auditRetentionDays: config.AUDIT_RETENTION_DAYS,
+    },
     logger,
-    config.AUDIT_RETENTION_DAYS,
   );
 
   shutdown = async (signal: string) => {
@@ -127,8 +130,9 @@ async function main(): Promise<void> {
         );
         await server.stop(true);
       }
-      await within(maintenance.stop());
+      // Background work (mail, events written after the answer) first, then the last chaining pass.
       await within(tasks.settle());
+      await within(maintenance.stop());
       closeMailer();
       await within(disconnectDB());
     } catch (error) {

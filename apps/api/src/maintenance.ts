@@ -1,5 +1,6 @@
 // Background maintenance: expired sessions, one-time tokens and cache entries, and audit events past their
-// retention, are deleted in rounds. Every
+// retention, are deleted in rounds; and every AUDIT_CHAIN_INTERVAL_MS the audit events written since are
+// linked into the hash chain (AuditService.chain: one process at a time, the others skip). Every
 // process schedules rounds; the "maintenance" advisory lock and a last-round stamp in the cache let only one
 // of them run each round.
 import {
@@ -40,6 +41,8 @@ export async function maintenanceRound(
     const sessions = await SessionsService.cleanupExpired({}, logger);
     const tokens = await OneTimeTokensService.cleanupExpired({}, logger);
     const cache = await CacheService.cleanupExpired({}, logger);
+    // Chained first: retention deletes chained events only.
+    await AuditService.chain({ skipIfBusy: true }, logger);
     const auditEvents =
       auditRetentionDays > 0
         ? await AuditService.prune({ before: new Date(Date.now() - auditRetentionDays * DAY_MS) }, logger)
@@ -55,29 +58,53 @@ export async function maintenanceRound(
   return { ran: true, ...outcome.result };
 }
 
-/** Runs a round every `intervalMs` (never two at once in this process); `stop()` waits for a running one. */
+export interface MaintenanceSchedule {
+  /** Between maintenance rounds. */
+  intervalMs: number;
+  /** Between audit chaining passes. */
+  auditChainIntervalMs: number;
+  auditRetentionDays: number;
+}
+
+/**
+ * Runs a maintenance round every `intervalMs` and an audit chaining pass every `auditChainIntervalMs` (never
+ * two of a kind at once in this process). `stop()` waits for running ones, then chains what is left once
+ * more, so the events of the last requests are not left for another process.
+ */
 export function scheduleMaintenance(
-  intervalMs: number,
+  schedule: MaintenanceSchedule,
   logger: Logger,
-  auditRetentionDays: number,
 ): { stop(): Promise<void> } {
-  let running: Promise<unknown> | undefined;
-  const timer = setInterval(() => {
-    if (running !== undefined) return;
-    // Half an interval: rounds of processes started at different times still leave one round per interval.
-    running = maintenanceRound(logger, { minGapMs: intervalMs / 2, auditRetentionDays })
-      .catch((error: unknown) => {
-        logger.error({ code: (error as { code?: string }).code ?? "UNKNOWN" }, "maintenance round failed");
-      })
-      .finally(() => {
+  const failed = (what: string) => (error: unknown) => {
+    logger.error({ code: (error as { code?: string }).code ?? "UNKNOWN" }, `${what} failed`);
+  };
+  const every = (ms: number, work: () => Promise<unknown>) => {
+    let running: Promise<unknown> | undefined;
+    const timer = setInterval(() => {
+      if (running !== undefined) return;
+      running = work().finally(() => {
         running = undefined;
       });
-  }, intervalMs);
-  timer.unref();
-  return {
-    async stop() {
+    }, ms);
+    timer.unref();
+    return async () => {
       clearInterval(timer);
       await running;
+    };
+  };
+  // Half an interval: rounds of processes started at different times still leave one round per interval.
+  const stopRounds = every(schedule.intervalMs, () =>
+    maintenanceRound(logger, {
+      minGapMs: schedule.intervalMs / 2,
+      auditRetentionDays: schedule.auditRetentionDays,
+    }).catch(failed("maintenance round")),
+  );
+  const chain = () => AuditService.chain({ skipIfBusy: true }, logger).catch(failed("audit chaining"));
+  const stopChaining = every(schedule.auditChainIntervalMs, chain);
+  return {
+    async stop() {
+      await Promise.all([stopRounds(), stopChaining()]);
+      await chain();
     },
   };
 }

@@ -44,7 +44,11 @@ export const auditEventSchema = z
     seq: z
       .number()
       .int()
-      .describe("The event's place in the chain; pass the last one's as `cursor` for older"),
+      .nullable()
+      .optional()
+      .describe(
+        "Administrators only: the event's place in the hash chain (null until chained, within a second)",
+      ),
     occurredAt: timestamp,
     action: z.enum(AUDIT_ACTIONS),
     actor: z.object({

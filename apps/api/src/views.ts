@@ -32,25 +32,41 @@ export function userView(user: PublicUser) {
   };
 }
 
-/**
- * What a reader sees of an audit event. `viewer`: a user reading their own events sees who acted by type, and
- * by id only when it was them (an admin's id is not theirs to know).
- */
-export function auditEventView(event: AuditEventView, viewer?: string) {
-  const actorId = event.actorUserId;
+/** What an administrator sees of an audit event: all of it but the chain's hashes. */
+export function auditEventView(event: AuditEventView) {
   return {
     id: event.id,
     seq: event.seq,
     occurredAt: event.occurredAt,
     action: event.action,
-    actor: {
-      type: event.actorType,
-      userId: viewer === undefined || actorId === viewer ? actorId : null,
-    },
+    actor: { type: event.actorType, userId: event.actorUserId },
     subjectUserId: event.subjectUserId,
     ipAddress: event.ipAddress,
     userAgent: event.userAgent,
     requestId: event.requestId,
+    details: event.details,
+  };
+}
+
+/**
+ * What users see of the events about them. Never the chain's `seq` (one counter for every user: its gaps
+ * would tell which other addresses have accounts). Where the request came from only when they acted
+ * themselves, or when it was an anonymous attempt on their account (a failed sign-in, a sign-up with their
+ * address) and their address is proven: before that proof, whoever registered the address first could read
+ * where its real owner connects from. Nothing about administrators: who, from where, which request.
+ */
+export function ownAuditEventView(event: AuditEventView, viewer: { id: string; emailVerified: boolean }) {
+  const self = event.actorType === "user" && event.actorUserId === viewer.id;
+  const origin = self || (event.actorType === "anonymous" && viewer.emailVerified);
+  return {
+    id: event.id,
+    occurredAt: event.occurredAt,
+    action: event.action,
+    actor: { type: event.actorType, userId: self ? viewer.id : null },
+    subjectUserId: event.subjectUserId,
+    ipAddress: origin ? event.ipAddress : null,
+    userAgent: origin ? event.userAgent : null,
+    requestId: self ? event.requestId : null,
     details: event.details,
   };
 }

@@ -39,7 +39,7 @@ interface Row {
 async function eventsOf(response: { headers: Headers }): Promise<Row[]> {
   const requestId = response.headers.get("x-request-id");
   const { rows } = await database.admin<Row>(
-    "SELECT action, actor_type, actor_user_id, subject_user_id, ip_address, user_agent, details FROM audit_events WHERE request_id = $1 ORDER BY seq",
+    "SELECT action, actor_type, actor_user_id, subject_user_id, ip_address, user_agent, details FROM audit_events WHERE request_id = $1 ORDER BY id",
     [requestId],
   );
   return rows;
@@ -113,8 +113,17 @@ describe("each action over HTTP records exactly one event, with its actor and su
     expect(unknown.status).toBe(404);
     expect(await eventsOf(unknown)).toEqual([]);
 
+    // Another live session to end, then none: the repeat records nothing (nobody can fill the trail with it).
+    await call(t, "POST", "/v1/auth/sign-in", { body: { email, password: PASSWORD } });
     const revokedOthers = await call(t, "POST", "/v1/auth/sessions/revoke-others", { bearer: token });
     expect(await summary(revokedOthers)).toEqual([["sessions_revoked", "user", userId, userId]]);
+    const again = await call(t, "POST", "/v1/auth/sessions/revoke-others", { bearer: token });
+    expect(again.json.revoked).toBe(0);
+    expect(await eventsOf(again)).toEqual([]);
+    // An ended session again: 404 and nothing recorded.
+    const ended = await call(t, "DELETE", `/v1/auth/sessions/${otherId}`, { bearer: token });
+    expect(ended.status).toBe(404);
+    expect(await eventsOf(ended)).toEqual([]);
 
     const signedOut = await call(t, "POST", "/v1/auth/sign-out", { bearer: token });
     expect(signedOut.status).toBe(204);
@@ -197,7 +206,9 @@ describe("each action over HTTP records exactly one event, with its actor and su
     expect(revoked.json.roles).toEqual([]);
     expect(await summary(revoked)).toEqual([["role_revoked", "user", bossId, id]]);
 
+    await call(t, "POST", "/v1/auth/sign-in", { body: { email: target.email, password: PASSWORD } });
     const signedOut = await call(t, "POST", `/v1/admin/users/${id}/sessions/revoke`, { bearer: boss.token });
+    expect(signedOut.json.revoked).toBe(1);
     expect(await summary(signedOut)).toEqual([["sessions_revoked", "user", bossId, id]]);
   });
 });
@@ -221,6 +232,33 @@ describe("a change that fails records nothing", () => {
     expect(await eventsOf(taken)).toEqual([]);
     expect(await AuditService.verify()).toMatchObject({ ok: true });
   });
+
+  it("no signed-in user can remove the last admin by deleting an account; a deleted account's roles go, recorded", async () => {
+    await database.admin("DELETE FROM user_roles WHERE role = 'admin'");
+    const only = await userWithRole("admin");
+    const byAdminRoute = await call(t, "DELETE", `/v1/admin/users/${only.user.id}`, { bearer: only.token });
+    expect(byAdminRoute.status).toBe(409);
+    expect(byAdminRoute.json.error.code).toBe("LAST_ADMIN");
+    const bySelf = await call(t, "DELETE", "/v1/users/me", {
+      bearer: only.token,
+      body: { password: PASSWORD },
+    });
+    expect(bySelf.status).toBe(409);
+    expect(await eventsOf(bySelf)).toEqual([]);
+    expect((await call(t, "GET", "/v1/users/me", { bearer: only.token })).status).toBe(200);
+
+    const helper = await userWithRole("support");
+    const removed = await call(t, "DELETE", `/v1/admin/users/${helper.user.id}`, { bearer: only.token });
+    expect(removed.status).toBe(204);
+    expect(await summary(removed)).toEqual([
+      ["role_revoked", "user", only.user.id, helper.user.id],
+      ["user_deleted", "user", only.user.id, helper.user.id],
+    ]);
+    const back = await call(t, "POST", `/v1/admin/users/${helper.user.id}/restore`, { bearer: only.token });
+    expect(back.status).toBe(200);
+    const state = await call(t, "GET", `/v1/admin/users/${helper.user.id}`, { bearer: only.token });
+    expect(state.json.roles).toEqual([]);
+  });
 });
 
 describe("the chain under load", () => {
@@ -243,7 +281,8 @@ describe("the chain under load", () => {
       [user.id],
     );
     expect((after.rows[0]?.n ?? 0) - (before.rows[0]?.n ?? 0)).toBe(50);
-    expect(await AuditService.verify()).toMatchObject({ ok: true });
+    await AuditService.chain();
+    expect(await AuditService.verify()).toMatchObject({ ok: true, pending: 0 });
   });
 });
 
@@ -298,7 +337,7 @@ describe("roles on the admin routes", () => {
 });
 
 describe("reading the trail", () => {
-  it("a user reads only their own events, newest first, by keyset pages, without admins' ids", async () => {
+  it("a user reads only their own events, newest first, by keyset pages, with nothing about admins and no seq", async () => {
     const me = await signUp(t);
     const someone = await signUp(t);
     await call(t, "POST", "/v1/auth/sign-in", { body: { email: me.email, password: "wrong password!" } });
@@ -308,12 +347,15 @@ describe("reading the trail", () => {
       body: { email: me.email, password: PASSWORD },
     });
     const mine: {
+      id: string;
       action: string;
-      seq: number;
       subjectUserId: string;
       actor: { type: string; userId: string | null };
+      ipAddress: string | null;
+      userAgent: string | null;
+      requestId: string | null;
     }[] = [];
-    let cursor: number | null = null;
+    let cursor: string | null = null;
     do {
       const page: Awaited<ReturnType<typeof call>> = await call(
         t,
@@ -334,15 +376,43 @@ describe("reading the trail", () => {
       "sign_up",
     ]);
     expect(mine.every((e) => e.subjectUserId === me.user.id)).toBe(true);
-    expect(mine.map((e) => e.seq)).toEqual([...mine.map((e) => e.seq)].sort((a, b) => b - a));
+    expect(mine.map((e) => e.id)).toEqual([...mine.map((e) => e.id)].sort().reverse());
+    // The chain's counter is one for every user: its gaps would tell which other addresses have accounts.
+    expect(mine.every((e) => !("seq" in e))).toBe(true);
+    // An administrator's action: who, from where and which request are not the user's to know.
     const byAdmin = mine.find((e) => e.action === "sessions_revoked");
-    expect(byAdmin?.actor).toEqual({ type: "user", userId: null });
+    expect(byAdmin).toMatchObject({
+      actor: { type: "user", userId: null },
+      ipAddress: null,
+      userAgent: null,
+      requestId: null,
+    });
+    // An anonymous attempt on a proven account: where it came from is shown.
+    expect(mine.find((e) => e.action === "sign_in_failed")).toMatchObject({ ipAddress: "203.0.113.1" });
     expect(mine.find((e) => e.action === "sign_in")?.actor).toEqual({ type: "user", userId: me.user.id });
     expect(JSON.stringify(mine)).not.toContain(someone.user.id);
     expect((await call(t, "GET", "/v1/users/me/security-events")).status).toBe(401);
     expect(
       (await call(t, "GET", "/v1/users/me/security-events?limit=0", { bearer: fresh.json.token })).status,
     ).toBe(400);
+  });
+
+  it("before its address is proven, an account's sessions never show where an anonymous attempt came from", async () => {
+    // Pre-hijack with sessions at sign-up: the attacker registers the address first and keeps a session.
+    const early = makeApp({ env: { SIGN_IN_BEFORE_EMAIL_VERIFICATION: "true" } });
+    const email = uniqueEmail("owner");
+    const attacker = await call(early, "POST", "/v1/auth/sign-up", { body: { email, password: PASSWORD } });
+    expect(attacker.status).toBe(201);
+    early.setAddress("198.51.100.5");
+    await call(early, "POST", "/v1/auth/sign-up", {
+      body: { email, password: `${PASSWORD} owner` },
+      headers: { "user-agent": "Owner-Phone/1.0" },
+    });
+    const seen = await call(early, "GET", "/v1/users/me/security-events", { bearer: attacker.json.token });
+    expect(seen.status).toBe(200);
+    const text = JSON.stringify(seen.json.events);
+    expect(text).not.toContain("198.51.100.5");
+    expect(text).not.toContain("Owner-Phone");
   });
 
   it("admins filter by user, action and time, page by cursor, and export NDJSON", async () => {

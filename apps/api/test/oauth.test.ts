@@ -123,7 +123,7 @@ const newIdentity = (email: string, verified = true): TestIdentity => ({
 async function trailOf(userId: string) {
   const { rows } = await queryOnce<{ action: string; actor_type: string; actor_user_id: string | null }>(
     database.url,
-    "SELECT action, actor_type, actor_user_id FROM audit_events WHERE subject_user_id = $1 ORDER BY seq",
+    "SELECT action, actor_type, actor_user_id FROM audit_events WHERE subject_user_id = $1 ORDER BY id",
     [userId],
   );
   return rows.map((row) => [row.action, row.actor_type, row.actor_user_id]);

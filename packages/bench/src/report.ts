@@ -176,9 +176,9 @@ export function markdown(results: BenchResults, links: { json: string; svg: stri
     "Each product path that now records an event in the transaction of its change, without and with the " +
       "trail, in process through the services on the service pool of section 1 (same harness settings, the " +
       "two variants interleaved). **sign-out**: without is `SessionsService.revoke` alone (one autocommit " +
-      "UPDATE); with is the API's: the revoke and `AuditService.record` (one statement that advances the " +
-      "chain head and inserts the event) in one transaction, whose head-row lock makes audited writers commit " +
-      "one after the other. **password sign-in**: `UsersService.signIn` without and with the `audit` option " +
+      "UPDATE); with is the API's: the revoke and `AuditService.record` (one INSERT) in one transaction; " +
+      "writers share no lock, and the chainer links their events afterwards (its pass over them is timed " +
+      "below the table). **password sign-in**: `UsersService.signIn` without and with the `audit` option " +
       "recording one `sign_in` event in its own transaction; argon2 runs before that transaction in both. The " +
       "users and sessions are the section's own. `with/without` is the median of the repetitions' paired " +
       "ratios: ops/s below 1x and latency above 1x is what the trail costs. Latencies in milliseconds.",

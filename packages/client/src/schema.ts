@@ -629,7 +629,10 @@ export interface paths {
         get: operations["getV1AdminUsersById"];
         put?: never;
         post?: never;
-        /** Delete a user (soft) */
+        /**
+         * Delete a user (soft)
+         * @description Their sessions, links, linked providers and roles end with it. A signed-in admin cannot delete the last admin (409 LAST_ADMIN).
+         */
         delete: operations["deleteV1AdminUsersById"];
         options?: never;
         head?: never;
@@ -664,7 +667,7 @@ export interface paths {
         put?: never;
         /**
          * Restore a soft-deleted user
-         * @description The user comes back without sessions, links or linked providers (those ended with the delete). 409 when their address or phone number was taken meanwhile.
+         * @description The user comes back without sessions, links, linked providers or roles (those ended with the delete). 409 when their address or phone number was taken meanwhile.
          */
         post: operations["postV1AdminUsersByIdRestore"];
         delete?: never;
@@ -806,8 +809,8 @@ export interface components {
         AuditEvent: {
             /** Format: uuid */
             id: string;
-            /** @description The event's place in the chain; pass the last one's as `cursor` for older */
-            seq: number;
+            /** @description Administrators only: the event's place in the hash chain (null until chained, within a second) */
+            seq?: number | null;
             /**
              * Format: date-time
              * @description ISO 8601 timestamp
@@ -5210,7 +5213,7 @@ export interface operations {
         parameters: {
             query?: {
                 limit?: number;
-                cursor?: number;
+                cursor?: string;
             };
             header?: never;
             path?: never;
@@ -5226,7 +5229,7 @@ export interface operations {
                 content: {
                     "application/json": {
                         events: components["schemas"]["AuditEvent"][];
-                        nextCursor: number | null;
+                        nextCursor: string | null;
                     };
                 };
             };
@@ -5637,6 +5640,26 @@ export interface operations {
                         error: {
                             /** @enum {string} */
                             code: "NOT_FOUND";
+                            message: string;
+                            requestId: string;
+                            /** @description Per-field reasons (validation) */
+                            details?: {
+                                [key: string]: string;
+                            };
+                        };
+                    };
+                };
+            };
+            /** @description `LAST_ADMIN`: This is the last admin: grant the role to someone else first */
+            409: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        error: {
+                            /** @enum {string} */
+                            code: "LAST_ADMIN";
                             message: string;
                             requestId: string;
                             /** @description Per-field reasons (validation) */
@@ -6341,7 +6364,7 @@ export interface operations {
                 from?: string;
                 to?: string;
                 limit?: number;
-                cursor?: number;
+                cursor?: string;
             };
             header?: never;
             path?: never;
@@ -6357,7 +6380,7 @@ export interface operations {
                 content: {
                     "application/json": {
                         events: components["schemas"]["AuditEvent"][];
-                        nextCursor: number | null;
+                        nextCursor: string | null;
                     };
                 };
             };

@@ -12,6 +12,7 @@ import type { Guards } from "../guards.ts";
 import { bearerMatches, readQuery, singleParam } from "../http.ts";
 import { adminUserSchema, auditEventSchema, documented, roleSchema } from "../openapi.ts";
 import { auditEventView, userView } from "../views.ts";
+import { deleteAccount } from "./users.ts";
 
 const READS = new Set(["GET", "HEAD"]);
 
@@ -69,7 +70,7 @@ const auditQuery = z.strictObject({
   from: singleParam(z.iso.datetime({ offset: true })).optional(),
   to: singleParam(z.iso.datetime({ offset: true })).optional(),
   limit: singleParam(z.coerce.number().int().min(1).max(1000)).optional(),
-  cursor: singleParam(z.coerce.number().int().min(1)).optional(),
+  cursor: singleParam(z.guid()).optional(),
 });
 
 /** How many events an NDJSON export reads per query. */
@@ -160,7 +161,8 @@ export function adminRoutes({ requireSession }: Guards): Hono<AppEnv> {
       if (!user) throw new ApiError("NOT_FOUND");
       const revoked = await audited(c, async (tx, record) => {
         const count = await SessionsService.revokeAllForUser({ userId: id }, c.get("log"), { tx });
-        await record("sessions_revoked", { subject: id, details: { revoked: count } });
+        // Nothing ended, nothing to record (or every repeat would add a row).
+        if (count > 0) await record("sessions_revoked", { subject: id, details: { revoked: count } });
         return count;
       });
       return c.json({ revoked });
@@ -171,17 +173,16 @@ export function adminRoutes({ requireSession }: Guards): Hono<AppEnv> {
     "/users/:id",
     {
       summary: "Delete a user (soft)",
+      description:
+        "Their sessions, links, linked providers and roles end with it. A signed-in admin cannot delete the last admin (409 LAST_ADMIN).",
+      errors: ["LAST_ADMIN"],
       tag: "admin",
       access: "admin",
       params: userId,
       answers: { 204: { description: "Deleted" } },
     },
     async (c) => {
-      const id = parseUserId(c.req.param("id") ?? "");
-      await audited(c, async (tx, record) => {
-        await UsersService.softDelete(id, c.get("log"), { tx });
-        await record("user_deleted", { subject: id });
-      });
+      await deleteAccount(c, parseUserId(c.req.param("id") ?? ""));
       return c.body(null, 204);
     },
   );
@@ -191,7 +192,7 @@ export function adminRoutes({ requireSession }: Guards): Hono<AppEnv> {
     {
       summary: "Restore a soft-deleted user",
       description:
-        "The user comes back without sessions, links or linked providers (those ended with the delete). 409 when their address or phone number was taken meanwhile.",
+        "The user comes back without sessions, links, linked providers or roles (those ended with the delete). 409 when their address or phone number was taken meanwhile.",
       tag: "admin",
       access: "admin",
       params: userId,
@@ -288,7 +289,7 @@ export function adminRoutes({ requireSession }: Guards): Hono<AppEnv> {
       answers: {
         200: {
           description: "One page (or, for application/x-ndjson, every matching event)",
-          schema: z.object({ events: z.array(auditEventSchema), nextCursor: z.number().int().nullable() }),
+          schema: z.object({ events: z.array(auditEventSchema), nextCursor: z.string().nullable() }),
         },
       },
     },
@@ -349,7 +350,8 @@ export function adminRoutes({ requireSession }: Guards): Hono<AppEnv> {
   return admin;
 }
 
-/** Whether the client asked for NDJSON (and prefers it to JSON). */
+/** Whether the client asked for NDJSON first (`Accept: application/x-ndjson`, before any other type). */
 function wantsNdjson(accept: string | undefined): boolean {
-  return /(^|,)\s*application\/x-ndjson\s*(;|,|$)/i.test(accept ?? "");
+  const first = (accept ?? "").split(",")[0]?.split(";")[0]?.trim().toLowerCase();
+  return first === "application/x-ndjson";
 }

@@ -1,6 +1,6 @@
 // /v1/users/me: the signed-in user's own profile, and their security events from the audit trail.
-import { AuditService, UsersService } from "@repo/db";
-import { Hono } from "hono";
+import { AuditService, RolesService, UsersService } from "@repo/db";
+import { type Context, Hono } from "hono";
 import { z } from "zod";
 import { audited } from "../audit.ts";
 import type { AppEnv } from "../context.ts";
@@ -8,7 +8,7 @@ import { ApiError } from "../errors.ts";
 import type { Guards } from "../guards.ts";
 import { clearSessionCookie, readJson, readQuery, singleParam } from "../http.ts";
 import { auditEventSchema, documented, type RouteDoc, userSchema } from "../openapi.ts";
-import { auditEventView, userView } from "../views.ts";
+import { ownAuditEventView, userView } from "../views.ts";
 import { confirmPassword, signedInRecently } from "./auth.ts";
 
 const patchBody = z
@@ -23,6 +23,21 @@ const patchBody = z
   });
 
 const deleteBody = z.strictObject({ password: z.string().min(1).max(1024).optional() });
+
+/**
+ * A soft delete, by the user or an admin: the account's roles go first (a signed-in actor cannot remove the
+ * last admin: LAST_ADMIN), each recorded, then the account and everything that hangs on it, all in one
+ * transaction.
+ */
+export async function deleteAccount(c: Context<AppEnv>, userId: string): Promise<void> {
+  const actor = c.get("admin")?.via === "key" ? null : c.get("user").id;
+  await audited(c, async (tx, record) => {
+    const roles = await RolesService.revokeAll({ userId, revokedBy: actor }, c.get("log"), { tx });
+    await UsersService.softDelete(userId, c.get("log"), { tx });
+    for (const role of roles) await record("role_revoked", { subject: userId, details: { role } });
+    await record("user_deleted", { subject: userId });
+  });
+}
 
 export function userRoutes({ requireSession }: Guards): Hono<AppEnv> {
   const users = new Hono<AppEnv>();
@@ -76,18 +91,14 @@ export function userRoutes({ requireSession }: Guards): Hono<AppEnv> {
     } else if (!signedInRecently(c)) {
       throw new ApiError("REAUTHENTICATION_REQUIRED");
     }
-    const userId = c.get("user").id;
-    await audited(c, async (tx, record) => {
-      await UsersService.softDelete(userId, c.get("log"), { tx });
-      await record("user_deleted", { subject: userId });
-    });
+    await deleteAccount(c, c.get("user").id);
     clearSessionCookie(c);
     return c.body(null, 204);
   });
 
   const eventsQuery = z.strictObject({
     limit: singleParam(z.coerce.number().int().min(1).max(100)).optional(),
-    cursor: singleParam(z.coerce.number().int().min(1)).optional(),
+    cursor: singleParam(z.guid()).optional(),
   });
   route.get(
     "/me/security-events",
@@ -101,7 +112,7 @@ export function userRoutes({ requireSession }: Guards): Hono<AppEnv> {
       answers: {
         200: {
           description: "One page",
-          schema: z.object({ events: z.array(auditEventSchema), nextCursor: z.number().int().nullable() }),
+          schema: z.object({ events: z.array(auditEventSchema), nextCursor: z.string().nullable() }),
         },
       },
     },
@@ -116,8 +127,9 @@ export function userRoutes({ requireSession }: Guards): Hono<AppEnv> {
         },
         c.get("log"),
       );
+      const viewer = { id: me, emailVerified: c.get("user").emailVerifiedAt !== null };
       return c.json({
-        events: page.events.map((event) => auditEventView(event, me)),
+        events: page.events.map((event) => ownAuditEventView(event, viewer)),
         nextCursor: page.nextCursor,
       });
     },

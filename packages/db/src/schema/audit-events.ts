@@ -1,6 +1,7 @@
-// The audit trail: one append-only row per security event, written in the transaction of the change it
-// records. Rows form a SHA-256 chain in `seq` order: each row's `hash` covers the previous row's hash and the
-// row's own content, so editing or deleting a row breaks the chain at that row (AuditService.verify).
+// The audit trail: one row per security event, inserted in the transaction of the change it records. Rows
+// are then chained (AuditService.chain, run every second by the API): in `seq` order, each row's `hash`
+// covers the previous row's hash and the row's own content, so editing or deleting a chained row breaks the
+// chain at that row (AuditService.verify). Writers never wait for each other: only the chainer orders rows.
 import { sql } from "drizzle-orm";
 import { bigint, check, index, jsonb, pgTable, text, uuid } from "drizzle-orm/pg-core";
 import { bytea, id, timestamptz } from "./columns.ts";
@@ -40,8 +41,8 @@ export const auditEvents = pgTable(
   "audit_events",
   {
     id: id(),
-    /** The chain's order: assigned under the chain lock, so it is also the order rows were chained in. */
-    seq: bigint("seq", { mode: "number" }).notNull().unique("audit_events_seq_key"),
+    /** The chain's order, assigned by the chainer (null until then). */
+    seq: bigint("seq", { mode: "number" }).unique("audit_events_seq_key"),
     occurredAt: timestamptz("occurred_at").notNull(),
     actorType: text("actor_type").notNull(),
     /** The acting user when actorType is `user`. Not a foreign key: the trail outlives purged users. */
@@ -54,16 +55,22 @@ export const auditEvents = pgTable(
     requestId: text("request_id"),
     /** Ids and facts only; never a secret (AuditService.record refuses secret-looking fields and values). */
     details: jsonb("details").$type<Record<string, unknown>>().notNull(),
-    /** The previous row's hash (32 zero bytes for the first row ever). */
-    prevHash: bytea("prev_hash").notNull(),
-    /** SHA-256 of prevHash and this row's canonical content. */
-    hash: bytea("hash").notNull(),
+    /** The previous row's hash (32 zero bytes for the first row ever); null until chained. */
+    prevHash: bytea("prev_hash"),
+    /** SHA-256 of prevHash and this row's canonical content; null until chained. */
+    hash: bytea("hash"),
   },
   (t) => [
     check("audit_events_action_check", sql`${t.action} IN (${list(AUDIT_ACTIONS)})`),
     check("audit_events_actor_type_check", sql`${t.actorType} IN (${list(AUDIT_ACTORS)})`),
-    index("audit_events_subject_seq_idx").on(t.subjectUserId, t.seq),
-    index("audit_events_actor_seq_idx").on(t.actorUserId, t.seq),
+    /** Chained (seq, prev_hash and hash) or not yet (none of them). */
+    check(
+      "audit_events_chained_check",
+      sql`(${t.seq} IS NULL) = (${t.hash} IS NULL) AND (${t.hash} IS NULL) = (${t.prevHash} IS NULL)`,
+    ),
+    index("audit_events_subject_id_idx").on(t.subjectUserId, t.id),
+    index("audit_events_actor_id_idx").on(t.actorUserId, t.id),
+    index("audit_events_unchained_idx").on(t.id).where(sql`${t.seq} IS NULL`),
     index("audit_events_occurred_at_idx").on(t.occurredAt),
   ],
 );

@@ -1,14 +1,29 @@
-// AuditService: the security events of the audit trail (schema/audit-events.ts). record() appends one event,
-// in the caller's transaction when given one (a change that rolls back leaves no event); verify() walks the
-// chain and reports the first row where it breaks; prune() applies retention; list() reads it back.
+// AuditService: the security events of the audit trail (schema/audit-events.ts). record() inserts one event,
+// in the caller's transaction when given one (a change that rolls back leaves no event); chain() links the
+// events written since its last run into the hash chain; verify() walks the chain and reports the first row
+// where it breaks; prune() applies retention; list() reads events back.
 //
-// The chain: one statement advances the head row (schema/audit-chain.ts) and inserts the event. The UPDATE
-// waits for the head's row lock, then works on the committed head, so concurrent writers append one after the
-// other and never fork the chain; the hash is computed by PostgreSQL (sha256) over the previous hash and the
-// event's canonical content, whose text TypeScript builds around the seq the head assigns. The row lock is
-// held until the writer's transaction ends: record() belongs at the end of its transaction.
+// Writing and chaining are apart on purpose: record() is a plain INSERT, so audited changes never wait for each
+// other (a chain built inside each writer's transaction serializes every audited change, commit flush
+// included, through one row: a few hundred per second for the whole deployment). chain() takes the head row's
+// lock, reads the unchained events (committed ones) in id order, and gives each the next seq and
+// hash = SHA-256(previous hash || canonical content). An event is tamper-evident once chained: the API chains
+// every second (AUDIT_CHAIN_INTERVAL_MS), and `bun run audit:verify` chains what is pending before it checks.
 import { createHash } from "node:crypto";
-import { and, desc, eq, getTableColumns, gte, inArray, lt, lte, or, type SQL, sql } from "drizzle-orm";
+import {
+  and,
+  desc,
+  eq,
+  getTableColumns,
+  gte,
+  inArray,
+  isNull,
+  lt,
+  lte,
+  or,
+  type SQL,
+  sql,
+} from "drizzle-orm";
 import { uuidv7 } from "uuidv7";
 import { z } from "zod";
 import { now } from "../clock.ts";
@@ -29,7 +44,11 @@ const TABLE = "audit_events";
 /** Keys that name a secret: such a detail is refused whatever its value. */
 const SECRET_KEY = /pass(word)?|secret|token|cookie|authorization|api[_-]?key|private|credential|hash/i;
 
-const text = (max: number) => z.string().max(max).refine(noNul, "must not contain NUL");
+/** Text PostgreSQL stores exactly as given: no NUL, no lone surrogate (stored as U+FFFD, it would break the hash). */
+const LONE_SURROGATE = /[\uD800-\uDBFF](?![\uDC00-\uDFFF])|(?<![\uD800-\uDBFF])[\uDC00-\uDFFF]/;
+const storable = (value: string): boolean => noNul(value) && !LONE_SURROGATE.test(value);
+const text = (max: number) =>
+  z.string().max(max).refine(storable, "must not contain NUL or unpaired surrogates");
 const recordInput = z.strictObject({
   action: z.enum(AUDIT_ACTIONS),
   actorType: z.enum(AUDIT_ACTORS),
@@ -68,7 +87,7 @@ export function canonicalJson(value: unknown): string {
   return JSON.stringify(value);
 }
 
-/** The content a row's hash covers, without its seq (which the chain head assigns). */
+/** The content a row's hash covers, besides its seq. */
 type EventContent = Pick<
   AuditEvent,
   | "id"
@@ -84,12 +103,14 @@ type EventContent = Pick<
 >;
 
 /**
- * The canonical text of a row's content is `prefix + seq + suffix`: the JSON array [id, seq, occurredAt,
- * actorType, actorUserId, subjectUserId, action, ipAddress, userAgent, requestId, details], split around the
- * seq so PostgreSQL can hash it with the seq it assigns.
+ * What a row's hash covers, as one text: the canonical JSON array [id, seq, occurredAt, actorType,
+ * actorUserId, subjectUserId, action, ipAddress, userAgent, requestId, details], read back from the row as
+ * stored (jsonb details re-canonicalized), so the chainer and verify() compute the same text.
  */
-function contentParts(row: EventContent): { prefix: string; suffix: string } {
-  const rest = [
+function chainHash(previous: Buffer, row: EventContent & { seq: number }): Buffer {
+  const content = canonicalJson([
+    row.id,
+    row.seq,
     row.occurredAt.toISOString(),
     row.actorType,
     row.actorUserId ?? null,
@@ -99,17 +120,21 @@ function contentParts(row: EventContent): { prefix: string; suffix: string } {
     row.userAgent ?? null,
     row.requestId ?? null,
     row.details,
-  ];
-  return { prefix: `[${canonicalJson(row.id)},`, suffix: `,${rest.map(canonicalJson).join(",")}]` };
-}
-
-function chainHash(previous: Buffer, row: EventContent & { seq: number }): Buffer {
-  const { prefix, suffix } = contentParts(row);
-  return createHash("sha256").update(previous).update(`${prefix}${row.seq}${suffix}`, "utf8").digest();
+  ]);
+  return createHash("sha256").update(previous).update(content, "utf8").digest();
 }
 
 /** Refuses details that name or carry a secret (a token in our format, a password, a key). */
 function assertNoSecrets(details: unknown, path = "details"): void {
+  if (typeof details === "string" && !storable(details)) {
+    throw new DbError(
+      "VALIDATION_FAILED",
+      `Invalid input: ${path}: must not contain NUL or unpaired surrogates`,
+      {
+        details: { [path]: "must not contain NUL or unpaired surrogates" },
+      },
+    );
+  }
   if (isWellFormedSecret(details)) {
     throw new DbError("VALIDATION_FAILED", `Invalid input: ${path}: looks like a secret`, {
       details: { [path]: "looks like a secret" },
@@ -121,6 +146,15 @@ function assertNoSecrets(details: unknown, path = "details"): void {
     });
   } else if (details !== null && typeof details === "object") {
     for (const [key, item] of Object.entries(details)) {
+      if (!storable(key)) {
+        throw new DbError(
+          "VALIDATION_FAILED",
+          `Invalid input: ${path}: a key has NUL or unpaired surrogates`,
+          {
+            details: { [path]: "a key has NUL or unpaired surrogates" },
+          },
+        );
+      }
       if (SECRET_KEY.test(key) && !/Id$/.test(key)) {
         throw new DbError("VALIDATION_FAILED", `Invalid input: ${path}.${key}: names a secret`, {
           details: { [`${path}.${key}`]: "names a secret" },
@@ -142,34 +176,19 @@ interface RecordParams extends Record<string, unknown> {
   userAgent: string | null;
   requestId: string | null;
   details: string;
-  prefix: Buffer;
-  suffix: Buffer;
 }
 
-/**
- * Advances the head and inserts the event it chains, in one round trip. In the UPDATE every right-hand side
- * reads the head as it was: prev_hash takes the old hash and the new hash covers it.
- */
-const recordStatement = defineStatement<{ seq: string; prevHash: Buffer; hash: Buffer }, RecordParams>(
+const recordStatement = defineStatement<Record<string, never>, RecordParams>(
   "audit_record",
-  sql`WITH head AS (
-      UPDATE audit_chain
-      SET seq = seq + 1, prev_hash = hash,
-        hash = sha256(hash || ${param("prefix")}::bytea || convert_to((seq + 1)::text, 'UTF8') || ${param("suffix")}::bytea)
-      WHERE id
-      RETURNING seq, prev_hash, hash
-    )
-    INSERT INTO audit_events (id, seq, occurred_at, actor_type, actor_user_id, subject_user_id, action,
-      ip_address, user_agent, request_id, details, prev_hash, hash)
-    SELECT ${param("id")}::uuid, head.seq, ${param("at")}::timestamptz, ${param("actorType")}::text,
+  sql`INSERT INTO audit_events (id, occurred_at, actor_type, actor_user_id, subject_user_id, action,
+      ip_address, user_agent, request_id, details)
+    VALUES (${param("id")}::uuid, ${param("at")}::timestamptz, ${param("actorType")}::text,
       ${param("actorUserId")}::uuid, ${param("subjectUserId")}::uuid, ${param("action")}::text,
       ${param("ipAddress")}::text, ${param("userAgent")}::text, ${param("requestId")}::text,
-      ${param("details")}::jsonb, head.prev_hash, head.hash
-    FROM head
-    RETURNING seq, prev_hash AS "prevHash", hash`,
+      ${param("details")}::jsonb)`,
 );
 
-/** Validates an event and appends it on `handle` (a transaction, or the pool: then it commits alone). */
+/** Validates an event and inserts it on `handle` (a transaction, or the pool: then it commits alone). */
 async function append(
   payload: AuditEventInput,
   handle: DatabaseOrTransaction | undefined,
@@ -178,8 +197,9 @@ async function append(
   assertNoSecrets(input.details);
   // The details as jsonb will give them back (keys reordered, nothing else): parsed from canonical text.
   const detailsText = canonicalJson(input.details);
-  const content: EventContent = {
+  const event: AuditEvent = {
     id: uuidv7(),
+    seq: null,
     occurredAt: new Date(now().getTime()),
     actorType: input.actorType,
     actorUserId: input.actorUserId ?? null,
@@ -189,26 +209,19 @@ async function append(
     userAgent: input.userAgent ?? null,
     requestId: input.requestId ?? null,
     details: JSON.parse(detailsText) as Record<string, unknown>,
+    prevHash: null,
+    hash: null,
   };
-  const { prefix, suffix } = contentParts(content);
-  const { rows } = await withMetrics("insert", TABLE, () =>
-    recordStatement.run(handle, {
-      ...content,
-      at: content.occurredAt,
-      details: detailsText,
-      prefix: Buffer.from(prefix, "utf8"),
-      suffix: Buffer.from(suffix, "utf8"),
-    }),
+  await withMetrics("insert", TABLE, () =>
+    recordStatement.run(handle, { ...event, at: event.occurredAt, details: detailsText }),
   );
-  const row = rows[0];
-  if (!row) throw new DbError("DATABASE_ERROR", "The audit chain's head row is missing");
-  return { ...content, seq: Number(row.seq), prevHash: row.prevHash, hash: row.hash };
+  return event;
 }
 
 /**
- * Appends one event to the trail, in `options.tx` when given (it then commits or rolls back with the change it
- * records; call it last, since the chain's head stays locked until that transaction ends). Details hold ids
- * and facts: a key naming a secret or a value shaped like one of our tokens is refused.
+ * Records one event, in `options.tx` when given (it then commits or rolls back with the change it records).
+ * One INSERT, which waits for nothing; chain() links it into the chain afterwards. Details hold ids and facts:
+ * a key naming a secret or a value shaped like one of our tokens is refused.
  * @throws DbError VALIDATION_FAILED (unknown action or actor, bad ids, a secret in details).
  * @example await AuditService.record({ action: "password_changed", actorType: "user", actorUserId: id, subjectUserId: id }, log, { tx });
  */
@@ -235,10 +248,92 @@ export async function recordFor<R>(
   }
 }
 
+/**
+ * Links every event recorded (and committed) since the last run into the chain, oldest id first, in batches of
+ * `batchSize` (each one transaction under the head row's lock, so two chainers take turns and never fork the
+ * chain). With `skipIfBusy`, returns 0 at once when another chainer holds the head. Returns how many events
+ * it chained.
+ * @throws DbError VALIDATION_FAILED.
+ * @example await AuditService.chain();
+ */
+export const chain = defineService(
+  { name: "audit.chain", table: TABLE, arity: 1 },
+  async (
+    { options }: Call<ServiceOptions>,
+    payload: { batchSize?: number | undefined; skipIfBusy?: boolean | undefined } = {},
+  ): Promise<number> => {
+    const { batchSize, skipIfBusy } = validate(
+      z.strictObject({
+        batchSize: z.number().int().min(1).max(10_000).default(1000),
+        skipIfBusy: z.boolean().default(false),
+      }),
+      payload,
+    );
+    let chained = 0;
+    for (;;) {
+      const linked = await transaction(
+        async (tx) => {
+          const head = tx.select().from(auditChain);
+          const [current] = await withMetrics("select", "audit_chain", () =>
+            skipIfBusy ? head.for("update", { skipLocked: true }) : head.for("update"),
+          );
+          if (!current) return skipIfBusy ? 0 : missingHead();
+          const pending = await withMetrics("select", TABLE, () =>
+            tx
+              .select()
+              .from(auditEvents)
+              .where(isNull(auditEvents.seq))
+              .orderBy(auditEvents.id)
+              .limit(batchSize),
+          );
+          if (pending.length === 0) return 0;
+          let { seq, hash } = current;
+          const ids: string[] = [];
+          const seqs: number[] = [];
+          const prevs: Buffer[] = [];
+          const hashes: Buffer[] = [];
+          for (const row of pending) {
+            seq += 1;
+            const next = chainHash(hash, { ...row, seq });
+            ids.push(row.id);
+            seqs.push(seq);
+            prevs.push(hash);
+            hashes.push(next);
+            hash = next;
+          }
+          const { rowCount } = await withMetrics("update", TABLE, () =>
+            tx.execute(sql`UPDATE audit_events e SET seq = v.seq, prev_hash = v.prev, hash = v.hash
+              FROM unnest(${sql.param(ids)}::uuid[], ${sql.param(seqs)}::bigint[],
+                ${sql.param(prevs)}::bytea[], ${sql.param(hashes)}::bytea[])
+                AS v(id, seq, prev, hash)
+              WHERE e.id = v.id AND e.seq IS NULL`),
+          );
+          if (rowCount !== pending.length) {
+            throw new DbError("DATABASE_ERROR", "Audit events changed while they were being chained");
+          }
+          await withMetrics("update", "audit_chain", () => tx.update(auditChain).set({ seq, hash }));
+          return pending.length;
+        },
+        { tx: options.tx },
+      );
+      chained += linked;
+      if (linked < batchSize) return chained;
+    }
+  },
+);
+
+function missingHead(): never {
+  throw new DbError("DATABASE_ERROR", "The audit chain's head row is missing");
+}
+
 export interface VerifyResult {
+  /** The chain holds (events not chained yet are not judged: see `pending`). */
   ok: boolean;
-  /** Rows checked. */
+  /** Chained rows checked. */
   checked: number;
+  /** Events recorded but not chained yet, and when the oldest of them happened. */
+  pending: number;
+  oldestPendingAt: Date | null;
   /**
    * The first place the chain breaks, and why. `id` is the row's (absent when rows are missing at the end:
    * `seq` is then the first missing one).
@@ -254,9 +349,9 @@ export interface VerifyResult {
  * Walks the chain in seq order, in batches, in one snapshot, and reports the first row whose hash does not
  * match its content, or whose previous hash is not the hash of the row before it (a row edited, inserted or
  * deleted). The oldest row must follow the point retention pruned to, and the newest must be the chain head's,
- * so rows deleted at either end show too.
+ * so rows deleted at either end show too. Events not chained yet are counted, not judged.
  * @throws DbError VALIDATION_FAILED (bad batch size).
- * @example const { ok, broken } = await AuditService.verify();
+ * @example const { ok, broken, pending } = await AuditService.verify();
  */
 export const verify = defineService(
   { name: "audit.verify", table: TABLE, arity: 1 },
@@ -271,19 +366,31 @@ export const verify = defineService(
     return await transaction(
       async (tx) => {
         const [head] = await withMetrics("select", "audit_chain", () => tx.select().from(auditChain));
-        if (!head) throw new DbError("DATABASE_ERROR", "The audit chain's head row is missing");
-        return await walk(tx, head, batchSize);
+        if (!head) missingHead();
+        const [pending] = await withMetrics("select", TABLE, () =>
+          tx
+            .select({
+              count: sql<number>`count(*)::int`,
+              oldest: sql<Date | null>`min(${auditEvents.occurredAt})`,
+            })
+            .from(auditEvents)
+            .where(isNull(auditEvents.seq)),
+        );
+        const oldest = pending?.oldest ?? null;
+        const unchained = {
+          pending: pending?.count ?? 0,
+          oldestPendingAt: oldest === null ? null : new Date(oldest),
+        };
+        return { ...(await walk(tx, head, batchSize)), ...unchained };
       },
       { tx: options.tx, isolationLevel: "repeatable read", accessMode: "read only" },
     );
   },
 );
 
-async function walk(
-  tx: DatabaseOrTransaction,
-  head: AuditChainHead,
-  batchSize: number,
-): Promise<VerifyResult> {
+type Walked = Omit<VerifyResult, "pending" | "oldestPendingAt">;
+
+async function walk(tx: DatabaseOrTransaction, head: AuditChainHead, batchSize: number): Promise<Walked> {
   let previous = { seq: head.prunedSeq, hash: head.prunedHash };
   let checked = 0;
   for (;;) {
@@ -297,17 +404,15 @@ async function walk(
     );
     for (const row of rows) {
       checked++;
-      if (row.seq !== previous.seq + 1 || !row.prevHash.equals(previous.hash)) {
-        return {
-          ok: false,
-          checked,
-          broken: { id: row.id, seq: row.seq, reason: "previous row missing or changed" },
-        };
+      const seq = row.seq as number;
+      if (seq !== previous.seq + 1 || !row.prevHash?.equals(previous.hash)) {
+        return { ok: false, checked, broken: { id: row.id, seq, reason: "previous row missing or changed" } };
       }
-      if (!chainHash(row.prevHash, row).equals(row.hash)) {
-        return { ok: false, checked, broken: { id: row.id, seq: row.seq, reason: "content changed" } };
+      const hash = chainHash(previous.hash, { ...row, seq });
+      if (!row.hash?.equals(hash)) {
+        return { ok: false, checked, broken: { id: row.id, seq, reason: "content changed" } };
       }
-      previous = { seq: row.seq, hash: row.hash };
+      previous = { seq, hash };
     }
     if (rows.length < batchSize) break;
   }
@@ -318,9 +423,10 @@ async function walk(
 }
 
 /**
- * Retention: deletes the oldest events up to the first one at or after `before`, in batches of `batchSize`
- * (each its own short transaction, or all in `options.tx`), always a prefix of the chain, and moves the head's pruned point so the
- * rest stays verifiable. Returns how many rows were deleted.
+ * Retention: deletes the oldest chained events up to the first one at or after `before`, in batches of
+ * `batchSize` (each its own short transaction, or all in `options.tx`), always a prefix of the chain, and moves
+ * the head's pruned point so the rest stays verifiable. Events not chained yet wait for chain(). Returns how
+ * many rows were deleted.
  * @throws DbError VALIDATION_FAILED.
  * @example await AuditService.prune({ before: new Date(Date.now() - 365 * 86_400_000) });
  */
@@ -338,12 +444,12 @@ export const prune = defineService(
     for (;;) {
       const removed = await transaction(
         async (tx) => {
-          // The head is locked first (appends wait a moment), then the oldest rows read in seq order; the
+          // The head is locked first (a chainer waits a moment), then the oldest rows read in seq order; the
           // prefix older than `before` goes, up to the first newer row even if an older one follows it.
           const [head] = await withMetrics("select", "audit_chain", () =>
             tx.select().from(auditChain).for("update"),
           );
-          if (!head) throw new DbError("DATABASE_ERROR", "The audit chain's head row is missing");
+          if (!head) missingHead();
           const oldest = await withMetrics("select", TABLE, () =>
             tx
               .select({ seq: auditEvents.seq, hash: auditEvents.hash, occurredAt: auditEvents.occurredAt })
@@ -355,12 +461,13 @@ export const prune = defineService(
           const cut = oldest.findIndex((row) => row.occurredAt >= before);
           const doomed = cut === -1 ? oldest : oldest.slice(0, cut);
           const last = doomed.at(-1);
-          if (!last) return 0;
+          if (!last?.seq || !last.hash) return 0;
+          const { seq: lastSeq, hash: lastHash } = last;
           await withMetrics("delete", TABLE, () =>
-            tx.delete(auditEvents).where(sql`${auditEvents.seq} <= ${last.seq}`),
+            tx.delete(auditEvents).where(sql`${auditEvents.seq} <= ${lastSeq}`),
           );
           await withMetrics("update", "audit_chain", () =>
-            tx.update(auditChain).set({ prunedSeq: last.seq, prunedHash: last.hash }),
+            tx.update(auditChain).set({ prunedSeq: lastSeq, prunedHash: lastHash }),
           );
           return doomed.length;
         },
@@ -380,8 +487,8 @@ const listInput = z.strictObject({
   actions: z.array(z.enum(AUDIT_ACTIONS)).max(AUDIT_ACTIONS.length).optional(),
   from: z.date().optional(),
   to: z.date().optional(),
-  /** Only events older than this seq (the previous page's nextCursor). */
-  before: z.number().int().min(1).optional(),
+  /** Only events before this one (the previous page's nextCursor, an event id). */
+  before: idSchema.optional(),
   limit: z.number().int().min(1).max(1000).default(50),
 });
 export type ListAuditInput = z.input<typeof listInput>;
@@ -392,8 +499,8 @@ export type AuditEventView = Omit<AuditEvent, "prevHash" | "hash">;
 const { prevHash: _prevHash, hash: _hash, ...viewColumns } = getTableColumns(auditEvents);
 
 /**
- * Events newest first, filtered, one page (keyset on seq: pass nextCursor as `before`). The filters use the
- * (subject_user_id, seq) and (actor_user_id, seq) indexes.
+ * Events newest first (by id, a UUIDv7: time order), chained or not, filtered, one page (keyset: pass
+ * nextCursor as `before`). The user filters use the (subject_user_id, id) and (actor_user_id, id) indexes.
  * @throws DbError VALIDATION_FAILED.
  * @example const { events, nextCursor } = await AuditService.list({ subjectUserId: user.id, limit: 20 });
  */
@@ -402,7 +509,7 @@ export const list = defineService(
   async (
     { handle }: Call<ServiceOptions>,
     payload: ListAuditInput,
-  ): Promise<{ events: AuditEventView[]; nextCursor: number | null }> => {
+  ): Promise<{ events: AuditEventView[]; nextCursor: string | null }> => {
     const input = validate(listInput, payload);
     const where: (SQL | undefined)[] = [
       input.userId
@@ -412,18 +519,18 @@ export const list = defineService(
       input.actions ? inArray(auditEvents.action, input.actions) : undefined,
       input.from ? gte(auditEvents.occurredAt, input.from) : undefined,
       input.to ? lte(auditEvents.occurredAt, input.to) : undefined,
-      input.before ? lt(auditEvents.seq, input.before) : undefined,
+      input.before ? lt(auditEvents.id, input.before) : undefined,
     ];
     const rows = await withMetrics("select", TABLE, () =>
       handle
         .select(viewColumns)
         .from(auditEvents)
         .where(and(...where))
-        .orderBy(desc(auditEvents.seq))
+        .orderBy(desc(auditEvents.id))
         .limit(input.limit + 1),
     );
     const events = rows.slice(0, input.limit) as AuditEventView[];
     const more = rows.length > input.limit;
-    return { events, nextCursor: more ? (events.at(-1)?.seq ?? null) : null };
+    return { events, nextCursor: more ? (events.at(-1)?.id ?? null) : null };
   },
 );

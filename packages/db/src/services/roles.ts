@@ -2,9 +2,9 @@
 // /v1/admin, `support` may read users and the audit trail and change nothing. Roles of a soft-deleted user
 // grant nothing (rolesOf joins the live user). Whoever grants or revokes records it in the audit trail, in the
 // same transaction (pass `tx`).
-import { and, eq, isNull, ne, sql } from "drizzle-orm";
+import { and, eq, isNull, sql } from "drizzle-orm";
 import { z } from "zod";
-import { transaction } from "../connection.ts";
+import { type DatabaseOrTransaction, transaction } from "../connection.ts";
 import { DbError } from "../errors.ts";
 import { acquireAdvisoryLock } from "../locks.ts";
 import { withMetrics } from "../metrics.ts";
@@ -101,21 +101,8 @@ export const revoke = defineService(
     const input = validate(revokeInput, payload);
     const revoked = await transaction(
       async (tx) => {
-        if (input.role === "admin" && input.revokedBy) {
-          await acquireAdvisoryLock(tx, ADMIN_LOCK);
-          const [others] = await withMetrics("select", TABLE, () =>
-            tx
-              .select({ count: sql<number>`count(*)::int` })
-              .from(userRoles)
-              .innerJoin(users, and(eq(users.id, userRoles.userId), isNull(users.deletedAt)))
-              .where(and(eq(userRoles.role, "admin"), ne(userRoles.userId, input.userId))),
-          );
-          if ((others?.count ?? 0) === 0) {
-            throw new DbError("LAST_ADMIN", "This is the last admin: grant the role to someone else first", {
-              table: TABLE,
-            });
-          }
-        }
+        if (input.role === "admin") await acquireAdvisoryLock(tx, ADMIN_LOCK);
+        if (input.role === "admin" && input.revokedBy) await assertAnotherAdmin(tx, input.userId);
         const deleted = await withMetrics("delete", TABLE, () =>
           tx
             .delete(userRoles)
@@ -130,6 +117,63 @@ export const revoke = defineService(
     return revoked;
   },
 );
+
+/**
+ * Revokes every role of a user (before deleting them: UsersService.softDelete drops roles too, but without
+ * this check). Returns the roles revoked. With `revokedBy` (a user deletes an account, maybe their own), it
+ * refuses (LAST_ADMIN), under the admin lock, to remove the last live admin.
+ * @throws DbError VALIDATION_FAILED, LAST_ADMIN.
+ * @example const dropped = await RolesService.revokeAll({ userId, revokedBy: actor.id }, log, { tx });
+ */
+export const revokeAll = defineService(
+  {
+    name: "roles.revokeAll",
+    table: TABLE,
+    arity: 1,
+    logFields: ([payload]) => ({ userId: payload?.userId }),
+  },
+  async (
+    { logger, options }: Call<ServiceOptions>,
+    payload: { userId: string; revokedBy?: string | null | undefined },
+  ): Promise<Role[]> => {
+    const input = validate(z.strictObject({ userId: idSchema, revokedBy: idSchema.nullish() }), payload);
+    const revoked = await transaction(
+      async (tx) => {
+        await acquireAdvisoryLock(tx, ADMIN_LOCK);
+        if (input.revokedBy) await assertAnotherAdmin(tx, input.userId);
+        const deleted = await withMetrics("delete", TABLE, () =>
+          tx.delete(userRoles).where(eq(userRoles.userId, input.userId)).returning({ role: userRoles.role }),
+        );
+        return deleted.map((row) => row.role).sort();
+      },
+      { tx: options.tx },
+    );
+    if (revoked.length > 0) logger.audit({ userId: input.userId, roles: revoked }, "roles revoked");
+    return revoked;
+  },
+);
+
+/**
+ * LAST_ADMIN unless a live admin other than `userId` remains, or `userId` is no admin (then nothing is lost).
+ * Call under ADMIN_LOCK.
+ */
+async function assertAnotherAdmin(tx: DatabaseOrTransaction, userId: string): Promise<void> {
+  const [counts] = await withMetrics("select", TABLE, () =>
+    tx
+      .select({
+        others: sql<number>`count(*) FILTER (WHERE ${userRoles.userId} <> ${userId})::int`,
+        self: sql<number>`count(*) FILTER (WHERE ${userRoles.userId} = ${userId})::int`,
+      })
+      .from(userRoles)
+      .innerJoin(users, and(eq(users.id, userRoles.userId), isNull(users.deletedAt)))
+      .where(eq(userRoles.role, "admin")),
+  );
+  if ((counts?.self ?? 0) > 0 && (counts?.others ?? 0) === 0) {
+    throw new DbError("LAST_ADMIN", "This is the last admin: grant the role to someone else first", {
+      table: TABLE,
+    });
+  }
+}
 
 /**
  * The roles a live user holds (none for a soft-deleted or unknown user).

@@ -1,5 +1,6 @@
-// AuditService: the trail's chain holds under concurrent writers, a rolled-back change leaves no event,
-// editing, deleting or inserting a row in SQL is found at that row, and details never carry a secret.
+// AuditService: writers never wait for each other and the chain holds under concurrent writers and chainers,
+// a rolled-back change leaves no event, editing, deleting or inserting a row in SQL is found at that row, and
+// details never carry a secret.
 import { randomBytes } from "node:crypto";
 import { describe, expect, it } from "vitest";
 import { transaction } from "../../src/connection.ts";
@@ -9,6 +10,14 @@ import * as AuditService from "../../src/services/audit.ts";
 import { useTestDatabase } from "../../src/testing/index.ts";
 
 const database = useTestDatabase({ config: { poolMax: 20 } });
+
+/** The row as chained (seq and id). */
+async function chained(id: string): Promise<{ id: string; seq: number }> {
+  const { rows } = await database.admin<{ seq: string }>("SELECT seq FROM audit_events WHERE id = $1", [id]);
+  const seq = rows[0]?.seq;
+  if (!seq) throw new Error(`${id} is not chained`);
+  return { id, seq: Number(seq) };
+}
 
 const userId = () => "0190a1b2-c3d4-7e5f-8a9b-" + randomBytes(6).toString("hex");
 const event = (details: Record<string, unknown> = {}) => ({
@@ -23,18 +32,56 @@ const event = (details: Record<string, unknown> = {}) => ({
 });
 
 describe("the audit chain", () => {
-  it("50 concurrent writers leave one valid chain, in seq order without gaps", async () => {
-    await Promise.all(
-      Array.from({ length: 50 }, (_, i) => AuditService.record(event({ n: i, nested: { b: 1, a: [i] } }))),
-    );
+  it("50 concurrent writers and 3 concurrent chainers leave one valid chain, in seq order without gaps", async () => {
+    await Promise.all([
+      ...Array.from({ length: 50 }, (_, i) => AuditService.record(event({ n: i, nested: { b: 1, a: [i] } }))),
+      AuditService.chain({ batchSize: 4 }),
+      AuditService.chain({ batchSize: 4 }),
+    ]);
+    await Promise.all([AuditService.chain({ batchSize: 7 }), AuditService.chain(), AuditService.chain()]);
     const result = await AuditService.verify({ batchSize: 7 });
-    expect(result).toMatchObject({ ok: true });
+    expect(result).toMatchObject({ ok: true, pending: 0, oldestPendingAt: null });
     expect(result.checked).toBeGreaterThanOrEqual(50);
     const seqs = await database.admin<{ n: number; min: number; max: number }>(
       "SELECT count(*)::int AS n, min(seq)::int AS min, max(seq)::int AS max FROM audit_events",
     );
     const row = seqs.rows[0];
     expect(row && row.max - row.min + 1).toBe(row?.n);
+  });
+
+  it("a writer never waits for another's uncommitted event; the chainer links only committed ones", async () => {
+    let release: () => void = () => {};
+    const held = new Promise<void>((resolve) => {
+      release = resolve;
+    });
+    let inside: (value: unknown) => void = () => {};
+    const recorded = new Promise((resolve) => {
+      inside = resolve;
+    });
+    const slow = transaction(async (tx) => {
+      inside(await AuditService.record(event({ slow: true }), { tx }));
+      await held;
+    });
+    const first = (await recorded) as { id: string };
+    // Another writer and a chainer finish while that transaction is still open.
+    const quick = await AuditService.record(event({ quick: true }));
+    await AuditService.chain();
+    const state = await database.admin<{ id: string; seq: string | null }>(
+      "SELECT id, seq FROM audit_events WHERE id = ANY($1::uuid[])",
+      [[first.id, quick.id]],
+    );
+    expect(state.rows).toEqual([{ id: quick.id, seq: expect.any(String) }]);
+    release();
+    await slow;
+    expect((await AuditService.verify()).pending).toBeGreaterThanOrEqual(1);
+    await AuditService.chain();
+    const after = await database.admin<{ id: string; seq: string }>(
+      "SELECT id, seq FROM audit_events WHERE id = ANY($1::uuid[]) ORDER BY seq",
+      [[first.id, quick.id]],
+    );
+    // Chained in the order they committed: the older id after the newer one.
+    expect(after.rows.map((row) => row.id)).toEqual([quick.id, first.id]);
+    expect(await AuditService.verify()).toMatchObject({ ok: true, pending: 0 });
   });
 
   it("an event recorded in a transaction that rolls back leaves nothing", async () => {
@@ -51,8 +98,9 @@ describe("the audit chain", () => {
   it("an edited, deleted or inserted row breaks verification at that row", async () => {
     const rows = [];
     for (let i = 0; i < 5; i++) rows.push(await AuditService.record(event({ step: i })));
+    await AuditService.chain();
     expect((await AuditService.verify()).ok).toBe(true);
-    const [, second, third] = rows;
+    const [, second, third] = await Promise.all(rows.map((row) => chained(row.id)));
     if (!second || !third) throw new Error("rows missing");
 
     // Edited content: the row itself no longer matches its hash.
@@ -90,7 +138,8 @@ describe("the audit chain", () => {
   it("rows deleted at either end of the chain show: the newest against the head, the oldest against the pruned point", async () => {
     const rows = [];
     for (let i = 0; i < 3; i++) rows.push(await AuditService.record(event({ end: i })));
-    const newest = rows[2];
+    await AuditService.chain();
+    const newest = await chained((rows[2] as { id: string }).id);
     if (!newest) throw new Error("rows missing");
     const saved = await database.admin<{ row: string }>(
       "SELECT row_to_json(a)::text AS row FROM audit_events a WHERE id = $1",
@@ -124,6 +173,7 @@ describe("the audit chain", () => {
 
   it("retention deletes the oldest prefix in batches and the rest stays verifiable, with appends running", async () => {
     for (let i = 0; i < 12; i++) await AuditService.record(event({ retention: i }));
+    await AuditService.chain();
     const cutoff = await database.admin<{ at: Date; seq: string }>(
       "SELECT occurred_at AS at, seq FROM audit_events ORDER BY seq DESC OFFSET 4 LIMIT 1",
     );
@@ -132,7 +182,9 @@ describe("the audit chain", () => {
     const [deleted] = await Promise.all([
       AuditService.prune({ before: keepFrom.at, batchSize: 3 }),
       ...Array.from({ length: 10 }, (_, i) => AuditService.record(event({ during: i }))),
+      AuditService.chain({ batchSize: 2 }),
     ]);
+    await AuditService.chain();
     expect(deleted).toBeGreaterThan(0);
     const left = await database.admin<{ min: string }>("SELECT min(seq) AS min FROM audit_events");
     expect(Number(left.rows[0]?.min)).toBeLessThanOrEqual(Number(keepFrom.seq));
@@ -160,22 +212,22 @@ describe("the audit chain", () => {
         }),
       );
     }
-    const seen: number[] = [];
-    let before: number | undefined;
+    const seen: string[] = [];
+    let before: string | undefined;
     for (;;) {
       const page = await AuditService.list({
         subjectUserId: subject,
         limit: 2,
         ...(before ? { before } : {}),
       });
-      seen.push(...page.events.map((e) => e.seq));
+      seen.push(...page.events.map((e) => e.id));
       expect(page.events.every((e) => !("hash" in e) && !("prevHash" in e))).toBe(true);
       if (page.nextCursor === null) break;
       before = page.nextCursor;
     }
-    expect(seen).toEqual(written.map((e) => e.seq).reverse());
+    expect(seen).toEqual(written.map((e) => e.id).reverse());
     const byActor = await AuditService.list({ userId: actor });
-    expect(byActor.events.map((e) => e.seq)).toEqual([written[4]?.seq]);
+    expect(byActor.events.map((e) => e.id)).toEqual([written[4]?.id]);
     const signOuts = await AuditService.list({ subjectUserId: subject, actions: ["sign_out"] });
     expect(signOuts.events.map((e) => e.action)).toEqual(["sign_out", "sign_out"]);
     const none = await AuditService.list({ subjectUserId: subject, from: new Date(Date.now() + 60_000) });
@@ -189,10 +241,18 @@ describe("the audit chain", () => {
       { nested: { apiKey: "x" } },
       { link: generateSecret() },
       { list: ["a", generateSecret()] },
+      // Lone surrogates: PostgreSQL would store U+FFFD, and the stored row would no longer match its hash.
+      { text: "half \ud83d" },
+      { ["key \udc00"]: 1 },
+      { nested: { nul: "a\u0000b" } },
     ]) {
       const refused = await AuditService.record(event(details)).catch((error: unknown) => error);
       expect(isDbError(refused, "VALIDATION_FAILED"), JSON.stringify(details)).toBe(true);
     }
+    const agent = await AuditService.record({ ...event(), userAgent: "Mozilla \ud83d" }).catch(
+      (e: unknown) => e,
+    );
+    expect(isDbError(agent, "VALIDATION_FAILED")).toBe(true);
     const unknown = await AuditService.record({ ...event(), action: "launch" as never }).catch(
       (error: unknown) => error,
     );

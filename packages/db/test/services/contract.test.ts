@@ -87,7 +87,9 @@ const SERVICE_NAMES = [
   "audit.list",
   "roles.grant",
   "roles.revoke",
+  "roles.revokeAll",
   "roles.rolesOf",
+  "audit.chain",
 ] as const;
 type ServiceName = (typeof SERVICE_NAMES)[number];
 
@@ -333,6 +335,8 @@ const BAD_INPUT: Record<ServiceName, BadInput> = {
   "roles.grant": { args: [{ userId: "not-a-uuid", role: "admin" }] },
   "roles.revoke": { args: [{ userId: "0190a1b2-c3d4-7e5f-8a9b-000000000001", role: "owner" }] },
   "roles.rolesOf": { args: [42] },
+  "roles.revokeAll": { args: [{ userId: 7 }] },
+  "audit.chain": { args: [{ batchSize: -1 }] },
 };
 
 // ---------------------------------------------------------------------------------------------------------
@@ -670,6 +674,7 @@ const VALID: Record<ServiceName, ValidCall> = {
     writes: true,
     setup: async () => {
       await AuditService.record({ action: "sign_out", actorType: "system" });
+      await AuditService.chain();
       return { args: [{ before: new Date(Date.now() + 1000), batchSize: 10 }] };
     },
   },
@@ -687,6 +692,21 @@ const VALID: Record<ServiceName, ValidCall> = {
       const user = await makeUser();
       await RolesService.grant({ userId: user.id, role: "support" });
       return { args: [{ userId: user.id, role: "support" }] };
+    },
+  },
+  "roles.revokeAll": {
+    writes: true,
+    setup: async () => {
+      const user = await makeUser();
+      await RolesService.grant({ userId: user.id, role: "support" });
+      return { args: [{ userId: user.id }] };
+    },
+  },
+  "audit.chain": {
+    writes: true,
+    setup: async () => {
+      await AuditService.record({ action: "sign_out", actorType: "system" });
+      return { args: [{ batchSize: 10 }] };
     },
   },
   "roles.rolesOf": {
@@ -717,7 +737,7 @@ describe("the registry", () => {
     const names = definedServices().map((service) => service.name);
     expect(new Set(names).size).toBe(names.length);
     expect([...names].sort()).toEqual([...SERVICE_NAMES].sort());
-    expect(names).toHaveLength(57);
+    expect(names).toHaveLength(59);
     const exported = new Set<unknown>(
       [
         UsersService,
@@ -856,6 +876,6 @@ describe("coverage", () => {
     }
     const writers = SERVICE_NAMES.filter((name) => VALID[name].writes);
     const counted = SERVICE_NAMES.filter((name) => !VALID[name].noQuery);
-    expect({ writers: writers.length, counted: counted.length }).toEqual({ writers: 40, counted: 56 });
+    expect({ writers: writers.length, counted: counted.length }).toEqual({ writers: 42, counted: 58 });
   });
 });

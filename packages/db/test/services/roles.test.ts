@@ -59,6 +59,32 @@ describe("roles", () => {
     expect(await RolesService.revoke({ userId: only.id, role: "admin" })).toBe(true);
   });
 
+  it("an account's roles go with it: revokeAll keeps the last admin, a soft delete drops roles, a restore has none", async () => {
+    await noAdmins();
+    const only = await makeUser();
+    await RolesService.grant({ userId: only.id, role: "admin" });
+    await RolesService.grant({ userId: only.id, role: "support" });
+    const refused = await RolesService.revokeAll({ userId: only.id, revokedBy: only.id }).catch(
+      (e: unknown) => e,
+    );
+    expect(isDbError(refused, "LAST_ADMIN")).toBe(true);
+    const other = await makeUser();
+    await RolesService.grant({ userId: other.id, role: "admin" });
+    expect(await RolesService.revokeAll({ userId: only.id, revokedBy: other.id })).toEqual([
+      "admin",
+      "support",
+    ]);
+    // A user without the admin role can always go; the admin key (no revokedBy) can remove the last admin.
+    expect(await RolesService.revokeAll({ userId: only.id, revokedBy: other.id })).toEqual([]);
+    expect(await RolesService.revokeAll({ userId: other.id })).toEqual(["admin"]);
+
+    const deleted = await makeUser();
+    await RolesService.grant({ userId: deleted.id, role: "support" });
+    await UsersService.softDelete(deleted.id);
+    await UsersService.restore(deleted.id);
+    expect(await RolesService.rolesOf(deleted.id)).toEqual([]);
+  });
+
   it("two admins revoking each other (and themselves) at once leave one admin", async () => {
     for (let round = 0; round < 5; round++) {
       await noAdmins();

@@ -37,7 +37,8 @@ export async function revokeSession(c: Context<AppEnv>) {
   const id = parsed.data.toLowerCase();
   // One UPDATE scoped to the caller: someone else's id is NOT_FOUND, exactly like an unknown one.
   await audited(c, async (tx, record) => {
-    await SessionsService.revoke(id, c.get("log"), { userId: c.get("user").id, tx });
+    // A live session only: revoking an ended one again is NOT_FOUND, so each session is recorded once.
+    await SessionsService.revoke(id, c.get("log"), { userId: c.get("user").id, activeOnly: true, tx });
     await record("session_revoked", { subject: c.get("user").id, details: { sessionId: id } });
   });
   if (id === c.get("session").id) clearSessionCookie(c);
@@ -52,7 +53,10 @@ export async function revokeOtherSessions(c: Context<AppEnv>) {
       c.get("log"),
       { tx },
     );
-    await record("sessions_revoked", { subject: userId, details: { revoked: count, keptCurrent: true } });
+    // Nothing ended, nothing to record (or every repeat would add a row).
+    if (count > 0) {
+      await record("sessions_revoked", { subject: userId, details: { revoked: count, keptCurrent: true } });
+    }
     return count;
   });
   return c.json({ revoked });

@@ -81,6 +81,11 @@ export interface RevokeSessionOptions extends SessionServiceOptions {
    * an unknown one, and is left untouched. Checked in the UPDATE's WHERE, so it is one statement.
    */
   userId?: string | undefined;
+  /**
+   * Revoke only a live session (active, before its expiry): an ended one answers NOT_FOUND, so a caller that
+   * records the revocation records each session once.
+   */
+  activeOnly?: boolean | undefined;
 }
 
 /**
@@ -115,7 +120,13 @@ export const revoke = defineService(
           revokedAt: sql`coalesce(${sessions.revokedAt}, ${at}::timestamptz)`,
           expiresAt: sql`least(${sessions.expiresAt}, ${at}::timestamptz)`,
         })
-        .where(and(eq(sessions.id, id), userId === undefined ? undefined : eq(sessions.userId, userId)))
+        .where(
+          and(
+            eq(sessions.id, id),
+            userId === undefined ? undefined : eq(sessions.userId, userId),
+            options.activeOnly ? and(eq(sessions.status, "active"), gt(sessions.expiresAt, at)) : undefined,
+          ),
+        )
         .returning(publicSessionColumns),
     );
     const session = rows[0];

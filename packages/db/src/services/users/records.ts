@@ -6,7 +6,7 @@ import { now } from "../../clock.ts";
 import { type DatabaseOrTransaction, transaction } from "../../connection.ts";
 import { DbError, isDbError } from "../../errors.ts";
 import { withMetrics } from "../../metrics.ts";
-import { accounts, users } from "../../schema/index.ts";
+import { accounts, userRoles, users } from "../../schema/index.ts";
 import {
   deleteInBatches,
   notFound,
@@ -315,6 +315,11 @@ export const softDelete = defineService(
         // Linked OAuth identities go with the user, so the same provider account can sign up again.
         const unlinked = await withMetrics("delete", "accounts", () =>
           tx.delete(accounts).where(eq(accounts.userId, userId)).returning({ id: accounts.id }),
+        );
+        // So do administration roles: a restored user does not come back an admin. (Callers that must keep
+        // an admin, like the API, revoke the roles first with RolesService.revokeAll under its checks.)
+        await withMetrics("delete", "user_roles", () =>
+          tx.delete(userRoles).where(eq(userRoles.userId, userId)),
         );
         return {
           user: deleted,
