@@ -1,8 +1,8 @@
 // The connection: one node-postgres pool per process, wrapped by Drizzle, plus a transaction helper that does
 // not leak pool clients. `db` is usable anywhere after `initializeDB()`; services take `options.tx ?? db`.
 import { DrizzleQueryError } from "drizzle-orm";
-import { drizzle, type NodePgDatabase, type NodePgTransaction } from "drizzle-orm/node-postgres";
-import type { PgTransactionConfig } from "drizzle-orm/pg-core";
+import { drizzle, type NodePgDatabase, NodePgTransaction } from "drizzle-orm/node-postgres";
+import type { PgDialect, PgSession, PgTransactionConfig } from "drizzle-orm/pg-core";
 import type { ExtractTablesWithRelations } from "drizzle-orm/relations";
 import pg from "pg";
 import { type DatabaseConfig, loadDatabaseConfig, redactUrl, sslOption } from "./config.ts";
@@ -158,7 +158,18 @@ export const db: Database = new Proxy({} as Database, {
 export interface TransactionOptions extends PgTransactionConfig {
   /** Run inside this transaction instead of opening one (nested work joins the caller's transaction). */
   tx?: DatabaseOrTransaction | undefined;
+  /**
+   * Open the transaction in this user's scope: row-level security then shows and lets it write only that
+   * user's sessions, linked accounts, one-time tokens and audit events (migration 0007). Set with
+   * `set_config('app.user_id', id, true)` in the same round trip as BEGIN, so it ends with the transaction
+   * (nothing session-level, safe behind a transaction-mode pooler). Not with `tx`: a scope is chosen when a
+   * transaction opens.
+   */
+  userId?: string | undefined;
 }
+
+/** What `userId` must look like: it is written into the BEGIN round trip as a literal. */
+const SCOPE_USER_ID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i;
 
 function isTransaction(handle: DatabaseOrTransaction): handle is Transaction {
   return "rollback" in handle && typeof handle.rollback === "function";
@@ -176,7 +187,16 @@ export async function transaction<T>(
   fn: (tx: Transaction) => Promise<T>,
   options: TransactionOptions = {},
 ): Promise<T> {
-  const { tx: outer, ...config } = options;
+  const { tx: outer, userId, ...config } = options;
+  if (userId !== undefined) {
+    if (outer) {
+      throw new DbError(
+        "CONFIG_INVALID",
+        "A user scope is chosen when a transaction opens: open it with { userId } and pass it as { tx } inside",
+      );
+    }
+    return await scopedTransaction(fn, userId, config);
+  }
   const drizzleConfig = Object.keys(config).length > 0 ? config : undefined;
   if (outer && isTransaction(outer)) return await fn(outer);
   // Another Database than ours (a caller's own drizzle instance): open the transaction there.
@@ -184,6 +204,63 @@ export async function transaction<T>(
   return await onPooledClient((client, own) =>
     drizzleFor(client).transaction((tx) => own(() => fn(tx)), drizzleConfig),
   );
+}
+
+/**
+ * `fn` in a transaction scoped to `userId` (see TransactionOptions.userId): one round trip sends BEGIN (with
+ * the isolation settings) and the set_config, then `fn` gets a Drizzle transaction on that client.
+ * @throws DbError VALIDATION_FAILED (not a UUID), and whatever transaction() throws.
+ * @example await withUser(user.id, (tx) => SessionsService.listForUser(user.id, log, { tx }));
+ */
+async function scopedTransaction<T>(
+  fn: (tx: Transaction) => Promise<T>,
+  userId: string,
+  config: PgTransactionConfig,
+): Promise<T> {
+  if (!SCOPE_USER_ID.test(userId)) {
+    throw new DbError("VALIDATION_FAILED", "Invalid input: userId: must be a UUID", {
+      details: { userId: "must be a UUID" },
+    });
+  }
+  const settings = [
+    config.isolationLevel ? `ISOLATION LEVEL ${config.isolationLevel.toUpperCase()}` : "",
+    config.accessMode ? config.accessMode.toUpperCase() : "",
+    config.deferrable === undefined ? "" : config.deferrable ? "DEFERRABLE" : "NOT DEFERRABLE",
+  ].filter(Boolean);
+  const begin = `BEGIN${settings.length > 0 ? ` ${settings.join(" ")}` : ""}; SELECT set_config('app.user_id', '${userId.toLowerCase()}', true)`;
+  return await onPooledClient(async (client, own) => {
+    await client.query(begin);
+    let result: T;
+    try {
+      result = await own(() => fn(transactionOn(client)));
+    } catch (error) {
+      await client.query("ROLLBACK");
+      throw error;
+    }
+    await client.query("COMMIT");
+    return result;
+  });
+}
+
+/** `fn` in a transaction scoped to `userId`: `transaction(fn, { userId })`. */
+export async function withUser<T>(userId: string, fn: (tx: Transaction) => Promise<T>): Promise<T> {
+  return await transaction(fn, { userId });
+}
+
+/**
+ * A Drizzle transaction object on `client`, whose BEGIN was sent already: Drizzle's own transaction() would
+ * send BEGIN itself, one round trip more. Built the way Drizzle 0.45's NodePgSession.transaction builds it.
+ */
+function transactionOn(client: pg.PoolClient): Transaction {
+  const database = drizzleFor(client) as unknown as {
+    dialect: PgDialect;
+    session: PgSession & { schema: unknown };
+  };
+  return new NodePgTransaction(
+    database.dialect,
+    database.session as never,
+    database.session.schema as never,
+  ) as unknown as Transaction;
 }
 
 /**

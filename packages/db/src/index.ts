@@ -26,6 +26,7 @@ export {
   type Transaction,
   type TransactionOptions,
   transaction,
+  withUser,
 } from "./connection.ts";
 export {
   definedStatements,
