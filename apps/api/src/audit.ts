@@ -60,17 +60,20 @@ export function auditEvent(
 export type RecordEvent = (action: AuditAction, fields?: EventFields) => Promise<void>;
 
 /**
- * Runs `fn` in a transaction whose events `record` appends at the point it is called (last, ideally: the
- * chain's head stays locked until the commit). Nothing is recorded if the change rolls back.
+ * Runs `fn` in a transaction whose events `record` writes in it: nothing is recorded if the change rolls back.
+ * With `{ userId }`, the transaction is in that user's scope (row-level security: the user routes' changes).
  */
 export async function audited<T>(
   c: Context<AppEnv>,
   fn: (tx: Transaction, record: RecordEvent) => Promise<T>,
+  scope: { userId?: string } = {},
 ): Promise<T> {
-  return await transaction(async (tx) =>
-    fn(tx, async (action, fields) => {
-      await AuditService.record(auditEvent(c, action, fields), c.get("log"), { tx });
-    }),
+  return await transaction(
+    async (tx) =>
+      fn(tx, async (action, fields) => {
+        await AuditService.record(auditEvent(c, action, fields), c.get("log"), { tx });
+      }),
+    scope,
   );
 }
 

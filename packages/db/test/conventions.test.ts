@@ -24,6 +24,14 @@ describe("schema convention checker", () => {
       CREATE TABLE unindexed_child (id uuid PRIMARY KEY, user_id uuid REFERENCES users(id),
         created_at timestamptz NOT NULL, updated_at timestamptz NOT NULL);
       CREATE TRIGGER unindexed_child_set_updated_at BEFORE UPDATE ON unindexed_child FOR EACH ROW EXECUTE FUNCTION set_updated_at();
+      CREATE TABLE user_notes (id uuid PRIMARY KEY, user_id uuid NOT NULL REFERENCES users(id),
+        created_at timestamptz NOT NULL, updated_at timestamptz NOT NULL);
+      CREATE INDEX user_notes_user_id_idx ON user_notes (user_id);
+      CREATE TRIGGER user_notes_set_updated_at BEFORE UPDATE ON user_notes FOR EACH ROW EXECUTE FUNCTION set_updated_at();
+      ALTER TABLE user_notes ENABLE ROW LEVEL SECURITY;
+      CREATE POLICY user_notes_user_scope ON user_notes USING (app_scope_user() IS NULL OR user_id = app_scope_user())
+        WITH CHECK (app_scope_user() IS NULL OR user_id = app_scope_user());
+      ALTER TABLE sessions NO FORCE ROW LEVEL SECURITY;
       CREATE TABLE no_trigger (id uuid PRIMARY KEY, created_at timestamptz NOT NULL, updated_at timestamptz NOT NULL);
       CREATE TABLE int_counter (id uuid PRIMARY KEY, hits integer NOT NULL DEFAULT 0,
         created_at timestamptz NOT NULL, updated_at timestamptz NOT NULL);
@@ -56,6 +64,11 @@ describe("schema convention checker", () => {
         "timestamps:no_timestamps.updated_at",
         "updated_at_trigger:no_timestamps",
         "unlogged_cache:cache",
+        // A per-user table without a policy, one whose policy is not forced on the owner, and one that lost
+        // its FORCE: all three fail.
+        "user_scope:unindexed_child",
+        "user_scope:user_notes",
+        "user_scope:sessions",
       ].sort(),
     );
     for (const v of violations) expect(v.message.length).toBeGreaterThan(10);
@@ -64,7 +77,7 @@ describe("schema convention checker", () => {
   it("lists every exception with a reason, and only for tables that exist", () => {
     for (const exception of CONVENTION_EXCEPTIONS) {
       expect(exception.reason.length).toBeGreaterThan(20);
-      expect(["cache", "audit_events", "audit_chain"]).toContain(exception.table);
+      expect(["cache", "audit_events", "audit_chain", "user_roles"]).toContain(exception.table);
     }
   });
 });

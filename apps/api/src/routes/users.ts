@@ -1,5 +1,5 @@
 // /v1/users/me: the signed-in user's own profile, and their security events from the audit trail.
-import { AuditService, RolesService, UsersService } from "@repo/db";
+import { AuditService, RolesService, UsersService, withUser } from "@repo/db";
 import { type Context, Hono } from "hono";
 import { z } from "zod";
 import { audited } from "../audit.ts";
@@ -30,13 +30,19 @@ const deleteBody = z.strictObject({ password: z.string().min(1).max(1024).option
  * transaction.
  */
 export async function deleteAccount(c: Context<AppEnv>, userId: string): Promise<void> {
-  const actor = c.get("admin")?.via === "key" ? null : c.get("user").id;
-  await audited(c, async (tx, record) => {
-    const roles = await RolesService.revokeAll({ userId, revokedBy: actor }, c.get("log"), { tx });
-    await UsersService.softDelete(userId, c.get("log"), { tx });
-    for (const role of roles) await record("role_revoked", { subject: userId, details: { role } });
-    await record("user_deleted", { subject: userId });
-  });
+  const admin = c.get("admin");
+  const actor = admin?.via === "key" ? null : c.get("user").id;
+  await audited(
+    c,
+    async (tx, record) => {
+      const roles = await RolesService.revokeAll({ userId, revokedBy: actor }, c.get("log"), { tx });
+      await UsersService.softDelete(userId, c.get("log"), { tx });
+      for (const role of roles) await record("role_revoked", { subject: userId, details: { role } });
+      await record("user_deleted", { subject: userId });
+    },
+    // The user deleting their own account does it in their scope; an administrator, in the system's.
+    admin ? {} : { userId },
+  );
 }
 
 export function userRoutes({ requireSession }: Guards): Hono<AppEnv> {
@@ -64,7 +70,8 @@ export function userRoutes({ requireSession }: Guards): Hono<AppEnv> {
     },
     async (c) => {
       const patch = await readJson(c, patchBody);
-      const user = await UsersService.update({ id: c.get("user").id, patch }, c.get("log"));
+      const id = c.get("user").id;
+      const user = await withUser(id, (tx) => UsersService.update({ id, patch }, c.get("log"), { tx }));
       return c.json({ user: userView(user) });
     },
   );
@@ -119,13 +126,12 @@ export function userRoutes({ requireSession }: Guards): Hono<AppEnv> {
     async (c) => {
       const query = readQuery(c, eventsQuery);
       const me = c.get("user").id;
-      const page = await AuditService.list(
-        {
-          subjectUserId: me,
-          limit: query.limit ?? 20,
-          ...(query.cursor ? { before: query.cursor } : {}),
-        },
-        c.get("log"),
+      const page = await withUser(me, (tx) =>
+        AuditService.list(
+          { subjectUserId: me, limit: query.limit ?? 20, ...(query.cursor ? { before: query.cursor } : {}) },
+          c.get("log"),
+          { tx },
+        ),
       );
       const viewer = { id: me, emailVerified: c.get("user").emailVerifiedAt !== null };
       return c.json({

@@ -11,7 +11,8 @@ export type ConventionRule =
   | "updated_at_trigger"
   | "bigint_integers"
   | "unlogged_cache"
-  | "logged_references_unlogged";
+  | "logged_references_unlogged"
+  | "user_scope";
 
 export interface ConventionViolation {
   rule: ConventionRule;
@@ -55,6 +56,12 @@ export const CONVENTION_EXCEPTIONS: { table: string; rule: ConventionRule; reaso
     table: "audit_chain",
     rule: "updated_at_trigger",
     reason: "updated by every audit event: a trigger would tax each one for a time nobody reads",
+  },
+  {
+    table: "user_roles",
+    rule: "user_scope",
+    reason:
+      "the last-admin check must count every admin, also inside a user's scope; only RolesService writes it",
   },
   {
     table: "cache",
@@ -136,6 +143,28 @@ export async function checkSchemaConventions(target: string | Queryable): Promis
       FROM pg_constraint k JOIN pg_class c ON c.oid = k.conrelid JOIN pg_class r ON r.oid = k.confrelid
       JOIN pg_namespace n ON n.oid = c.relnamespace
       WHERE n.nspname = 'public' AND k.contype = 'f' AND c.relpersistence = 'p' AND r.relpersistence = 'u'`);
+
+    // Tables of per-user rows (a user_id or subject_user_id column): row-level security enabled and forced on
+    // the owner, with a policy that reads the transaction's user scope (migration 0007's pattern).
+    const perUser = await client.query<{ table: string; enabled: boolean; forced: boolean; scoped: boolean }>(`
+      SELECT c.relname AS table, c.relrowsecurity AS enabled, c.relforcerowsecurity AS forced,
+        EXISTS (SELECT 1 FROM pg_policy p WHERE p.polrelid = c.oid
+          AND pg_get_expr(p.polqual, p.polrelid) LIKE '%app_scope_user()%'
+          AND pg_get_expr(p.polwithcheck, p.polrelid) LIKE '%app_scope_user()%') AS scoped
+      FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+      WHERE n.nspname = 'public' AND c.relkind IN ('r', 'p')
+        AND EXISTS (SELECT 1 FROM pg_attribute a WHERE a.attrelid = c.oid AND NOT a.attisdropped
+          AND a.attname IN ('user_id', 'subject_user_id'))
+      ORDER BY 1`);
+    for (const { table, enabled, forced, scoped } of perUser.rows) {
+      if (!enabled || !forced || !scoped) {
+        add({
+          rule: "user_scope",
+          table,
+          message: `${table} holds per-user rows but ${!enabled ? "has row-level security off" : !forced ? "does not force row-level security on its owner" : "has no policy on app_scope_user() (USING and WITH CHECK)"}: see drizzle/0007_row_level_security.sql`,
+        });
+      }
+    }
 
     const pkByTable = new Map(primaryKeys.rows.map((row) => [row.table, row.columns]));
     const triggered = new Set(triggers.rows.map((row) => row.table));

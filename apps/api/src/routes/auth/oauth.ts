@@ -9,7 +9,14 @@
 // the browser to redirectTo. Every failure redirects there with `?error=<CODE>`: never a stack, never the
 // provider's answer.
 import { createHash, randomBytes, timingSafeEqual } from "node:crypto";
-import { AccountsService, CacheService, isDbError, type LinkedAccount, SessionsService } from "@repo/db";
+import {
+  AccountsService,
+  CacheService,
+  isDbError,
+  type LinkedAccount,
+  SessionsService,
+  withUser,
+} from "@repo/db";
 import type { Context } from "hono";
 import { deleteCookie, getCookie, setCookie } from "hono/cookie";
 import * as oidc from "openid-client";
@@ -394,7 +401,8 @@ export function accountView(account: LinkedAccount) {
 
 /** GET /accounts: the user's linked providers. */
 export async function listAccounts(c: Context<AppEnv>) {
-  const accounts = await AccountsService.listForUser(c.get("user").id, c.get("log"));
+  const userId = c.get("user").id;
+  const accounts = await withUser(userId, (tx) => AccountsService.listForUser(userId, c.get("log"), { tx }));
   return c.json({ accounts: accounts.map(accountView) });
 }
 
@@ -406,16 +414,20 @@ export async function unlinkAccount(c: Context<AppEnv>) {
   const id = z.guid().safeParse(c.req.param("id"));
   if (!id.success) throw new ApiError("NOT_FOUND");
   const userId = c.get("user").id;
-  await audited(c, async (tx, record) => {
-    const account = await AccountsService.unlink(
-      { accountId: id.data.toLowerCase(), userId, keepSignInMethod: true },
-      c.get("log"),
-      { tx },
-    );
-    await record("provider_unlinked", {
-      subject: userId,
-      details: { provider: account.provider, accountId: account.id },
-    });
-  });
+  await audited(
+    c,
+    async (tx, record) => {
+      const account = await AccountsService.unlink(
+        { accountId: id.data.toLowerCase(), userId, keepSignInMethod: true },
+        c.get("log"),
+        { tx },
+      );
+      await record("provider_unlinked", {
+        subject: userId,
+        details: { provider: account.provider, accountId: account.id },
+      });
+    },
+    { userId },
+  );
   return c.body(null, 204);
 }

@@ -1,5 +1,5 @@
 // /v1/auth sessions: the current session, the user's sessions (list, revoke one, revoke the others), sign-out.
-import { SessionsService } from "@repo/db";
+import { SessionsService, withUser } from "@repo/db";
 import type { Context } from "hono";
 import { audited } from "../../audit.ts";
 import type { AppEnv } from "../../context.ts";
@@ -27,7 +27,8 @@ export function currentSession(c: Context<AppEnv>) {
 }
 
 export async function listSessions(c: Context<AppEnv>) {
-  const sessions = await SessionsService.listForUser(c.get("user").id, c.get("log"));
+  const userId = c.get("user").id;
+  const sessions = await withUser(userId, (tx) => SessionsService.listForUser(userId, c.get("log"), { tx }));
   return c.json({ sessions: sessions.map((session) => sessionView(session, c.get("session").id)) });
 }
 
@@ -36,28 +37,37 @@ export async function revokeSession(c: Context<AppEnv>) {
   if (!parsed.success) throw new ApiError("NOT_FOUND");
   const id = parsed.data.toLowerCase();
   // One UPDATE scoped to the caller: someone else's id is NOT_FOUND, exactly like an unknown one.
-  await audited(c, async (tx, record) => {
-    // A live session only: revoking an ended one again is NOT_FOUND, so each session is recorded once.
-    await SessionsService.revoke(id, c.get("log"), { userId: c.get("user").id, activeOnly: true, tx });
-    await record("session_revoked", { subject: c.get("user").id, details: { sessionId: id } });
-  });
+  const userId = c.get("user").id;
+  await audited(
+    c,
+    async (tx, record) => {
+      // A live session only: revoking an ended one again is NOT_FOUND, so each session is recorded once.
+      await SessionsService.revoke(id, c.get("log"), { userId, activeOnly: true, tx });
+      await record("session_revoked", { subject: userId, details: { sessionId: id } });
+    },
+    { userId },
+  );
   if (id === c.get("session").id) clearSessionCookie(c);
   return c.body(null, 204);
 }
 
 export async function revokeOtherSessions(c: Context<AppEnv>) {
   const userId = c.get("user").id;
-  const revoked = await audited(c, async (tx, record) => {
-    const count = await SessionsService.revokeAllForUser(
-      { userId, except: c.get("session").id },
-      c.get("log"),
-      { tx },
-    );
-    // Nothing ended, nothing to record (or every repeat would add a row).
-    if (count > 0) {
-      await record("sessions_revoked", { subject: userId, details: { revoked: count, keptCurrent: true } });
-    }
-    return count;
-  });
+  const revoked = await audited(
+    c,
+    async (tx, record) => {
+      const count = await SessionsService.revokeAllForUser(
+        { userId, except: c.get("session").id },
+        c.get("log"),
+        { tx },
+      );
+      // Nothing ended, nothing to record (or every repeat would add a row).
+      if (count > 0) {
+        await record("sessions_revoked", { subject: userId, details: { revoked: count, keptCurrent: true } });
+      }
+      return count;
+    },
+    { userId },
+  );
   return c.json({ revoked });
 }
