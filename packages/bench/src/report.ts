@@ -9,6 +9,7 @@ import { table } from "./format.ts";
 import { HTTP_HEADERS, type HttpRow, httpCells } from "./http.ts";
 import { PASSWORD_HEADERS, type PasswordSection, passwordCells } from "./passwords.ts";
 import { REDIS_HEADERS, type RedisSection, redisCells } from "./redis.ts";
+import { RLS_COST_HEADERS, type RlsCostSection, rlsCostCells, rlsCostSummary } from "./rls-cost.ts";
 import type { SeedSizes } from "./seed.ts";
 import { COMPARISON_HEADERS, type ComparisonRow, comparisonCells } from "./service-vs-floor.ts";
 
@@ -36,6 +37,7 @@ export interface BenchResults {
   http: Outcome<HttpRow[]>;
   passwords: Outcome<PasswordSection>;
   auditCost: Outcome<AuditCostSection>;
+  rlsCost: Outcome<RlsCostSection>;
 }
 
 /** Where the chart's bars come from: the concurrency the targets are stated at. */
@@ -185,6 +187,24 @@ export function markdown(results: BenchResults, links: { json: string; svg: stri
     "",
     sectionBody(results.auditCost, (section) =>
       [table(AUDIT_COST_HEADERS, section.rows.map(auditCostCells)), "", auditCostSummary(section)].join("\n"),
+    ),
+    "",
+    "## 7. What the user scope costs",
+    "",
+    "The read every user route does, listing a user's live sessions (`SessionsService.listForUser`), three " +
+      "ways, in process through the services on the service pool of section 1 (same harness settings, the " +
+      "three variants interleaved). **unscoped**: in `transaction(fn)`: BEGIN, the SELECT, COMMIT. " +
+      "**scoped**: in `withUser(id, fn)`, the user-scoped transaction user routes open: `BEGIN; SELECT " +
+      "set_config('app.user_id', ...)` in one round trip, the SELECT, COMMIT. Both make three round trips " +
+      "under the same forced row-level security policy (`app_scope_user() IS NULL OR user_id = " +
+      "app_scope_user()`, migration 0007), so `scoped/unscoped` isolates what the scope costs: the set_config " +
+      "and the policy's comparison. **autocommit**, for context: the SELECT alone, one round trip. The users " +
+      "and sessions are the section's own, read round-robin, and every call's answer is checked. " +
+      "`scoped/unscoped` is the median of the repetitions' paired ratios: ops/s below 1x and latency above 1x " +
+      "is what the scope costs; the issue's target is at least 0.90x ops/s. Latencies in milliseconds.",
+    "",
+    sectionBody(results.rlsCost, (section) =>
+      [table(RLS_COST_HEADERS, section.rows.map(rlsCostCells)), "", rlsCostSummary(section)].join("\n"),
     ),
     "",
   ];

@@ -1,7 +1,7 @@
-// `bun run bench [--quick]`: starts PostgreSQL (or uses BENCH_DATABASE_URL), seeds it, runs the six sections
+// `bun run bench [--quick]`: starts PostgreSQL (or uses BENCH_DATABASE_URL), seeds it, runs the seven sections
 // and writes the results. The exit code reports breakage only (a server that did not start, a failed query, a
 // wrong answer); the numbers themselves are never judged.
-// `--only=6` (or `--only=1,6`) runs only the sections with those numbers (1 is sections 1-2), for checking a
+// `--only=7` (or `--only=1,6,7`) runs only the sections with those numbers (1 is sections 1-2), for checking a
 // section while working on it; the others are reported as skipped and no file is written.
 import path from "node:path";
 import { fileURLToPath } from "node:url";
@@ -12,6 +12,7 @@ import { type PasswordSection, passwordSection, printPasswords } from "./passwor
 import { cacheVsRedis, type RedisSection } from "./redis.ts";
 import { type BenchResults, type Meta, machineMeta, type Outcome, writeResults } from "./report.ts";
 import { createResources } from "./resources.ts";
+import { type RlsCostSection, rlsCost } from "./rls-cost.ts";
 import { FULL_SEED, QUICK_SEED, seed } from "./seed.ts";
 import { type ComparisonRow, openVariants, POOL_SIZE, serviceVsFloor } from "./service-vs-floor.ts";
 
@@ -32,6 +33,9 @@ const HTTP = quick
 const PASSWORD_ITERATIONS = quick ? 3 : 20;
 // Section 6: password sign-in runs argon2 per call, so it is measured at the lower concurrencies only.
 const AUDIT = { signInConcurrencies: [1, 16], users: quick ? 500 : 2000 };
+// Section 7: the users whose sessions are read round-robin, and their live sessions each (a few, as on a
+// "your devices" page; far below the session cap, so no create revokes another).
+const RLS = { users: 400, sessionsPerUser: 4 };
 
 const print = (text: string) => console.log(text);
 const resources = createResources();
@@ -131,6 +135,10 @@ async function main(): Promise<void> {
     ),
   );
 
+  const rlsCostResult: Outcome<RlsCostSection> = await section("7. What the user scope costs", () =>
+    rlsCost({ ...HARNESS, concurrencies: CONCURRENCIES, ...RLS }, print),
+  );
+
   meta.wallSeconds = (performance.now() - started) / 1000;
   const results: BenchResults = {
     meta,
@@ -139,6 +147,7 @@ async function main(): Promise<void> {
     http,
     passwords,
     auditCost: auditCostResult,
+    rlsCost: rlsCostResult,
   };
   if (interrupted()) return;
   if (only) {
