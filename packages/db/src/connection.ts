@@ -195,29 +195,28 @@ export async function transaction<T>(
         "A user scope is chosen when a transaction opens: open it with { userId } and pass it as { tx } inside",
       );
     }
-    return await scopedTransaction(fn, userId, config);
+    return await openTransaction(fn, config, userId);
   }
-  const drizzleConfig = Object.keys(config).length > 0 ? config : undefined;
   if (outer && isTransaction(outer)) return await fn(outer);
   // Another Database than ours (a caller's own drizzle instance): open the transaction there.
-  if (outer && outer !== db && outer !== current().db) return await outer.transaction(fn, drizzleConfig);
-  return await onPooledClient((client, own) =>
-    drizzleFor(client).transaction((tx) => own(() => fn(tx)), drizzleConfig),
-  );
+  if (outer && outer !== db && outer !== current().db) {
+    return await outer.transaction(fn, Object.keys(config).length > 0 ? config : undefined);
+  }
+  return await openTransaction(fn, config);
 }
 
 /**
- * `fn` in a transaction scoped to `userId` (see TransactionOptions.userId): one round trip sends BEGIN (with
- * the isolation settings) and the set_config, then `fn` gets a Drizzle transaction on that client.
- * @throws DbError VALIDATION_FAILED (not a UUID), and whatever transaction() throws.
- * @example await withUser(user.id, (tx) => SessionsService.listForUser(user.id, log, { tx }));
+ * `fn` in a new transaction on a pooled client: one round trip sends BEGIN (with the isolation settings and,
+ * for a user scope, the set_config; see TransactionOptions.userId), then `fn` gets a Drizzle transaction on
+ * that client, then COMMIT (ROLLBACK when `fn` throws).
+ * @throws DbError VALIDATION_FAILED (a scope that is not a UUID), and whatever transaction() throws.
  */
-async function scopedTransaction<T>(
+async function openTransaction<T>(
   fn: (tx: Transaction) => Promise<T>,
-  userId: string,
   config: PgTransactionConfig,
+  userId?: string,
 ): Promise<T> {
-  if (!SCOPE_USER_ID.test(userId)) {
+  if (userId !== undefined && !SCOPE_USER_ID.test(userId)) {
     throw new DbError("VALIDATION_FAILED", "Invalid input: userId: must be a UUID", {
       details: { userId: "must be a UUID" },
     });
@@ -227,7 +226,9 @@ async function scopedTransaction<T>(
     config.accessMode ? config.accessMode.toUpperCase() : "",
     config.deferrable === undefined ? "" : config.deferrable ? "DEFERRABLE" : "NOT DEFERRABLE",
   ].filter(Boolean);
-  const begin = `BEGIN${settings.length > 0 ? ` ${settings.join(" ")}` : ""}; SELECT set_config('app.user_id', '${userId.toLowerCase()}', true)`;
+  const begin = `BEGIN${settings.length > 0 ? ` ${settings.join(", ")}` : ""}${
+    userId === undefined ? "" : `; SELECT set_config('app.user_id', '${userId.toLowerCase()}', true)`
+  }`;
   return await onPooledClient(async (client, own) => {
     await client.query(begin);
     let result: T;
@@ -248,8 +249,9 @@ export async function withUser<T>(userId: string, fn: (tx: Transaction) => Promi
 }
 
 /**
- * A Drizzle transaction object on `client`, whose BEGIN was sent already: Drizzle's own transaction() would
- * send BEGIN itself, one round trip more. Built the way Drizzle 0.45's NodePgSession.transaction builds it.
+ * A Drizzle transaction object on `client`, whose BEGIN was sent already (Drizzle's own transaction() sends
+ * BEGIN itself, a round trip a scope would add to). Built the way Drizzle 0.45's NodePgSession.transaction
+ * builds it; a test checks the transaction's round trips.
  */
 function transactionOn(client: pg.PoolClient): Transaction {
   const database = drizzleFor(client) as unknown as {

@@ -146,7 +146,12 @@ export async function checkSchemaConventions(target: string | Queryable): Promis
 
     // Tables of per-user rows (a user_id or subject_user_id column): row-level security enabled and forced on
     // the owner, with a policy that reads the transaction's user scope (migration 0007's pattern).
-    const perUser = await client.query<{ table: string; enabled: boolean; forced: boolean; scoped: boolean }>(`
+    const perUser = await client.query<{
+      table: string;
+      enabled: boolean;
+      forced: boolean;
+      scoped: boolean;
+    }>(`
       SELECT c.relname AS table, c.relrowsecurity AS enabled, c.relforcerowsecurity AS forced,
         EXISTS (SELECT 1 FROM pg_policy p WHERE p.polrelid = c.oid
           AND pg_get_expr(p.polqual, p.polrelid) LIKE '%app_scope_user()%'
