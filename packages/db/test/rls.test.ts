@@ -2,7 +2,7 @@
 // that user's sessions, linked accounts, one-time tokens and audit events; the scope is set in the BEGIN round
 // trip and dies with the transaction, so the pooled connection (and, through PgBouncer in transaction mode,
 // the next client of the server connection) carries no user afterwards; system work keeps seeing every row.
-import { randomBytes } from "node:crypto";
+import { randomBytes, randomUUID } from "node:crypto";
 import { sql } from "drizzle-orm";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { databaseConfigFromUrl } from "../src/config.ts";
@@ -25,6 +25,15 @@ const PROTECTED = [
   { table: oneTimeTokens, name: "one_time_tokens", owner: oneTimeTokens.userId },
   { table: auditEvents, name: "audit_events", owner: auditEvents.subjectUserId },
 ] as const;
+
+/** The SQLSTATE somewhere in an error's cause chain (42501: refused by a row-level security policy). */
+function sqlState(error: unknown): string | undefined {
+  for (let e: unknown = error; e instanceof Error; e = e.cause) {
+    const code = (e as { code?: unknown }).code;
+    if (typeof code === "string" && /^[0-9A-Z]{5}$/.test(code)) return code;
+  }
+  return undefined;
+}
 
 /** A user with one row in every protected table. */
 async function userWithRows(prefix: string) {
@@ -73,11 +82,32 @@ describe("a user-scoped transaction", () => {
           sql`UPDATE ${table} SET ${sql.identifier(owner.name)} = ${bob.id} WHERE ${owner} = ${alice.id}`,
         ),
       ).catch((error: unknown) => error);
-      expect(moved, name).toBeInstanceOf(Error);
+      expect(sqlState(moved), name).toBe("42501");
       // Outside a scope (the system's): Bob's rows are all still there.
       const all = await db.select({ owner }).from(table).where(sql`${owner} = ${bob.id}`);
       expect(all.length, name).toBeGreaterThan(0);
     }
+    // users: writes are scoped (an UPDATE that forgot its WHERE changes the user's own row only, a sign-up
+    // cannot happen inside a scope); reads are not (see the migration: the search indexes need that).
+    const renamed = await withUser(alice.id, (tx) => tx.execute(sql`UPDATE users SET first_name = 'Scoped'`));
+    expect(renamed.rowCount).toBe(1);
+    const names = await database.admin<{ id: string; first_name: string | null }>(
+      "SELECT id, first_name FROM users WHERE id = ANY($1::uuid[])",
+      [[alice.id, bob.id]],
+    );
+    expect(Object.fromEntries(names.rows.map((row) => [row.id, row.first_name]))).toEqual({
+      [alice.id]: "Scoped",
+      [bob.id]: null,
+    });
+    const removed = await withUser(alice.id, (tx) => tx.execute(sql`DELETE FROM users WHERE id = ${bob.id}`));
+    expect(removed.rowCount).toBe(0);
+    const signUp = await withUser(alice.id, (tx) =>
+      tx.execute(
+        sql`INSERT INTO users (id, email) VALUES (${alice.id.replace(/.$/, "0")}, 'in-scope@example.com')`,
+      ),
+    ).catch((error: unknown) => error);
+    expect(sqlState(signUp)).toBe("42501");
+
     // The services work in the scope as they do outside it.
     const mine = await withUser(alice.id, (tx) => SessionsService.listForUser(alice.id, { tx }));
     expect(mine).toHaveLength(1);
