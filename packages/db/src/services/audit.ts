@@ -277,7 +277,11 @@ export const chain = defineService(
           const [current] = await withMetrics("select", "audit_chain", () =>
             skipIfBusy ? head.for("update", { skipLocked: true }) : head.for("update"),
           );
-          if (!current) return skipIfBusy ? 0 : missingHead();
+          if (!current) {
+            // Locked by another chainer (skipIfBusy), or gone: only the first is a reason to return quietly.
+            const exists = skipIfBusy && (await tx.select({ id: auditChain.id }).from(auditChain)).length > 0;
+            return exists ? 0 : missingHead();
+          }
           const pending = await withMetrics("select", TABLE, () =>
             tx
               .select()
