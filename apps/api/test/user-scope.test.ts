@@ -39,7 +39,7 @@ async function scopesOf(
   sent.length = 0;
   const { status } = await run();
   const scopes = sent
-    .map((text) => /set_config\('app\.user_id', '([0-9a-f-]{36})', true\)/.exec(text)?.[1])
+    .map((text) => /SET LOCAL app\.user_id = '([0-9a-f-]{36})'/.exec(text)?.[1])
     .filter((id): id is string => id !== undefined);
   return { status, scopes };
 }

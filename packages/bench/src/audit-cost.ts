@@ -1,7 +1,8 @@
 // Section 6: what the audit trail costs the two product paths that now record an event in the transaction of
 // the change, each measured without and with the trail, interleaved, on the service pool section 1 opened:
 //  - sign-out: without = SessionsService.revoke alone (one autocommit UPDATE); with = the API's endSession
-//    (apps/api/src/routes/auth/sessions.ts): one transaction holding the revoke and AuditService.record;
+//    (apps/api/src/routes/auth/sessions.ts): the revoke with its `audit` event, one statement (a CTE inserts the
+//    event from the revoked row);
 //  - password sign-in: UsersService.signIn without and with the `audit` option that records one `sign_in`
 //    event in signIn's own transaction (argon2 runs before that transaction, in both variants).
 // The users and sessions are this section's own, made in setup with the services: the HTTP section's seeded
@@ -12,7 +13,6 @@ import {
   getPool,
   type PublicUser,
   SessionsService,
-  transaction,
   UsersService,
 } from "@repo/db";
 import { msText, opsText, ratioText, table } from "./format.ts";
@@ -164,10 +164,7 @@ function paths(fixture: AuditFixture, options: AuditCostOptions): Path[] {
       withoutTrail: (i) => SessionsService.revoke(session(i).id),
       withTrail: (i) => {
         const { id, userId } = session(i);
-        return transaction(async (tx) => {
-          await SessionsService.revoke(id, { tx });
-          await AuditService.record(userEvent("sign_out", userId, i, { sessionId: id }), { tx });
-        });
+        return SessionsService.revoke(id, { audit: userEvent("sign_out", userId, i, { sessionId: id }) });
       },
     },
     {
@@ -318,9 +315,9 @@ export async function auditCost(
     note(
       rows,
       "sign-out",
-      "The trail turns one autocommit UPDATE into a transaction (BEGIN, the UPDATE, the event's INSERT, " +
-        "COMMIT): three more round trips, and nothing shared, since writers do not chain (a chainer links " +
-        "events afterwards, in batches).",
+      "The trail adds an INSERT to the sign-out's statement (a CTE fed by the revoked row): the same one " +
+        "round trip, no transaction, and nothing shared, since writers do not chain (a chainer links events " +
+        "afterwards, in batches).",
     ),
     note(
       rows,

@@ -178,7 +178,7 @@ export function markdown(results: BenchResults, links: { json: string; svg: stri
     "Each product path that now records an event in the transaction of its change, without and with the " +
       "trail, in process through the services on the service pool of section 1 (same harness settings, the " +
       "two variants interleaved). **sign-out**: without is `SessionsService.revoke` alone (one autocommit " +
-      "UPDATE); with is the API's: the revoke and `AuditService.record` (one INSERT) in one transaction; " +
+      "UPDATE); with is the API's: the same UPDATE with its `audit` event, which a CTE inserts from the revoked row, one statement; " +
       "writers share no lock, and the chainer links their events afterwards (its pass over them is timed " +
       "below the table). **password sign-in**: `UsersService.signIn` without and with the `audit` option " +
       "recording one `sign_in` event in its own transaction; argon2 runs before that transaction in both. The " +

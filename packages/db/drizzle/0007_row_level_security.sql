@@ -1,5 +1,5 @@
 -- Row-level security: inside a user-scoped transaction (transaction(fn, { userId }) sets app.user_id with
--- set_config(..., true), for that transaction only) every per-user row of another user is invisible and cannot
+-- SET LOCAL app.user_id, for that transaction only) every per-user row of another user is invisible and cannot
 -- be written. Outside one (app.user_id unset, or '' once a scoped transaction on the connection has ended),
 -- the system scope: every row, as before. FORCE makes the policies apply to the table owner, which is the
 -- role the application connects as. On users, writes are scoped the same way, but reads are not: reverse() and

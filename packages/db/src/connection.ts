@@ -161,7 +161,7 @@ export interface TransactionOptions extends PgTransactionConfig {
   /**
    * Open the transaction in this user's scope: row-level security then shows and lets it write only that
    * user's sessions, linked accounts, one-time tokens and audit events (migration 0007). Set with
-   * `set_config('app.user_id', id, true)` in the same round trip as BEGIN, so it ends with the transaction
+   * `SET LOCAL app.user_id` in the same round trip as BEGIN, so it ends with the transaction
    * (nothing session-level, safe behind a transaction-mode pooler). Not with `tx`: a scope is chosen when a
    * transaction opens.
    */
@@ -207,7 +207,7 @@ export async function transaction<T>(
 
 /**
  * `fn` in a new transaction on a pooled client: one round trip sends BEGIN (with the isolation settings and,
- * for a user scope, the set_config; see TransactionOptions.userId), then `fn` gets a Drizzle transaction on
+ * for a user scope, SET LOCAL app.user_id; see TransactionOptions.userId), then `fn` gets a Drizzle transaction on
  * that client, then COMMIT (ROLLBACK when `fn` throws).
  * @throws DbError VALIDATION_FAILED (a scope that is not a UUID), and whatever transaction() throws.
  */
@@ -227,7 +227,7 @@ async function openTransaction<T>(
     config.deferrable === undefined ? "" : config.deferrable ? "DEFERRABLE" : "NOT DEFERRABLE",
   ].filter(Boolean);
   const begin = `BEGIN${settings.length > 0 ? ` ${settings.join(", ")}` : ""}${
-    userId === undefined ? "" : `; SELECT set_config('app.user_id', '${userId.toLowerCase()}', true)`
+    userId === undefined ? "" : `; SET LOCAL app.user_id = '${userId.toLowerCase()}'`
   }`;
   return await onPooledClient(async (client, own) => {
     await client.query(begin);

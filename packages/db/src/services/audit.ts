@@ -165,34 +165,41 @@ function assertNoSecrets(details: unknown, path = "details"): void {
   }
 }
 
-interface RecordParams extends Record<string, unknown> {
-  id: string;
-  at: Date;
-  actorType: string;
-  actorUserId: string | null;
-  subjectUserId: string | null;
-  action: string;
-  ipAddress: string | null;
-  userAgent: string | null;
-  requestId: string | null;
-  details: string;
+/** The parameters of one event's INSERT (prefixed: they share statements with others, see insertEvent). */
+export interface EventParams extends Record<string, unknown> {
+  eventId: string;
+  eventAt: Date;
+  eventActorType: string;
+  eventActorUserId: string | null;
+  eventSubjectUserId: string | null;
+  eventAction: string;
+  eventIpAddress: string | null;
+  eventUserAgent: string | null;
+  eventRequestId: string | null;
+  eventDetails: string;
 }
 
-const recordStatement = defineStatement<Record<string, never>, RecordParams>(
-  "audit_record",
-  sql`INSERT INTO audit_events (id, occurred_at, actor_type, actor_user_id, subject_user_id, action,
+/**
+ * `INSERT INTO audit_events ... SELECT <the event's parameters> [FROM source]`: an event as part of another
+ * statement (a data-modifying CTE inserts it only when `source` has a row, in the same round trip). Bind
+ * it with eventParams().
+ */
+export function insertEvent(source?: SQL): SQL {
+  return sql`INSERT INTO audit_events (id, occurred_at, actor_type, actor_user_id, subject_user_id, action,
       ip_address, user_agent, request_id, details)
-    VALUES (${param("id")}::uuid, ${param("at")}::timestamptz, ${param("actorType")}::text,
-      ${param("actorUserId")}::uuid, ${param("subjectUserId")}::uuid, ${param("action")}::text,
-      ${param("ipAddress")}::text, ${param("userAgent")}::text, ${param("requestId")}::text,
-      ${param("details")}::jsonb)`,
-);
+    SELECT ${param("eventId")}::uuid, ${param("eventAt")}::timestamptz, ${param("eventActorType")}::text,
+      ${param("eventActorUserId")}::uuid, ${param("eventSubjectUserId")}::uuid, ${param("eventAction")}::text,
+      ${param("eventIpAddress")}::text, ${param("eventUserAgent")}::text, ${param("eventRequestId")}::text,
+      ${param("eventDetails")}::jsonb${source ? sql` FROM ${source}` : sql``}`;
+}
 
-/** Validates an event and inserts it on `handle` (a transaction, or the pool: then it commits alone). */
-async function append(
-  payload: AuditEventInput,
-  handle: DatabaseOrTransaction | undefined,
-): Promise<AuditEvent> {
+const recordStatement = defineStatement<Record<string, never>, EventParams>("audit_record", insertEvent());
+
+/**
+ * Validates an event (VALIDATION_FAILED, including secrets in details) and gives the row it becomes and the
+ * parameters insertEvent() binds.
+ */
+export function eventParams(payload: AuditEventInput): { event: AuditEvent; params: EventParams } {
   const input = validate(recordInput, payload);
   assertNoSecrets(input.details);
   // The details as jsonb will give them back (keys reordered, nothing else): parsed from canonical text.
@@ -212,9 +219,28 @@ async function append(
     prevHash: null,
     hash: null,
   };
-  await withMetrics("insert", TABLE, () =>
-    recordStatement.run(handle, { ...event, at: event.occurredAt, details: detailsText }),
-  );
+  const params: EventParams = {
+    eventId: event.id,
+    eventAt: event.occurredAt,
+    eventActorType: event.actorType,
+    eventActorUserId: event.actorUserId,
+    eventSubjectUserId: event.subjectUserId,
+    eventAction: event.action,
+    eventIpAddress: event.ipAddress,
+    eventUserAgent: event.userAgent,
+    eventRequestId: event.requestId,
+    eventDetails: detailsText,
+  };
+  return { event, params };
+}
+
+/** Validates an event and inserts it on `handle` (a transaction, or the pool: then it commits alone). */
+async function append(
+  payload: AuditEventInput,
+  handle: DatabaseOrTransaction | undefined,
+): Promise<AuditEvent> {
+  const { event, params } = eventParams(payload);
+  await withMetrics("insert", TABLE, () => recordStatement.run(handle, params));
   return event;
 }
 

@@ -7,6 +7,8 @@ import { transaction } from "../../src/connection.ts";
 import { generateSecret } from "../../src/crypto/secrets.ts";
 import { isDbError } from "../../src/errors.ts";
 import * as AuditService from "../../src/services/audit.ts";
+import * as SessionsService from "../../src/services/sessions.ts";
+import * as UsersService from "../../src/services/users.ts";
 import { useTestDatabase } from "../../src/testing/index.ts";
 
 const database = useTestDatabase({ config: { poolMax: 20 } });
@@ -82,6 +84,39 @@ describe("the audit chain", () => {
     // Chained in the order they committed: the older id after the newer one.
     expect(after.rows.map((row) => row.id)).toEqual([quick.id, first.id]);
     expect(await AuditService.verify()).toMatchObject({ ok: true, pending: 0 });
+  });
+
+  it("a revocation records its event in the same statement, and only when a session was revoked", async () => {
+    const user = await UsersService.create({ email: `revoke-${randomBytes(4).toString("hex")}@example.com` });
+    const { session } = await SessionsService.create({ userId: user.id, authMethod: "password" });
+    const signOut = {
+      ...event({ sessionId: session.id }),
+      action: "sign_out" as const,
+      subjectUserId: user.id,
+    };
+    const count = async () =>
+      (
+        await database.admin<{ n: number }>(
+          "SELECT count(*)::int AS n FROM audit_events WHERE subject_user_id = $1 AND action = 'sign_out'",
+          [user.id],
+        )
+      ).rows[0]?.n;
+    const revoked = await SessionsService.revoke(session.id, { audit: signOut, activeOnly: true });
+    expect(revoked.status).toBe("revoked");
+    expect(await count()).toBe(1);
+    // Already ended: NOT_FOUND, and no second event.
+    const again = await SessionsService.revoke(session.id, { audit: signOut, activeOnly: true }).catch(
+      (error: unknown) => error,
+    );
+    expect(isDbError(again, "NOT_FOUND")).toBe(true);
+    expect(await count()).toBe(1);
+    // A secret in the event refuses the whole call before anything is written.
+    const { session: other } = await SessionsService.create({ userId: user.id, authMethod: "password" });
+    const refused = await SessionsService.revoke(other.id, {
+      audit: { ...signOut, details: { token: "x" } },
+    }).catch((error: unknown) => error);
+    expect(isDbError(refused, "VALIDATION_FAILED")).toBe(true);
+    expect((await SessionsService.listForUser(user.id)).map((s) => s.id)).toEqual([other.id]);
   });
 
   it("an event recorded in a transaction that rolls back leaves nothing", async () => {

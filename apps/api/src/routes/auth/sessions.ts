@@ -1,7 +1,7 @@
 // /v1/auth sessions: the current session, the user's sessions (list, revoke one, revoke the others), sign-out.
 import { SessionsService, withUser } from "@repo/db";
 import type { Context } from "hono";
-import { audited } from "../../audit.ts";
+import { auditEvent, audited } from "../../audit.ts";
 import type { AppEnv } from "../../context.ts";
 import { ApiError } from "../../errors.ts";
 import { clearSessionCookie } from "../../http.ts";
@@ -14,11 +14,13 @@ export async function signOut(c: Context<AppEnv>) {
   return c.body(null, 204);
 }
 
-/** Sign-out: the session ends and the trail says so, in one transaction (the JSON route and the page). */
+/**
+ * Sign-out (the JSON route and the page): the session ends and the trail says so, in one statement (the
+ * event is written only if the session was revoked).
+ */
 export async function endSession(c: Context<AppEnv>, sessionId: string, userId: string): Promise<void> {
-  await audited(c, async (tx, record) => {
-    await SessionsService.revoke(sessionId, c.get("log"), { tx });
-    await record("sign_out", { subject: userId, actor: "subject", details: { sessionId } });
+  await SessionsService.revoke(sessionId, c.get("log"), {
+    audit: auditEvent(c, "sign_out", { subject: userId, actor: "subject", details: { sessionId } }),
   });
 }
 

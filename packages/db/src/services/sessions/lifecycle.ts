@@ -8,6 +8,8 @@ import { DbError } from "../../errors.ts";
 import { withMetrics } from "../../metrics.ts";
 import { sessions } from "../../schema/sessions.ts";
 import { users } from "../../schema/users.ts";
+import { defineStatement, param, selectColumns } from "../../statements.ts";
+import { type AuditEventInput, type EventParams, eventParams, insertEvent } from "../audit.ts";
 import { deleteInBatches, idSchema, notFound, validate as validateInput } from "../common.ts";
 import { type Call, defineService } from "../define.ts";
 import { configFor, type SessionServiceOptions, timesFor } from "./config.ts";
@@ -86,12 +88,40 @@ export interface RevokeSessionOptions extends SessionServiceOptions {
    * records the revocation records each session once.
    */
   activeOnly?: boolean | undefined;
+  /**
+   * An audit event to record with the revocation, in the same statement (one round trip, no transaction):
+   * written only if a session was revoked. Pass `tx` as well to run it in your transaction.
+   */
+  audit?: AuditEventInput | undefined;
 }
+
+interface RevokeParams extends EventParams {
+  id: string;
+  at: Date;
+  userId: string | null;
+  activeOnly: boolean;
+}
+
+/** The revocation with its audit event: the event is inserted from the revoked row, so only if there is one. */
+const revokeAudited = defineStatement<PublicSession, RevokeParams>(
+  "sessions_revoke_audited",
+  sql`WITH s AS (
+      UPDATE sessions SET status = 'revoked',
+        revoked_at = coalesce(revoked_at, ${param("at")}::timestamptz),
+        expires_at = least(expires_at, ${param("at")}::timestamptz)
+      WHERE id = ${param("id")}::uuid
+        AND (${param("userId")}::uuid IS NULL OR user_id = ${param("userId")}::uuid)
+        AND (NOT ${param("activeOnly")}::boolean OR (status = 'active' AND expires_at > ${param("at")}::timestamptz))
+      RETURNING *
+    ), e AS (${insertEvent(sql`s`)})
+    SELECT ${selectColumns("s", publicSessionColumns)} FROM s`,
+);
 
 /**
  * Revokes one session (sign-out). Idempotent: revoking a revoked session returns it unchanged.
  * Its expires_at is pulled back to now, so cleanupExpired() can remove it through the expires_at index.
  * With `options.userId`, only that user's session is revoked ("sign out this device" from a device list).
+ * With `options.audit`, the event is recorded in the same statement, only if a session was revoked.
  * @throws DbError VALIDATION_FAILED (session id or userId not a uuid), NOT_FOUND (no such session, or not
  *   the given user's).
  * @example await revoke(sessionIdFromUrl, log, { userId: currentUser.id });
@@ -110,6 +140,22 @@ export const revoke = defineService(
     const id = validateInput(uuid, sessionId);
     const userId = validateInput(uuid.optional(), options.userId);
     const at = now();
+    if (options.audit) {
+      const { params } = eventParams(options.audit);
+      const { rows } = await withMetrics("update", "sessions", () =>
+        revokeAudited.run(options.tx, {
+          ...params,
+          id,
+          at,
+          userId: userId ?? null,
+          activeOnly: options.activeOnly === true,
+        }),
+      );
+      const session = rows[0];
+      if (!session) throw notFound("sessions");
+      logger.audit({ sessionId: session.id, userId: session.userId }, "session revoked");
+      return session;
+    }
     // By primary key; the owner is one more condition on the same row, so someone else's session is simply
     // not matched (no read-then-write, no way to tell it apart from an unknown id).
     const rows = await withMetrics("update", "sessions", () =>
