@@ -168,6 +168,9 @@ export interface TransactionOptions extends PgTransactionConfig {
   userId?: string | undefined;
 }
 
+const ISOLATION_LEVELS = new Set(["read uncommitted", "read committed", "repeatable read", "serializable"]);
+const ACCESS_MODES = new Set(["read only", "read write"]);
+
 /** What `userId` must look like: it is written into the BEGIN round trip as a literal. */
 const SCOPE_USER_ID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i;
 
@@ -221,6 +224,13 @@ async function openTransaction<T>(
       details: { userId: "must be a UUID" },
     });
   }
+  // Written into the BEGIN text: only the values PostgreSQL knows (callers without types could pass anything).
+  if (
+    (config.isolationLevel !== undefined && !ISOLATION_LEVELS.has(config.isolationLevel)) ||
+    (config.accessMode !== undefined && !ACCESS_MODES.has(config.accessMode))
+  ) {
+    throw new DbError("CONFIG_INVALID", "Unknown transaction isolation level or access mode");
+  }
   const settings = [
     config.isolationLevel ? `ISOLATION LEVEL ${config.isolationLevel.toUpperCase()}` : "",
     config.accessMode ? config.accessMode.toUpperCase() : "",
@@ -230,7 +240,13 @@ async function openTransaction<T>(
     userId === undefined ? "" : `; SET LOCAL app.user_id = '${userId.toLowerCase()}'`
   }`;
   return await onPooledClient(async (client, own) => {
-    await client.query(begin);
+    try {
+      await client.query(begin);
+    } catch (error) {
+      // BEGIN may have started the block before the rest failed: never hand the client back inside it.
+      await client.query("ROLLBACK").catch(() => {});
+      throw error;
+    }
     let result: T;
     try {
       result = await own(() => fn(transactionOn(client)));
