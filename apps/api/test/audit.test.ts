@@ -128,6 +128,20 @@ describe("each action over HTTP records exactly one event, with its actor and su
     const signedOut = await call(t, "POST", "/v1/auth/sign-out", { bearer: token });
     expect(signedOut.status).toBe(204);
     expect(await summary(signedOut)).toEqual([["sign_out", "user", userId, userId]]);
+
+    // Ten sign-outs of one session at once: all 204, one event.
+    const twice = await call(t, "POST", "/v1/auth/sign-in", { body: { email, password: PASSWORD } });
+    const outs = await Promise.all(
+      Array.from({ length: 10 }, () => call(t, "POST", "/v1/auth/sign-out", { bearer: twice.json.token })),
+    );
+    const statuses = outs.map((out) => out.status);
+    expect(statuses.filter((status) => status === 204).length).toBeGreaterThanOrEqual(1);
+    expect(statuses.every((status) => status === 204 || status === 401)).toBe(true);
+    const { rows } = await database.admin<{ n: number }>(
+      "SELECT count(*)::int AS n FROM audit_events WHERE action = 'sign_out' AND details->>'sessionId' = $1",
+      [twice.json.session.id],
+    );
+    expect(rows[0]?.n).toBe(1);
   });
 
   it("password change and reset, magic link sent and used, account deletion", async () => {

@@ -254,9 +254,20 @@ async function openTransaction<T>(
       await client.query("ROLLBACK");
       throw error;
     }
-    await client.query("COMMIT");
+    await commit(client);
     return result;
   });
+}
+
+/**
+ * COMMIT, refusing to report success for a transaction PostgreSQL rolled back: after a statement failed (and
+ * `fn` caught the error and returned), COMMIT answers with the tag ROLLBACK and no error.
+ */
+async function commit(client: pg.PoolClient): Promise<void> {
+  const done = await client.query("COMMIT");
+  if (done.command === "ROLLBACK") {
+    throw new DbError("DATABASE_ERROR", "The transaction was rolled back: a statement in it failed");
+  }
 }
 
 /** `fn` in a transaction scoped to `userId`: `transaction(fn, { userId })`. */
@@ -303,7 +314,7 @@ export async function statementTransaction<T>(
       await client.query("ROLLBACK");
       throw error;
     }
-    await client.query("COMMIT");
+    await commit(client);
     return result;
   });
 }

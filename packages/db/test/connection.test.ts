@@ -254,3 +254,19 @@ describe("configuration", () => {
     initializeDB(database.config, { logger });
   });
 });
+
+describe("transaction() never reports a rolled-back transaction as committed", () => {
+  it("a statement that failed inside, caught by fn, makes the transaction fail instead of a silent rollback", async () => {
+    const email = `swallowed-${Date.now()}@example.com`;
+    const outcome = await transaction(async (tx) => {
+      await tx.execute(sql`INSERT INTO users (id, email) VALUES (gen_random_uuid(), ${email})`);
+      await tx.execute(sql`SELECT 1 / 0`).catch(() => "caught");
+      return "fn returned";
+    }).catch((error: unknown) => error);
+    expect(isDbError(outcome, "DATABASE_ERROR")).toBe(true);
+    const { rows } = await getPool().query("SELECT 1 FROM users WHERE email = $1", [email]);
+    expect(rows).toHaveLength(0);
+    // The pooled client is clean for the next user.
+    expect((await getPool().query("SELECT 1 AS ok")).rows[0]).toEqual({ ok: 1 });
+  });
+});

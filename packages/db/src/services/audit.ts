@@ -181,14 +181,14 @@ export interface EventParams extends Record<string, unknown> {
 
 /**
  * `INSERT INTO audit_events ... SELECT <the event's parameters> [FROM source]`: an event as part of another
- * statement (a data-modifying CTE inserts it only when `source` has a row, in the same round trip). Bind
- * it with eventParams().
+ * statement (a data-modifying CTE inserts it only when `source` has a row, in the same round trip); `subject`
+ * takes the subject from that row instead of the parameter. Bind it with eventParams().
  */
-export function insertEvent(source?: SQL): SQL {
+export function insertEvent(source?: SQL, subject?: SQL): SQL {
   return sql`INSERT INTO audit_events (id, occurred_at, actor_type, actor_user_id, subject_user_id, action,
       ip_address, user_agent, request_id, details)
     SELECT ${param("eventId")}::uuid, ${param("eventAt")}::timestamptz, ${param("eventActorType")}::text,
-      ${param("eventActorUserId")}::uuid, ${param("eventSubjectUserId")}::uuid, ${param("eventAction")}::text,
+      ${param("eventActorUserId")}::uuid, ${subject ?? sql`${param("eventSubjectUserId")}::uuid`}, ${param("eventAction")}::text,
       ${param("eventIpAddress")}::text, ${param("eventUserAgent")}::text, ${param("eventRequestId")}::text,
       ${param("eventDetails")}::jsonb${source ? sql` FROM ${source}` : sql``}`;
 }

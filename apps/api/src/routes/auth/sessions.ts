@@ -1,5 +1,5 @@
 // /v1/auth sessions: the current session, the user's sessions (list, revoke one, revoke the others), sign-out.
-import { SessionsService, withUser } from "@repo/db";
+import { isDbError, SessionsService, withUser } from "@repo/db";
 import type { Context } from "hono";
 import { auditEvent, audited } from "../../audit.ts";
 import type { AppEnv } from "../../context.ts";
@@ -19,9 +19,16 @@ export async function signOut(c: Context<AppEnv>) {
  * event is written only if the session was revoked).
  */
 export async function endSession(c: Context<AppEnv>, sessionId: string, userId: string): Promise<void> {
-  await SessionsService.revoke(sessionId, c.get("log"), {
-    audit: auditEvent(c, "sign_out", { subject: userId, actor: "subject", details: { sessionId } }),
-  });
+  try {
+    // A live session only: two sign-outs of one session at once record one event.
+    await SessionsService.revoke(sessionId, c.get("log"), {
+      activeOnly: true,
+      audit: auditEvent(c, "sign_out", { subject: userId, actor: "subject", details: { sessionId } }),
+    });
+  } catch (error) {
+    // Ended meanwhile (the other sign-out, an expiry): signed out all the same.
+    if (!isDbError(error, "NOT_FOUND")) throw error;
+  }
 }
 
 export function currentSession(c: Context<AppEnv>) {

@@ -113,7 +113,7 @@ const revokeAudited = defineStatement<PublicSession, RevokeParams>(
         AND (${param("userId")}::uuid IS NULL OR user_id = ${param("userId")}::uuid)
         AND (NOT ${param("activeOnly")}::boolean OR (status = 'active' AND expires_at > ${param("at")}::timestamptz))
       RETURNING *
-    ), e AS (${insertEvent(sql`s`)})
+    ), e AS (${insertEvent(sql`s`, sql`s.user_id`)})
     SELECT ${selectColumns("s", publicSessionColumns)} FROM s`,
 );
 
@@ -121,7 +121,8 @@ const revokeAudited = defineStatement<PublicSession, RevokeParams>(
  * Revokes one session (sign-out). Idempotent: revoking a revoked session returns it unchanged.
  * Its expires_at is pulled back to now, so cleanupExpired() can remove it through the expires_at index.
  * With `options.userId`, only that user's session is revoked ("sign out this device" from a device list).
- * With `options.audit`, the event is recorded in the same statement, only if a session was revoked.
+ * With `options.audit`, the event is recorded in the same statement, only if a session was revoked, about
+ * that session's user (whatever subject the event names).
  * @throws DbError VALIDATION_FAILED (session id or userId not a uuid), NOT_FOUND (no such session, or not
  *   the given user's).
  * @example await revoke(sessionIdFromUrl, log, { userId: currentUser.id });
