@@ -15,7 +15,7 @@ import * as OneTimeTokensService from "../src/services/one-time-tokens.ts";
 import * as SessionsService from "../src/services/sessions.ts";
 import * as UsersService from "../src/services/users.ts";
 import { useTestDatabase } from "../src/testing/index.ts";
-import { findPgBouncer, type PgBouncer, startPgBouncer } from "../src/testing/pgbouncer.ts";
+import { describeWithPgBouncer, type PgBouncer, startPgBouncer } from "../src/testing/pgbouncer.ts";
 
 const database = useTestDatabase({ config: { poolMax: 4 } });
 
@@ -185,13 +185,7 @@ describe("a user-scoped transaction", () => {
   });
 });
 
-if (process.env.CI && !findPgBouncer()) {
-  it("PgBouncer is installed (CI installs it for the transaction-pooler tests)", () => {
-    throw new Error("CI is set but no pgbouncer binary was found: the transaction-pooler tests cannot run");
-  });
-}
-
-describe.skipIf(!findPgBouncer())("behind PgBouncer in transaction mode", () => {
+describeWithPgBouncer("behind PgBouncer in transaction mode", () => {
   let bouncer: PgBouncer;
   beforeAll(async () => {
     bouncer = await startPgBouncer(database.url, { poolSize: 3 });

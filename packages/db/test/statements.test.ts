@@ -12,7 +12,7 @@ import * as SessionsService from "../src/services/sessions.ts";
 import * as UsersService from "../src/services/users.ts";
 import { definedStatements, defineStatement, param } from "../src/statements.ts";
 import { insertUser, useManualClock, useTestDatabase } from "../src/testing/index.ts";
-import { findPgBouncer, type PgBouncer, startPgBouncer } from "../src/testing/pgbouncer.ts";
+import { describeWithPgBouncer, type PgBouncer, startPgBouncer } from "../src/testing/pgbouncer.ts";
 
 const database = useTestDatabase({ config: { poolMax: 1 } });
 
@@ -253,15 +253,8 @@ describe("coalescing", () => {
   });
 });
 
-// Without PgBouncer on the machine these tests skip, except under CI, which installs it: there a missing
-// PgBouncer is a failure, not a silent skip.
-if (process.env.CI && !findPgBouncer()) {
-  it("PgBouncer is installed (CI installs it for the transaction-pooler tests)", () => {
-    throw new Error("CI is set but no pgbouncer binary was found: the transaction-pooler tests cannot run");
-  });
-}
-
-describe.skipIf(!findPgBouncer())("behind PgBouncer in transaction mode", () => {
+// Without PgBouncer on the machine these tests skip, except under CI (describeWithPgBouncer).
+describeWithPgBouncer("behind PgBouncer in transaction mode", () => {
   let bouncer: PgBouncer;
 
   beforeAll(async () => {

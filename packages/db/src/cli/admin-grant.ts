@@ -2,13 +2,11 @@
 // recorded in the audit trail as the system's doing. How the first admin is made; after that, admins grant
 // roles over HTTP (PUT /v1/admin/users/:id/roles/:role). Exit code 0 on success (or when the user already
 // holds the role), 1 on a bad argument, an unknown address or an unreachable database.
-import { databaseConfigFromUrl, redactUrl } from "../config.ts";
-import { disconnectDB, initializeDB, transaction } from "../connection.ts";
-import { resolveDatabase } from "../dev-database.ts";
-import { isSchemaCurrent } from "../migrate.ts";
+import { transaction } from "../connection.ts";
 import { record } from "../services/audit.ts";
 import { grant, ROLES, type Role } from "../services/roles.ts";
 import { findByEmail } from "../services/users.ts";
+import { runOnMigratedDatabase } from "./migrated-database.ts";
 
 const [email, role] = process.argv.slice(2).filter((arg) => arg !== "--");
 if (!email || !role || !(ROLES as readonly string[]).includes(role)) {
@@ -16,11 +14,7 @@ if (!email || !role || !(ROLES as readonly string[]).includes(role)) {
   process.exit(1);
 }
 
-const database = await resolveDatabase();
-let exitCode = 0;
-try {
-  initializeDB(databaseConfigFromUrl(database.url, { poolMax: 2 }));
-  if (!(await isSchemaCurrent())) throw new Error("Migrations are pending: run `bun run db:migrate` first");
+await runOnMigratedDatabase(async (where) => {
   const user = await findByEmail(email);
   if (!user) throw new Error(`No live user has the address ${email}`);
   const granted = await transaction(async (tx) => {
@@ -40,14 +34,8 @@ try {
   });
   console.log(
     granted
-      ? `${email} (${user.id}) is now ${role} at ${redactUrl(database.url)}`
-      : `${email} (${user.id}) already was ${role} at ${redactUrl(database.url)}`,
+      ? `${email} (${user.id}) is now ${role} at ${where}`
+      : `${email} (${user.id}) already was ${role} at ${where}`,
   );
-} catch (error) {
-  console.error(error instanceof Error ? error.message : String(error));
-  exitCode = 1;
-} finally {
-  await disconnectDB().catch(() => {});
-  await database.embedded?.stop();
-}
-process.exit(exitCode);
+  return 0;
+});

@@ -6,6 +6,7 @@ import { existsSync } from "node:fs";
 import { chmod, chown, mkdtemp, rm, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import path from "node:path";
+import { describe, it } from "vitest";
 import { freePort, runAs, waitUntilReady } from "../embedded.ts";
 
 const CANDIDATES = ["/usr/sbin/pgbouncer", "/usr/bin/pgbouncer", "/usr/local/bin/pgbouncer"];
@@ -19,6 +20,20 @@ export function findPgBouncer(): string | undefined {
   } catch {
     return undefined;
   }
+}
+
+/**
+ * `describe` for tests that need a real PgBouncer: skipped without the binary, except under CI (which installs
+ * it), where a missing PgBouncer is a failing test, not a silent skip.
+ */
+export function describeWithPgBouncer(title: string, body: () => void): void {
+  const found = findPgBouncer() !== undefined;
+  if (process.env.CI && !found) {
+    it(`${title}: PgBouncer is installed (CI installs it for the transaction-pooler tests)`, () => {
+      throw new Error("CI is set but no pgbouncer binary was found: the transaction-pooler tests cannot run");
+    });
+  }
+  describe.skipIf(!found)(title, body);
 }
 
 export interface PgBouncer {
