@@ -8,14 +8,14 @@ interface Waiter<O> {
 }
 
 interface Batch<I, O> {
-  entries: Map<string, { input: I; waiters: Waiter<O>[] }>;
+  entries: Map<string | number, { input: I; waiters: Waiter<O>[] }>;
   scheduled: boolean;
   flushed: boolean;
 }
 
 export interface CoalescerOptions<I, O> {
-  /** Calls with equal keys share one entry of the batch (and its answer). */
-  key(input: I): string;
+  /** Calls with equal keys share one entry of the batch (and its answer). Absent: every call is its own entry. */
+  key?: (input: I) => string;
   /** Answers a batch of distinct inputs, one output per input in the same order. */
   run(inputs: I[]): Promise<O[]>;
   /** A batch this large is sent at once instead of waiting. Default 256. */
@@ -91,7 +91,8 @@ export function coalescer<I, O>(options: CoalescerOptions<I, O>): (input: I) => 
         // Otherwise the batch waits for a running one to finish (settled() schedules it).
         if (inFlight < maxInFlight) schedule(batch);
       }
-      const key = options.key(input);
+      // Without a key function a call's position in the batch is its key: no string is built per call.
+      const key = options.key === undefined ? batch.entries.size : options.key(input);
       let entry = batch.entries.get(key);
       if (entry === undefined) {
         entry = { input, waiters: [] };

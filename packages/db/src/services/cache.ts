@@ -12,7 +12,8 @@ import { MAX_BATCH_BYTES, MAX_BATCH_KEYS, MAX_TTL_SECONDS } from "./cache/limits
 import {
   getBatch,
   getCoalesced,
-  incrementStatement,
+  incrementCoalesced,
+  incrementOne,
   type SetEntry,
   setBatch,
   setCoalesced,
@@ -25,9 +26,15 @@ import { type Call, type CallTail, defineService, splitCallArguments } from "./d
 // The limits live in cache/limits.ts (shared with the codec and the statements); re-exported here by name.
 export { MAX_BATCH_BYTES, MAX_BATCH_KEYS, MAX_TTL_SECONDS, MAX_VALUE_BYTES } from "./cache/limits.ts";
 
+const RESOURCE_TYPE_MAX = 256;
+const KEY_MAX = 1024;
 // Text columns cannot hold NUL: reject it here rather than get a driver error.
-const resourceTypeSchema = z.string().min(1).max(256).refine(noNul, { error: "must not contain NUL" });
-const keySchema = z.string().min(1).max(1024).refine(noNul, { error: "must not contain NUL" });
+const resourceTypeSchema = z
+  .string()
+  .min(1)
+  .max(RESOURCE_TYPE_MAX)
+  .refine(noNul, { error: "must not contain NUL" });
+const keySchema = z.string().min(1).max(KEY_MAX).refine(noNul, { error: "must not contain NUL" });
 const ttlSchema = z.strictObject({
   ttlSeconds: z.number().positive().max(MAX_TTL_SECONDS).optional(),
 });
@@ -38,6 +45,35 @@ const batchSchema = z.strictObject({
   batchSize: z.number().int().min(1).max(10_000).default(1000),
   maxBatches: z.number().int().min(1).max(100_000).default(1000),
 });
+
+// The common inputs (a short string without NUL, a plain { ttlSeconds } object) are checked inline: zod
+// costs a measurable share of a cache call. Anything else goes to the schema, which gives the same verdict
+// with its messages.
+function checkedType(value: unknown): string {
+  return typeof value === "string" && value.length > 0 && value.length <= RESOURCE_TYPE_MAX && noNul(value)
+    ? value
+    : validate(resourceTypeSchema, value);
+}
+
+function checkedKey(value: unknown): string {
+  return typeof value === "string" && value.length > 0 && value.length <= KEY_MAX && noNul(value)
+    ? value
+    : validate(keySchema, value);
+}
+
+function checkedTtl(ttl: unknown): TtlOption {
+  if (typeof ttl === "object" && ttl !== null && Object.getPrototypeOf(ttl) === Object.prototype) {
+    let onlyTtl = true;
+    for (const name in ttl) if (name !== "ttlSeconds") onlyTtl = false;
+    const seconds = (ttl as TtlOption).ttlSeconds;
+    if (
+      onlyTtl &&
+      (seconds === undefined || (typeof seconds === "number" && seconds > 0 && seconds <= MAX_TTL_SECONDS))
+    )
+      return ttl as TtlOption;
+  }
+  return validate(ttlSchema, ttl);
+}
 
 export interface TtlOption {
   /** Seconds until the entry expires; absent: it never does. At most MAX_TTL_SECONDS. */
@@ -72,8 +108,8 @@ function expiry(at: Date, ttl: TtlOption): Date | null {
 export const get = defineService(
   { name: "cache.get", table: TABLE, arity: 2, logFields: ([resourceType]) => ({ resourceType }) },
   async ({ options }: Call<ServiceOptions>, resourceType: string, key: string): Promise<unknown | null> => {
-    const type = validate(resourceTypeSchema, resourceType);
-    const name = validate(keySchema, key);
+    const type = checkedType(resourceType);
+    const name = checkedKey(key);
     const pair = { type, key: name };
     const value =
       options.tx === undefined ? await getCoalesced(pair) : (await getBatch([pair], options.tx))[0];
@@ -96,9 +132,9 @@ export const set = defineService(
     value: unknown,
     ttl: TtlOption = {},
   ): Promise<void> => {
-    const type = validate(resourceTypeSchema, resourceType);
-    const name = validate(keySchema, key);
-    const parsedTtl = validate(ttlSchema, ttl);
+    const type = checkedType(resourceType);
+    const name = checkedKey(key);
+    const parsedTtl = checkedTtl(ttl);
     const json = serialize(value);
     const entry = { type, key: name, json, expiresAt: expiry(now(), parsedTtl) };
     if (options.tx === undefined) await setCoalesced(entry);
@@ -114,8 +150,8 @@ export const set = defineService(
 const deleteEntry = defineService(
   { name: "cache.delete", table: TABLE, arity: 2, logFields: ([resourceType]) => ({ resourceType }) },
   async ({ handle }: Call<ServiceOptions>, resourceType: string, key: string): Promise<boolean> => {
-    const type = validate(resourceTypeSchema, resourceType);
-    const name = validate(keySchema, key);
+    const type = checkedType(resourceType);
+    const name = checkedKey(key);
     const at = now();
     const result = await withMetrics("delete", TABLE, () =>
       handle.execute<{ live: boolean }>(sql`
@@ -146,7 +182,7 @@ export const getMany = defineService(
     resourceType: string,
     keys: readonly string[],
   ): Promise<Map<string, unknown>> => {
-    const type = validate(resourceTypeSchema, resourceType);
+    const type = checkedType(resourceType);
     const names = [...new Set(validate(keysSchema, keys))];
     const found = new Map<string, unknown>();
     if (names.length === 0) return found;
@@ -185,9 +221,9 @@ export const setMany = defineService(
     entries: ReadonlyArray<{ key: string; value: unknown }>,
     ttl: TtlOption = {},
   ): Promise<void> => {
-    const type = validate(resourceTypeSchema, resourceType);
+    const type = checkedType(resourceType);
     const parsed = validate(entriesSchema, entries);
-    const parsedTtl = validate(ttlSchema, ttl);
+    const parsedTtl = checkedTtl(ttl);
     let bytes = 0;
     const expiresAt = expiry(now(), parsedTtl);
     const batch = parsed.map((entry): SetEntry => {
@@ -237,9 +273,19 @@ export async function getOrSet<T>(
   return await flight;
 }
 
+/** 22P02 (not an integer) and 22003 (bigint overflow) arrive as INVALID_INPUT: the entry is no counter. */
+function notACounter(error: unknown): unknown {
+  if (!isDbError(error, "INVALID_INPUT")) return error;
+  return new DbError("VALIDATION_FAILED", "Invalid input: the cached value is not an integer counter", {
+    cause: error,
+    details: { key: "the cached value is not an integer counter" },
+  });
+}
+
 /**
  * Adds `by` to a counter atomically in one statement and returns the new value with its window's end:
- * a fixed-window rate limiter. A missing or expired counter starts a new window at `by` with `ttlSeconds`;
+ * a fixed-window rate limiter. Calls made together outside a transaction share one statement, each getting
+ * the value it would have got in sequence. A missing or expired counter starts a new window at `by` with `ttlSeconds`;
  * a live one keeps its expiry. An existing non-integer value is an error, not overwritten.
  * @throws DbError VALIDATION_FAILED (bad key, `by` or TTL; the entry holds something other than an integer).
  * @example const { value, expiresAt } = await increment("login-attempts", ip, 1, { ttlSeconds: 60 });
@@ -253,27 +299,20 @@ export const increment = defineService(
     by: number = 1,
     ttl: TtlOption = {},
   ): Promise<Counter> => {
-    const type = validate(resourceTypeSchema, resourceType);
-    const name = validate(keySchema, key);
-    const step = validate(incrementSchema, by);
-    const parsedTtl = validate(ttlSchema, ttl);
+    const type = checkedType(resourceType);
+    const name = checkedKey(key);
+    const step = Number.isSafeInteger(by) ? by : validate(incrementSchema, by);
+    const parsedTtl = checkedTtl(ttl);
     const at = now();
-    const params = { type, key: name, step, at, expiresAt: expiry(at, parsedTtl) };
-    const result = await withMetrics("increment", TABLE, () =>
-      incrementStatement.run(options.tx, params),
-    ).catch((error: unknown) => {
-      // 22P02 (not an integer) and 22003 (bigint overflow) arrive as INVALID_INPUT.
-      if (isDbError(error, "INVALID_INPUT")) {
-        throw new DbError("VALIDATION_FAILED", "Invalid input: the cached value is not an integer counter", {
-          cause: error,
-          details: { key: "the cached value is not an integer counter" },
-        });
-      }
-      throw error;
-    });
-    const row = result.rows[0];
-    if (!row) throw new Error("INSERT ... RETURNING gave no row");
-    return { value: Number(row.value), expiresAt: row.expires_at };
+    const input = { type, key: name, step, at, expiresAt: expiry(at, parsedTtl) };
+    if (options.tx !== undefined) {
+      return await incrementOne(input, options.tx).catch((error: unknown) => {
+        throw notACounter(error);
+      });
+    }
+    const outcome = await incrementCoalesced(input);
+    if ("error" in outcome) throw notACounter(outcome.error);
+    return outcome.counter;
   },
 );
 
@@ -286,8 +325,8 @@ export const increment = defineService(
 export const take = defineService(
   { name: "cache.take", table: TABLE, arity: 2, logFields: ([resourceType]) => ({ resourceType }) },
   async ({ options }: Call<ServiceOptions>, resourceType: string, key: string): Promise<unknown | null> => {
-    const type = validate(resourceTypeSchema, resourceType);
-    const name = validate(keySchema, key);
+    const type = checkedType(resourceType);
+    const name = checkedKey(key);
     const params = { type, key: name, at: now() };
     const result = await withMetrics("take", TABLE, () => takeStatement.run(options.tx, params));
     const row = result.rows[0];

@@ -83,12 +83,16 @@ export function boundedLogFields(fields: LogFields): LogFields {
 const isLogger = (value: unknown): value is Logger =>
   typeof value === "object" && value !== null && typeof (value as Logger).info === "function";
 
+/** The options of a call that passed none (shared, so frozen: a body never writes to its options). */
+const NO_OPTIONS: CallOptions = Object.freeze({});
+
 /** Splits `[...positional, loggerOrOptions?, options?]` at `arity`. */
 export function splitCallArguments<O extends CallOptions>(
   args: readonly unknown[],
   arity: number,
 ): { positional: unknown[]; logger: Logger; options: O } {
-  const positional = args.slice(0, arity);
+  // The rest array a service gets is its own: used as is when nothing follows the positional arguments.
+  const positional = args.length <= arity ? (args as unknown[]) : args.slice(0, arity);
   const next = args[arity];
   const last = args[arity + 1];
   let logger: Logger = noopLogger;

@@ -134,17 +134,98 @@ describe("getMany / setMany", () => {
 });
 
 describe("increment", () => {
-  it("100 concurrent increments give exactly 100", async () => {
+  /** Statements cache.increment has sent so far (alone and batched). */
+  const incrementStatements = async () => {
+    const metric = await registry.getSingleMetric("db_queries_total")?.get();
+    return (metric?.values ?? [])
+      .filter((v) => v.labels.table === "cache" && String(v.labels.operation).startsWith("increment"))
+      .reduce((sum, v) => sum + v.value, 0);
+  };
+
+  it("100 concurrent increments give exactly 1..100, in a few statements", async () => {
+    const before = await incrementStatements();
     const results = await Promise.all(
       Array.from({ length: 100 }, () => CacheService.increment("rate", "ip", 1, { ttlSeconds: 60 })),
     );
+    // Made together, they share one statement, and each caller still gets a value of its own.
+    expect(await incrementStatements()).toBe(before + 1);
     const values = results.map((r) => r.value).sort((a, b) => a - b);
     expect(values).toEqual(Array.from({ length: 100 }, (_, i) => i + 1));
     expect(await CacheService.get("rate", "ip")).toBe(100);
     // All share the window opened by the first one.
     const windows = new Set(results.map((r) => r.expiresAt?.getTime()));
     expect([...windows]).toEqual([clock.now().getTime() + 60_000]);
+  });
+
+  it("100 concurrent increments on 100 connections (no shared statement) give exactly 1..100", async () => {
+    // Each in a transaction of its own: nothing is coalesced, so the row lock alone must keep them exact.
+    const results = await Promise.all(
+      Array.from({ length: 100 }, () =>
+        transaction((tx) => CacheService.increment("rate-tx", "ip", 1, { ttlSeconds: 60 }, { tx })),
+      ),
+    );
+    expect(results.map((r) => r.value).sort((a, b) => a - b)).toEqual(
+      Array.from({ length: 100 }, (_, i) => i + 1),
+    );
     expect(getPool().totalCount).toBeGreaterThan(10);
+  });
+
+  it("a shared statement answers each caller as if the increments ran in their order", async () => {
+    clock.set(new Date("2030-01-01T00:00:00.000Z"));
+    await CacheService.increment("seq", "live", 10, { ttlSeconds: 100 });
+    await CacheService.increment("seq", "stale", 7, { ttlSeconds: 1 });
+    clock.advance(5_000);
+    const [a, b, c, d, e] = await Promise.all([
+      CacheService.increment("seq", "live", 2, { ttlSeconds: 30 }),
+      CacheService.increment("seq", "stale", 3, { ttlSeconds: 20 }),
+      CacheService.increment("seq", "live", -1),
+      CacheService.increment("seq", "fresh", 5),
+      CacheService.increment("seq", "stale", 4, { ttlSeconds: 90 }),
+    ]);
+    const opened = new Date("2030-01-01T00:00:00.000Z");
+    // A live counter keeps its window whatever the callers ask for.
+    expect(a).toEqual({ value: 12, expiresAt: new Date(opened.getTime() + 100_000) });
+    expect(c).toEqual({ value: 11, expiresAt: new Date(opened.getTime() + 100_000) });
+    // An expired one restarts at the first caller's step, with the first caller's window.
+    expect(b).toEqual({ value: 3, expiresAt: new Date(clock.now().getTime() + 20_000) });
+    expect(e).toEqual({ value: 7, expiresAt: new Date(clock.now().getTime() + 20_000) });
+    // A new one without TTL never expires.
+    expect(d).toEqual({ value: 5, expiresAt: null });
+  });
+
+  it("in a shared statement, a value that is not a counter fails only its own callers", async () => {
+    await CacheService.set("mixed", "text", "not a number");
+    await CacheService.increment("mixed", "n", 1);
+    const outcomes = await Promise.allSettled([
+      CacheService.increment("mixed", "n", 1),
+      CacheService.increment("mixed", "text", 1),
+      CacheService.increment("mixed", "n", 1),
+      CacheService.increment("mixed", "new", 1),
+    ]);
+    expect(outcomes.map((o) => o.status)).toEqual(["fulfilled", "rejected", "fulfilled", "fulfilled"]);
+    const rejected = outcomes[1] as PromiseRejectedResult;
+    expect(rejected.reason).toMatchObject({ code: "VALIDATION_FAILED" });
+    const values = outcomes.map((o) => (o.status === "fulfilled" ? o.value.value : null));
+    expect(values).toEqual([2, null, 3, 1]);
+    expect(await CacheService.get("mixed", "text")).toBe("not a number");
+    expect(await CacheService.get("mixed", "n")).toBe(3);
+  });
+
+  it("in a shared statement, steps whose sum leaves the exact integer range are applied one by one", async () => {
+    const max = Number.MAX_SAFE_INTEGER;
+    const [up, down] = await Promise.all([
+      CacheService.increment("huge", "k", max),
+      CacheService.increment("huge", "k", -max),
+    ]);
+    expect(up.value).toBe(max);
+    expect(down.value).toBe(0);
+    const [first, second] = await Promise.all([
+      CacheService.increment("huge", "j", max),
+      CacheService.increment("huge", "j", max),
+    ]);
+    expect(first.value).toBe(max);
+    // 2 * MAX_SAFE_INTEGER fits in bigint; it comes back as the nearest double, as it would alone.
+    expect(second.value).toBe(2 * max);
   });
 
   it("keeps its window, then restarts it after expiry", async () => {

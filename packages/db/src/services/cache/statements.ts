@@ -3,6 +3,7 @@
 import { sql } from "drizzle-orm";
 import { now } from "../../clock.ts";
 import { coalescer } from "../../coalesce.ts";
+import { isDbError } from "../../errors.ts";
 import { withMetrics } from "../../metrics.ts";
 import { defineStatement, param } from "../../statements.ts";
 import type { ServiceOptions } from "../common.ts";
@@ -96,11 +97,26 @@ const setBatchStatement = defineStatement<
     SET value = EXCLUDED.value, expires_at = EXCLUDED.expires_at, updated_at = EXCLUDED.updated_at`,
 );
 
+// The upsert of both increment statements (as `cache AS c`): the step is the inserted row's value, so one
+// clause serves a single step and a batch's summed steps. An expired counter restarts its window. A value
+// that is not a JSON number is cast from a non-constant text ('not a counter: string'), so the cast fails
+// (22P02) only for such rows; a constant there would be folded, and fail, at plan time.
+const addToCounter = sql`ON CONFLICT (resource_type, key) DO UPDATE SET
+      value = CASE
+        WHEN c.expires_at IS NOT NULL AND c.expires_at <= ${param("at")}::timestamptz THEN EXCLUDED.value
+        ELSE to_jsonb((CASE WHEN jsonb_typeof(c.value) = 'number' THEN c.value #>> '{}'
+                            ELSE 'not a counter: ' || jsonb_typeof(c.value) END)::bigint
+                      + (EXCLUDED.value #>> '{}')::bigint)
+      END,
+      expires_at = CASE
+        WHEN c.expires_at IS NOT NULL AND c.expires_at <= ${param("at")}::timestamptz THEN EXCLUDED.expires_at
+        ELSE c.expires_at
+      END,
+      updated_at = EXCLUDED.updated_at`;
+
 // One upsert: concurrent increments serialize on the row lock of ON CONFLICT DO UPDATE, each adding to the
-// value the previous one committed. An expired counter restarts its window. A value that is not a JSON number
-// is cast from a non-constant text ('not a counter: string'), so the cast fails (22P02) only for such rows; a
-// constant there would be folded, and fail, at plan time.
-export const incrementStatement = defineStatement<
+// value the previous one committed.
+const incrementStatement = defineStatement<
   { value: number; expires_at: Date | null },
   KeyParams & { step: number; expiresAt: Date | null }
 >(
@@ -109,19 +125,127 @@ export const incrementStatement = defineStatement<
     INSERT INTO cache AS c (resource_type, key, value, expires_at, created_at, updated_at)
     VALUES (${param("type")}, ${param("key")}, to_jsonb(${param("step")}::bigint),
             ${param("expiresAt")}::timestamptz, ${param("at")}::timestamptz, ${param("at")}::timestamptz)
-    ON CONFLICT (resource_type, key) DO UPDATE SET
-      value = CASE
-        WHEN c.expires_at IS NOT NULL AND c.expires_at <= ${param("at")}::timestamptz THEN EXCLUDED.value
-        ELSE to_jsonb((CASE WHEN jsonb_typeof(c.value) = 'number' THEN c.value #>> '{}'
-                            ELSE 'not a counter: ' || jsonb_typeof(c.value) END)::bigint + ${param("step")}::bigint)
-      END,
-      expires_at = CASE
-        WHEN c.expires_at IS NOT NULL AND c.expires_at <= ${param("at")}::timestamptz THEN EXCLUDED.expires_at
-        ELSE c.expires_at
-      END,
-      updated_at = EXCLUDED.updated_at
+    ${addToCounter}
     RETURNING value, expires_at`,
 );
+
+/** One increment to apply: what cache.increment() computed from its arguments. */
+export interface IncrementInput extends KeyParams {
+  step: number;
+  expiresAt: Date | null;
+}
+
+/** A counter after an increment (the row's value and window end). */
+export interface CounterRow {
+  value: number;
+  expiresAt: Date | null;
+}
+
+// Several counters in one statement: one row per distinct (resource type, key) with the summed step of the
+// increments to it, in array order (sorted by key, so concurrent batches lock rows in one order).
+const incrementBatchStatement = defineStatement<
+  { resource_type: string; key: string; value: number; expires_at: Date | null },
+  { types: string[]; keys: string[]; steps: number[]; expires: Array<Date | null>; at: Date }
+>(
+  "cache_increment_batch",
+  sql`
+    INSERT INTO cache AS c (resource_type, key, value, expires_at, created_at, updated_at)
+    SELECT e.resource_type, e.key, to_jsonb(e.step), e.expires_at, ${param("at")}::timestamptz,
+           ${param("at")}::timestamptz
+    FROM unnest(${param("types")}::text[], ${param("keys")}::text[], ${param("steps")}::bigint[],
+                ${param("expires")}::timestamptz[]) WITH ORDINALITY AS e(resource_type, key, step, expires_at, n)
+    ORDER BY e.n
+    ${addToCounter}
+    RETURNING resource_type, key, value, expires_at`,
+);
+
+/** One increment in its own statement (on the pool, or on the caller's transaction). */
+export async function incrementOne(input: IncrementInput, handle: ServiceOptions["tx"]): Promise<CounterRow> {
+  const result = await withMetrics("increment", TABLE, () => incrementStatement.run(handle, input));
+  const row = result.rows[0];
+  if (!row) throw new Error("INSERT ... RETURNING gave no row");
+  return { value: Number(row.value), expiresAt: row.expires_at };
+}
+
+/** What one caller of a coalesced increment gets: its counter, or the error its increment alone would give. */
+type IncrementOutcome = { counter: CounterRow } | { error: unknown };
+
+/**
+ * Applies increments that arrived together as if they had run one after the other in arrival order: each
+ * counter's increments are summed into one row of one statement, and each caller gets the value its own
+ * increment reached (the row's new value minus the steps of the callers after it). The window of a new or
+ * expired counter is the first caller's, as it would be in sequence. When the statement fails (a value that
+ * is not a counter, an overflow) or a sum would leave the exact integer range, every increment runs on its
+ * own, so each caller gets the answer or the error it would have had alone.
+ */
+async function incrementBatch(inputs: IncrementInput[]): Promise<IncrementOutcome[]> {
+  // One after the other in arrival order, so each caller still gets what it would have got in sequence.
+  const alone = async (): Promise<IncrementOutcome[]> => {
+    const outcomes: IncrementOutcome[] = [];
+    for (const input of inputs) {
+      try {
+        outcomes.push({ counter: await incrementOne(input, undefined) });
+      } catch (error) {
+        outcomes.push({ error });
+      }
+    }
+    return outcomes;
+  };
+  if (inputs.length === 1) return await alone();
+  const groups = new Map<string, { first: IncrementInput; total: number; callers: number[] }>();
+  inputs.forEach((input, index) => {
+    const name = `${input.type}\u0000${input.key}`;
+    const group = groups.get(name);
+    if (group === undefined) groups.set(name, { first: input, total: input.step, callers: [index] });
+    else {
+      group.total += input.step;
+      group.callers.push(index);
+    }
+  });
+  const ordered = [...groups.values()];
+  if (ordered.some((group) => !Number.isSafeInteger(group.total))) return await alone();
+  ordered.sort((a, b) =>
+    a.first.type === b.first.type ? compare(a.first.key, b.first.key) : compare(a.first.type, b.first.type),
+  );
+  const params = {
+    types: ordered.map((group) => group.first.type),
+    keys: ordered.map((group) => group.first.key),
+    steps: ordered.map((group) => group.total),
+    expires: ordered.map((group) => group.first.expiresAt),
+    at: now(),
+  };
+  let rows: Array<{ resource_type: string; key: string; value: number; expires_at: Date | null }>;
+  try {
+    const result = await withMetrics("increment_many", TABLE, () =>
+      incrementBatchStatement.run(undefined, params),
+    );
+    rows = result.rows;
+  } catch (error) {
+    // Only a value that is not a counter (or a sum past bigint) is one caller's problem: find out whose.
+    // Anything else (the database down, a timeout) would fail each of them alike, so it is everyone's answer.
+    if (isDbError(error, "INVALID_INPUT")) return await alone();
+    return inputs.map(() => ({ error }));
+  }
+  const byName = new Map(rows.map((row) => [`${row.resource_type}\u0000${row.key}`, row]));
+  const outcomes = new Array<IncrementOutcome>(inputs.length);
+  for (const group of ordered) {
+    const row = byName.get(`${group.first.type}\u0000${group.first.key}`);
+    if (row === undefined) throw new Error("INSERT ... RETURNING gave no row for a counter");
+    // The value before this batch's steps; each caller adds the steps up to and including its own.
+    let reached = Number(row.value) - group.total;
+    for (const index of group.callers) {
+      reached += (inputs[index] as IncrementInput).step;
+      outcomes[index] = { counter: { value: reached, expiresAt: row.expires_at } };
+    }
+  }
+  return outcomes;
+}
+
+// increment() calls outside a transaction issued in the same tick share one statement (see incrementBatch).
+export const incrementCoalesced = coalescer<IncrementInput, IncrementOutcome>({
+  run: incrementBatch,
+  maxBatch: MAX_BATCH_KEYS,
+});
 
 // DELETE ... RETURNING is the use-once primitive: a concurrent taker waits on the row lock, finds the row
 // gone and gets nothing. An expired row is deleted as well but reported as absent.
@@ -163,10 +287,15 @@ export const getCoalesced = coalescer<{ type: string; key: string }, unknown>({
  * refuses an upsert that would update one row twice).
  */
 export async function setBatch(entries: readonly SetEntry[], handle: ServiceOptions["tx"]): Promise<void> {
+  const at = now();
+  const only = entries.length === 1 ? entries[0] : undefined;
+  if (only !== undefined) {
+    await withMetrics("set", TABLE, () => setStatement.run(handle, { ...only, at }));
+    return;
+  }
   const byKey = new Map<string, SetEntry>();
   for (const entry of entries) byKey.set(`${entry.type}\u0000${entry.key}`, entry);
   const distinct = [...byKey.values()];
-  const at = now();
   const first = distinct[0];
   if (distinct.length === 1 && first) {
     await withMetrics("set", TABLE, () => setStatement.run(handle, { ...first, at }));
@@ -186,11 +315,9 @@ export async function setBatch(entries: readonly SetEntry[], handle: ServiceOpti
 const compare = (a: string, b: string) => (a < b ? -1 : a > b ? 1 : 0);
 
 // set() calls outside a transaction issued in the same tick are stored by one statement. Each call is its own
-// entry (sequence-numbered) so that setBatch, not the coalescer, decides between writes to one key: the
-// last issued wins, as if they had run one after the other.
-let setSequence = 0;
+// entry (the coalescer gets no key function) so that setBatch, not the coalescer, decides between writes to
+// one key: the last issued wins, as if they had run one after the other.
 export const setCoalesced = coalescer<SetEntry, void>({
-  key: () => String(++setSequence),
   run: async (entries) => {
     await setBatch(entries, undefined);
     return entries.map(() => undefined);
