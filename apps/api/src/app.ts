@@ -24,6 +24,7 @@ export type { AppDeps } from "./context.ts";
 const REQUEST_ID = /^[A-Za-z0-9._:-]{1,128}$/;
 
 export function createApp(input: AppDeps): Hono<AppEnv> {
+  const metrics = input.metrics ?? createHttpMetrics();
   const deps: ResolvedDeps = {
     config: input.config,
     logger: input.logger,
@@ -31,7 +32,8 @@ export function createApp(input: AppDeps): Hono<AppEnv> {
     clock: input.clock ?? (() => new Date()),
     getClientAddress: input.getClientAddress ?? (() => undefined),
     tasks: input.tasks ?? backgroundTasks(),
-    metrics: createHttpMetrics(),
+    metrics,
+    metricsText: input.metricsText ?? (() => metrics.merged.metrics()),
     cookie: sessionCookie(input.config),
     oauth:
       input.oauth ??

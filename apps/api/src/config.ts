@@ -1,5 +1,6 @@
 // The API's own settings, read from the environment and validated at start with a message per bad variable.
 // Database settings (DATABASE_*) are read by @repo/db.
+import { availableParallelism } from "node:os";
 import { z } from "zod";
 import { type OAuthProviderSettings, oauthProviders } from "./oauth/config.ts";
 
@@ -16,6 +17,23 @@ const schema = z.object({
     .min(0, { error: "PORT must be 0..65535" })
     .max(65535, { error: "PORT must be 0..65535" })
     .default(3000),
+  /**
+   * API processes `bun run start` runs on PORT (Bun's reusePort spreads connections across them), under one
+   * supervisor that restarts a crashed one; `auto` is one per core. Default 1: a single process, no supervisor.
+   */
+  API_WORKERS: z
+    .string()
+    .trim()
+    .default("1")
+    .transform((value, ctx) => {
+      if (value === "auto") return availableParallelism();
+      const count = /^\d+$/.test(value) ? Number(value) : Number.NaN;
+      if (!(count >= 1 && count <= 64)) {
+        ctx.addIssue({ code: "custom", message: "API_WORKERS must be auto or a whole number from 1 to 64" });
+        return z.NEVER;
+      }
+      return count;
+    }),
   LOG_LEVEL: z
     .enum(["debug", "info", "warn", "error"], { error: "LOG_LEVEL must be debug, info, warn or error" })
     .default("info"),

@@ -25,13 +25,19 @@ export interface AppDeps {
   tasks?: BackgroundTasks;
   /** The sign-in providers (the boot passes them warmed up). Default: built from config.OAUTH_PROVIDERS. */
   oauth?: OAuthProviders;
+  /** The HTTP metrics and the registry /metrics shows. Default: new ones. */
+  metrics?: HttpMetrics;
+  /** What /metrics answers. Default: this process's registry; a supervised worker sums every worker's. */
+  metricsText?: () => Promise<string>;
 }
 
 /** The deps with defaults filled in, plus what createApp builds once. */
-export interface ResolvedDeps extends Required<Omit<AppDeps, "getClientAddress" | "tasks" | "oauth">> {
+export interface ResolvedDeps
+  extends Required<Omit<AppDeps, "getClientAddress" | "tasks" | "oauth" | "metrics" | "metricsText">> {
   tasks: BackgroundTasks;
   getClientAddress: (c: Context) => string | undefined;
   metrics: HttpMetrics;
+  metricsText: () => Promise<string>;
   /** The session cookie's name and Secure flag, from the configuration. */
   cookie: SessionCookie;
   /** The configured sign-in providers (OAUTH_*). */

@@ -1,6 +1,9 @@
 // Boots the API: validate configuration, start the embedded PostgreSQL in .data/ when DATABASE_URL is unset
 // (development only), migrate under the advisory lock, serve, run maintenance rounds, and shut down
-// gracefully on SIGTERM/SIGINT.
+// gracefully on SIGTERM/SIGINT. With API_WORKERS > 1 this process becomes the supervisor of that many API
+// processes (this same file, run with API_WORKER_INDEX) sharing the port (workers.ts).
+
+import { fileURLToPath } from "node:url";
 import {
   DbError,
   disconnectDB,
@@ -13,20 +16,33 @@ import {
   withAudit,
 } from "@repo/db";
 import { resolveDatabase } from "@repo/db/dev-database";
+import { freePort } from "@repo/db/embedded";
 import { getConnInfo } from "hono/bun";
 import { createApp } from "./app.ts";
 import { backgroundTasks } from "./background.ts";
 import { ConfigError, loadApiConfig } from "./config.ts";
-import { createLogger } from "./logger.ts";
+import { createHttpMetrics } from "./http-metrics.ts";
+import { batchedStdout, createLogger } from "./logger.ts";
 import { droppingMailer, logMailer, type Mailer, smtpMailer } from "./mailer.ts";
 import { scheduleMaintenance } from "./maintenance.ts";
 import { oauthProviders } from "./oauth/providers.ts";
+import { superviseWorkers, workerIndex, workerMetrics } from "./workers.ts";
+
+/** This process's index when it is one of several workers (API_WORKERS > 1), else undefined. */
+const worker = workerIndex();
 
 async function main(): Promise<void> {
   const config = loadApiConfig();
-  const pinoLogger = createLogger(config.LOG_LEVEL);
+  // The supervisor and its workers share one stdout: their lines must never split each other's.
+  const shared = worker !== undefined || config.API_WORKERS > 1;
+  const pinoLogger = createLogger(
+    config.LOG_LEVEL,
+    batchedStdout({ shared }),
+    worker === undefined ? {} : { worker },
+  );
   const logger = withAudit(pinoLogger);
-  if (config.SIGN_IN_BEFORE_EMAIL_VERIFICATION) {
+  // Said once: by the supervisor or the single process, not by every worker.
+  if (config.SIGN_IN_BEFORE_EMAIL_VERIFICATION && worker === undefined) {
     logger.warn(
       {},
       "SIGN_IN_BEFORE_EMAIL_VERIFICATION=true: sign-up answers 201 for a new address and 202 for a taken one, which tells anyone which addresses have accounts",
@@ -47,6 +63,10 @@ async function main(): Promise<void> {
   const env = { ...process.env, DATABASE_URL: database.url };
   const dbConfig = loadDatabaseConfig(env);
   await runMigrations({ config: dbConfig, logger });
+  if (config.API_WORKERS > 1 && worker === undefined) {
+    await supervise(config, logger, database);
+    return;
+  }
   initializeDB(dbConfig, { logger });
 
   let mailer: Mailer;
@@ -77,7 +97,10 @@ async function main(): Promise<void> {
       "sign-in providers",
     );
   }
+  const metrics = createHttpMetrics();
   const app = createApp({
+    metrics,
+    metricsText: worker === undefined ? undefined : workerMetrics(metrics.merged),
     tasks,
     oauth,
     config,
@@ -91,9 +114,15 @@ async function main(): Promise<void> {
       }
     },
   });
-  const server = Bun.serve({ hostname: config.HOST, port: config.PORT, fetch: app.fetch });
+  // A worker shares the port with its siblings: the kernel spreads new connections across them.
+  const server = Bun.serve({
+    hostname: config.HOST,
+    port: config.PORT,
+    fetch: app.fetch,
+    reusePort: worker !== undefined,
+  });
   logger.info(
-    { url: `http://${config.HOST}:${server.port}`, database: redactUrl(dbConfig.url) },
+    { url: `http://${config.HOST}:${server.port}`, database: redactUrl(dbConfig.url), pid: process.pid },
     "API listening",
   );
 
@@ -145,6 +174,40 @@ async function main(): Promise<void> {
   };
 }
 
+/**
+ * The supervisor: runs `config.API_WORKERS` copies of this file on one port (chosen here when PORT is 0, so all
+ * share it) on the database resolved and migrated above, until SIGTERM/SIGINT.
+ */
+async function supervise(
+  config: ReturnType<typeof loadApiConfig>,
+  logger: ReturnType<typeof withAudit>,
+  database: Awaited<ReturnType<typeof resolveDatabase>>,
+): Promise<void> {
+  const port = config.PORT === 0 ? await freePort() : config.PORT;
+  const supervisor = superviseWorkers({
+    count: config.API_WORKERS,
+    entry: fileURLToPath(import.meta.url),
+    env: { ...process.env, DATABASE_URL: database.url, PORT: String(port) },
+    logger,
+    // Each worker bounds its own shutdown by SHUTDOWN_TIMEOUT_MS; past that and a margin, it is killed.
+    stopTimeoutMs: config.SHUTDOWN_TIMEOUT_MS + 5000,
+  });
+  logger.info(
+    { workers: config.API_WORKERS, url: `http://${config.HOST}:${port}`, pids: supervisor.pids() },
+    "API supervisor started",
+  );
+  shutdown = async (signal: string) => {
+    logger.info({ signal }, "stopping the API workers");
+    try {
+      await supervisor.stop();
+    } finally {
+      await database.embedded?.stop();
+      logger.info({}, "stopped");
+      process.exit(0);
+    }
+  };
+}
+
 let shutdown: ((signal: string) => Promise<void>) | undefined;
 let signals = 0;
 function onSignal(signal: string): void {
@@ -155,7 +218,15 @@ function onSignal(signal: string): void {
   void shutdown(signal);
 }
 process.on("SIGTERM", () => onSignal("SIGTERM"));
-process.on("SIGINT", () => onSignal("SIGINT"));
+if (worker === undefined) {
+  process.on("SIGINT", () => onSignal("SIGINT"));
+} else {
+  // Ctrl-C reaches the whole process group: a worker leaves it to the supervisor, whose SIGTERM follows, so
+  // the two signals do not count as a second one (which means: exit now).
+  process.on("SIGINT", () => {});
+  // The supervisor is gone (even killed): nobody would stop or restart this worker any more.
+  process.on("disconnect", () => onSignal("supervisor exited"));
+}
 
 main().catch((error: unknown) => {
   if (error instanceof ConfigError || (error instanceof DbError && error.code === "CONFIG_INVALID")) {

@@ -58,15 +58,25 @@ const LOG_BATCH_MS = 10;
 /** Pending lines past this size are written at once. */
 const LOG_BATCH_BYTES = 64 * 1024;
 
+/** Linux writes up to this many bytes to a pipe at once, never interleaved with another process's write. */
+const PIPE_BUF = 4096;
+
 /**
  * Standard output for log lines: asynchronous (sonic-boom), and batched, so the lines of up to LOG_BATCH_MS
  * go out in one write. Blocking writes were 40% of the API's CPU samples under load with the access log on;
  * asynchronous writes of one line each still cost a thread-pool hop and a wake-up per line (strace: about one
  * write(2) per request, since Bun answers most requests in event-loop turns of their own). Pending lines are
  * written out when the process exits.
+ *
+ * `shared`: other processes write to the same stdout (API workers). A write to a pipe is kept whole only up to
+ * PIPE_BUF bytes, and sonic-boom joins queued chunks into bigger writes, cut anywhere; so batches stop at
+ * PIPE_BUF and each goes out in one synchronous write of whole lines, and no line is ever split by another
+ * worker's (a single line over PIPE_BUF excepted).
  */
-export function batchedStdout(): DestinationStream {
-  const stdout = pino.destination({ dest: 1, sync: false });
+export function batchedStdout(options: { shared?: boolean } = {}): DestinationStream {
+  const shared = options.shared ?? false;
+  const stdout = pino.destination({ dest: 1, sync: shared });
+  const maxBytes = shared ? PIPE_BUF : LOG_BATCH_BYTES;
   let pending: string[] = [];
   let bytes = 0;
   let timer: ReturnType<typeof setTimeout> | undefined;
@@ -89,9 +99,11 @@ export function batchedStdout(): DestinationStream {
   });
   return {
     write(line: string): void {
+      const size = Buffer.byteLength(line);
+      if (shared && bytes + size > maxBytes) flush();
       pending.push(line);
-      bytes += line.length;
-      if (bytes >= LOG_BATCH_BYTES) flush();
+      bytes += size;
+      if (bytes >= maxBytes) flush();
       else if (timer === undefined) {
         timer = setTimeout(flush, LOG_BATCH_MS);
         // A pending line never keeps the process alive; exit writes it.
@@ -104,11 +116,16 @@ export function batchedStdout(): DestinationStream {
 /** Where each logger made by createLogger() writes, for the access line built by hand (RequestLogger.request). */
 const destinations = new WeakMap<PinoLogger, DestinationStream>();
 
-export function createLogger(level: string, destination?: DestinationStream): PinoLogger {
+/** `fields` go on every line (a supervised worker's index, for one). */
+export function createLogger(
+  level: string,
+  destination?: DestinationStream,
+  fields: Record<string, string | number> = {},
+): PinoLogger {
   const stream = destination ?? batchedStdout();
   const options = {
     level,
-    base: { service: "api" },
+    base: { service: "api", ...fields },
     formatters: { log: redactSecrets },
     timestamp: pino.stdTimeFunctions.isoTime,
   };

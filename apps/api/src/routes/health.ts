@@ -71,14 +71,14 @@ export function healthRoutes(): Hono<AppEnv> {
     },
   } satisfies RouteDoc;
   route.get("/metrics", metricsDoc, async (c) => {
-    const { config } = c.get("deps");
+    const deps = c.get("deps");
+    const { config } = deps;
     if (config.METRICS_TOKEN) {
       if (!bearerMatches(c, config.METRICS_TOKEN)) throw new ApiError("UNAUTHENTICATED");
     } else if (config.NODE_ENV === "production") {
       throw new ApiError("NOT_FOUND");
     }
-    const registry = c.get("deps").metrics.merged;
-    return c.text(await registry.metrics(), 200, { "content-type": registry.contentType });
+    return c.text(await deps.metricsText(), 200, { "content-type": deps.metrics.merged.contentType });
   });
 
   return health;
