@@ -89,12 +89,12 @@ class QueryDurationHistogram {
         cumulative += tally.buckets[index] ?? 0;
         values.push({
           value: cumulative,
-          labels: { ...tally.labels, le },
+          labels: { le, ...tally.labels },
           metricName: `${this.name}_bucket`,
         });
       });
       values.push(
-        { value: tally.count, labels: { ...tally.labels, le: "+Inf" }, metricName: `${this.name}_bucket` },
+        { value: tally.count, labels: { le: "+Inf", ...tally.labels }, metricName: `${this.name}_bucket` },
         { value: tally.sum, labels: { ...tally.labels }, metricName: `${this.name}_sum` },
         { value: tally.count, labels: { ...tally.labels }, metricName: `${this.name}_count` },
       );
