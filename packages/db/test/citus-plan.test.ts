@@ -195,7 +195,8 @@ const plan = readPlan(readFileSync(PAGE, "utf8"));
 
 describe("the Citus plan in docs/scaling.md", () => {
   it("accounts for every table, unique key, foreign key and distribution column of the schema", async () => {
-    const query: Query = async (text) => (await database.admin(text)).rows;
+    const query: Query = async <R extends pg.QueryResultRow>(text: string) =>
+      (await database.admin<R>(text)).rows;
     expect(await planProblems(query, plan)).toEqual([]);
   });
 
@@ -233,7 +234,8 @@ describe("the Citus plan in docs/scaling.md", () => {
     });
 
     it("reports each departure", async () => {
-      const query: Query = async (text) => (await client.query(text)).rows;
+      const query: Query = async <R extends pg.QueryResultRow>(text: string) =>
+        (await client.query<R>(text)).rows;
       const problems = await planProblems(query, plan);
       expect(problems).toEqual(
         expect.arrayContaining([
