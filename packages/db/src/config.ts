@@ -26,6 +26,15 @@ export interface DatabaseConfig {
    * Turned on by DATABASE_POOLER=transaction or `?pgbouncer=true` on the URL.
    */
   transactionPooler: boolean;
+  /**
+   * Streaming replicas that reads tolerant of lag may use (DATABASE_REPLICA_URLS, comma-separated); empty:
+   * every read goes to `url`. See replicas.ts.
+   */
+  replicaUrls: string[];
+  /** A replica further behind than this is skipped until it catches up (DATABASE_REPLICA_MAX_LAG_MS). */
+  replicaMaxLagMs: number;
+  /** How often each replica's health and lag are checked (DATABASE_REPLICA_CHECK_INTERVAL_MS). */
+  replicaCheckIntervalMs: number;
 }
 
 const postgresUrl = (name: string) =>
@@ -93,6 +102,27 @@ const envSchema = z.object({
   DATABASE_POOLER: z
     .enum(["none", "transaction", ""], { error: "DATABASE_POOLER must be none or transaction" })
     .default("none"),
+  DATABASE_REPLICA_URLS: z
+    .string()
+    .optional()
+    .transform((value, ctx) => {
+      const urls = (value ?? "")
+        .split(",")
+        .map((part) => part.trim())
+        .filter(Boolean);
+      for (const url of urls) {
+        if (!postgresUrl("DATABASE_REPLICA_URLS").safeParse(url).success) {
+          ctx.addIssue({
+            code: "custom",
+            message: "DATABASE_REPLICA_URLS must be postgres:// URLs separated by commas (value not shown)",
+          });
+          return z.NEVER;
+        }
+      }
+      return urls;
+    }),
+  DATABASE_REPLICA_MAX_LAG_MS: integer("DATABASE_REPLICA_MAX_LAG_MS", 0, 3_600_000, 1_000),
+  DATABASE_REPLICA_CHECK_INTERVAL_MS: integer("DATABASE_REPLICA_CHECK_INTERVAL_MS", 50, 60_000, 1_000),
 });
 
 export type DatabaseEnv = Record<string, string | undefined>;
@@ -149,6 +179,9 @@ export function loadDatabaseConfig(env: DatabaseEnv = process.env): DatabaseConf
     applicationName: e.DATABASE_APPLICATION_NAME,
     logQueries: e.DATABASE_LOG_QUERIES,
     transactionPooler: main.flagged || e.DATABASE_POOLER === "transaction",
+    replicaUrls: e.DATABASE_REPLICA_URLS.map((url) => stripPoolerFlag(url).url),
+    replicaMaxLagMs: e.DATABASE_REPLICA_MAX_LAG_MS,
+    replicaCheckIntervalMs: e.DATABASE_REPLICA_CHECK_INTERVAL_MS,
   };
 }
 

@@ -9,6 +9,7 @@ import { type DatabaseConfig, loadDatabaseConfig, redactUrl, sslOption } from ".
 import { DbError, isConnectionLevelError, toDbError } from "./errors.ts";
 import { type Logger, noopLogger } from "./logger.ts";
 import { setPoolStatsSource, setQueryLogger } from "./metrics.ts";
+import { createReplicaSet, type ReplicaSet, type ReplicaStatus, readOn } from "./replicas.ts";
 import * as schema from "./schema/index.ts";
 import { resultTypes } from "./timestamps.ts";
 
@@ -23,6 +24,8 @@ interface State {
   db: Database;
   config: DatabaseConfig;
   logger: Logger;
+  /** The read replicas (DATABASE_REPLICA_URLS), when there are any. */
+  replicas: ReplicaSet | undefined;
 }
 
 let state: State | undefined;
@@ -66,20 +69,32 @@ export function initializeDB(
     throw new DbError("CONFIG_INVALID", "initializeDB() was already called: call disconnectDB() first");
   }
   const logger = options.logger ?? noopLogger;
-  const pool = new pg.Pool({
-    ...clientOptions(config),
+  const poolOptions = (url: string): pg.PoolConfig => ({
+    ...clientOptions(config, url),
     max: config.poolMax,
     min: config.poolMin,
     idleTimeoutMillis: config.idleTimeoutMs,
     types: resultTypes,
   });
+  const pool = new pg.Pool(poolOptions(config.url));
   // Without this listener, an idle client whose backend dies (restart, pg_terminate_backend) crashes the
   // process with an unhandled 'error' event. The pool drops that client by itself.
   pool.on("error", (error) => {
     logger.warn({ code: toDbError(error).code }, "an idle database connection failed and was discarded");
   });
   const db = drizzle({ client: pool, schema });
-  state = { pool, db, config, logger };
+  const replicas =
+    config.replicaUrls.length === 0
+      ? undefined
+      : createReplicaSet({
+          urls: config.replicaUrls,
+          poolOptions,
+          primary: pool,
+          maxLagMs: config.replicaMaxLagMs,
+          checkIntervalMs: config.replicaCheckIntervalMs,
+          logger,
+        });
+  state = { pool, db, config, logger, replicas };
   setPoolStatsSource(() => state?.pool);
   setQueryLogger(config.logQueries ? logger : undefined);
   logger.info({ url: redactUrl(config.url), poolMax: config.poolMax }, "database initialized");
@@ -106,6 +121,7 @@ export async function disconnectDB(): Promise<void> {
   state = undefined;
   setPoolStatsSource(undefined);
   setQueryLogger(undefined);
+  await closing.replicas?.close();
   await closing.pool.end();
 }
 
@@ -218,6 +234,7 @@ async function openTransaction<T>(
   fn: (tx: Transaction) => Promise<T>,
   config: PgTransactionConfig,
   userId?: string,
+  pool?: pg.Pool,
 ): Promise<T> {
   if (userId !== undefined && !SCOPE_USER_ID.test(userId)) {
     throw new DbError("VALIDATION_FAILED", "Invalid input: userId: must be a UUID", {
@@ -239,7 +256,7 @@ async function openTransaction<T>(
   const begin = `BEGIN${settings.length > 0 ? ` ${settings.join(", ")}` : ""}${
     userId === undefined ? "" : `; SET LOCAL app.user_id = '${userId.toLowerCase()}'`
   }`;
-  return await onPooledClient(async (client, own) => {
+  return await onPooledClient(pool, async (client, own) => {
     try {
       await client.query(begin);
     } catch (error) {
@@ -276,6 +293,48 @@ export async function withUser<T>(userId: string, fn: (tx: Transaction) => Promi
 }
 
 /**
+ * Runs a read that tolerates lag on a healthy read replica (DATABASE_REPLICA_URLS), or on the primary when
+ * there is none, none is healthy, or the replica fails (the read then runs again on the primary). Pass the
+ * handle to services as `{ tx }`. Never for writes, the cache (UNLOGGED tables are not replicated), one-time
+ * tokens, or a read that must see a write this request just made.
+ * @example const user = await onReplica((tx) => UsersService.findById(id, { tx }));
+ */
+export async function onReplica<T>(read: (handle: Database) => Promise<T>): Promise<T> {
+  const { replicas, db: primary } = current();
+  return await readOn(replicas, primary, read);
+}
+
+/**
+ * onReplica() in a read-only transaction scoped to `userId` (row-level security shows only that user's rows),
+ * as withUser() opens on the primary.
+ */
+export async function onReplicaAs<T>(userId: string, read: (tx: Transaction) => Promise<T>): Promise<T> {
+  const { replicas, db: primary } = current();
+  return await readOn(replicas, primary, (handle) =>
+    openTransaction(
+      read,
+      { accessMode: "read only" },
+      userId,
+      handle === primary ? undefined : poolOf(handle),
+    ),
+  );
+}
+
+/** Each read replica's health and lag at its last check (empty without replicas). */
+export function replicaStatus(): ReplicaStatus[] {
+  return current().replicas?.status() ?? [];
+}
+
+/** Checks every read replica now (tests, and a caller that just changed one). */
+export async function checkReplicas(): Promise<void> {
+  await current().replicas?.check();
+}
+
+function poolOf(handle: Database): pg.Pool {
+  return (handle as unknown as { $client: pg.Pool }).$client;
+}
+
+/**
  * A Drizzle transaction object on `client`, whose BEGIN was sent already (Drizzle's own transaction() sends
  * BEGIN itself, a round trip a scope would add to). Built the way Drizzle 0.45's NodePgSession.transaction
  * builds it; a test checks the transaction's round trips.
@@ -305,7 +364,7 @@ export async function statementTransaction<T>(
   const outer = options.tx;
   if (outer && isTransaction(outer)) return await fn(outer);
   if (outer && outer !== db && outer !== current().db) return await outer.transaction(fn);
-  return await onPooledClient(async (client, own) => {
+  return await onPooledClient(undefined, async (client, own) => {
     await client.query("BEGIN");
     let result: T;
     try {
@@ -326,9 +385,10 @@ export async function statementTransaction<T>(
  * returning to the pool.
  */
 async function onPooledClient<T>(
+  on: pg.Pool | undefined,
   body: (client: pg.PoolClient, own: <R>(work: () => Promise<R>) => Promise<R>) => Promise<T>,
 ): Promise<T> {
-  const { pool } = current();
+  const pool = on ?? current().pool;
   let client: pg.PoolClient;
   try {
     client = await pool.connect();

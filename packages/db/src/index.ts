@@ -28,6 +28,11 @@ export {
   transaction,
   withUser,
 } from "./connection.ts";
+
+// Read replicas
+
+export { checkReplicas, onReplica, onReplicaAs, replicaStatus } from "./connection.ts";
+export type { ReplicaStatus } from "./replicas.ts";
 export {
   definedStatements,
   defineStatement,

@@ -33,6 +33,9 @@ const DEFAULTS: DatabaseConfig = {
   applicationName: "repo-db",
   logQueries: false,
   transactionPooler: false,
+  replicaUrls: [],
+  replicaMaxLagMs: 1_000,
+  replicaCheckIntervalMs: 1_000,
 };
 
 const load = (env: DatabaseEnv): DatabaseConfig => loadDatabaseConfig({ DATABASE_URL: URL_, ...env });
@@ -137,6 +140,10 @@ describe("loadDatabaseConfig: every variable", () => {
         DATABASE_APPLICATION_NAME: "  billing-worker  ",
         DATABASE_LOG_QUERIES: "yes",
         DATABASE_POOLER: "transaction",
+        DATABASE_REPLICA_URLS:
+          " postgres://app:pw@replica-1.example.com/app, postgres://app:pw@replica-2.example.com/app?pgbouncer=true ,",
+        DATABASE_REPLICA_MAX_LAG_MS: "250",
+        DATABASE_REPLICA_CHECK_INTERVAL_MS: "500",
       }),
     ).toEqual({
       url: "postgresql://app:pw@pooler.example.com:6432/app",
@@ -151,6 +158,12 @@ describe("loadDatabaseConfig: every variable", () => {
       applicationName: "billing-worker",
       logQueries: true,
       transactionPooler: true,
+      replicaUrls: [
+        "postgres://app:pw@replica-1.example.com/app",
+        "postgres://app:pw@replica-2.example.com/app",
+      ],
+      replicaMaxLagMs: 250,
+      replicaCheckIntervalMs: 500,
     } satisfies DatabaseConfig);
   });
 
@@ -161,6 +174,8 @@ describe("loadDatabaseConfig: every variable", () => {
     ["DATABASE_IDLE_TIMEOUT_MS", "idleTimeoutMs", 0, 3_600_000],
     ["DATABASE_STATEMENT_TIMEOUT_MS", "statementTimeoutMs", 0, 86_400_000],
     ["DATABASE_IDLE_IN_TRANSACTION_TIMEOUT_MS", "idleInTransactionTimeoutMs", 0, 86_400_000],
+    ["DATABASE_REPLICA_MAX_LAG_MS", "replicaMaxLagMs", 0, 3_600_000],
+    ["DATABASE_REPLICA_CHECK_INTERVAL_MS", "replicaCheckIntervalMs", 50, 60_000],
   ] as const;
 
   it.each(integers)("%s accepts whole numbers from its minimum to its maximum", (name, key, min, max) => {
@@ -279,6 +294,22 @@ describe("loadDatabaseConfig: every variable", () => {
       const error = expectRejected({ DATABASE_DIRECT_URL: bad }, "DATABASE_DIRECT_URL");
       expect(error.details?.DATABASE_DIRECT_URL).toBe(
         "DATABASE_DIRECT_URL must be a postgres:// or postgresql:// URL (value not shown)",
+      );
+      expect(JSON.stringify([error.message, error.details])).not.toContain("hunter2");
+    }
+  });
+
+  it("DATABASE_REPLICA_URLS is a comma-separated list of postgres URLs, never echoed", () => {
+    expect(load({}).replicaUrls).toEqual([]);
+    expect(load({ DATABASE_REPLICA_URLS: " , " }).replicaUrls).toEqual([]);
+    for (const bad of [
+      "postgres://app:pw@r1/app,http://app:hunter2@r2/app",
+      "r1:5432",
+      "postgres://ok/app,,nope",
+    ]) {
+      const error = expectRejected({ DATABASE_REPLICA_URLS: bad }, "DATABASE_REPLICA_URLS");
+      expect(error.details?.DATABASE_REPLICA_URLS).toBe(
+        "DATABASE_REPLICA_URLS must be postgres:// URLs separated by commas (value not shown)",
       );
       expect(JSON.stringify([error.message, error.details])).not.toContain("hunter2");
     }

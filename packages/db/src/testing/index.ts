@@ -21,6 +21,7 @@ export {
   checkSchemaConventions,
   describeSchema,
 } from "./conventions.ts";
+export { type StreamingPair, startStreamingPair } from "./replica.ts";
 
 export function testContext(): TestDatabaseContext {
   return inject("repoDbTest");

@@ -1,0 +1,154 @@
+// Read replicas on a real primary and streaming replica (a cold copy replaying the primary's WAL): reads that
+// tolerate lag go to the replica while it is caught up; with replay paused it falls behind, is skipped within
+// one check, and is used again once it catches up; stopped under load, no read fails; a read in a user's
+// scope runs read-only on the replica.
+
+import { sql } from "drizzle-orm";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { databaseConfigFromUrl } from "../../src/config.ts";
+import {
+  checkReplicas,
+  disconnectDB,
+  initializeDB,
+  onReplica,
+  onReplicaAs,
+  replicaStatus,
+} from "../../src/connection.ts";
+import { registry } from "../../src/metrics.ts";
+import * as SessionsService from "../../src/services/sessions.ts";
+import * as UsersService from "../../src/services/users.ts";
+import { type StreamingPair, startStreamingPair } from "../../src/testing/replica.ts";
+
+let pair: StreamingPair;
+const CHECK_MS = 100;
+const MAX_LAG_MS = 300;
+
+beforeAll(async () => {
+  pair = await startStreamingPair();
+  initializeDB(
+    databaseConfigFromUrl(pair.primary.url, {
+      replicaUrls: [pair.replica.url],
+      replicaMaxLagMs: MAX_LAG_MS,
+      replicaCheckIntervalMs: CHECK_MS,
+      connectionTimeoutMs: 1000,
+    }),
+  );
+  await until(() => replicaStatus()[0]?.healthy === true, "the replica to be healthy");
+});
+
+afterAll(async () => {
+  await disconnectDB();
+  await pair?.close();
+});
+
+async function until(check: () => boolean, what: string, timeoutMs = 15_000): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  while (!check()) {
+    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
+    await new Promise((resolve) => setTimeout(resolve, 20));
+  }
+}
+
+/** Where onReplica() ran: the server's answer to "am I a standby?". */
+const ranOnStandby = () =>
+  onReplica(async (handle) => {
+    const result = await handle.execute<{ standby: boolean }>(sql`SELECT pg_is_in_recovery() AS standby`);
+    return result.rows[0]?.standby === true;
+  });
+
+async function readsCounted(ranOn: string): Promise<number> {
+  const metric = await registry.getSingleMetric("db_replica_reads_total")?.get();
+  return (metric?.values ?? []).filter((v) => v.labels.ran_on === ranOn).reduce((sum, v) => sum + v.value, 0);
+}
+
+describe("read replicas", () => {
+  it("a caught-up replica serves the reads; the lag gauge says so", async () => {
+    const user = await UsersService.create({ email: "replica-read@example.com" });
+    await pair.caughtUp();
+    expect(await ranOnStandby()).toBe(true);
+    const found = await onReplica((tx) => UsersService.findById(user.id, { tx }));
+    expect(found?.email).toBe("replica-read@example.com");
+    const text = await registry.metrics();
+    expect(text).toMatch(/^db_replica_healthy\{replica="[^"]+"\} 1$/m);
+    expect(text).toMatch(/^db_replica_lag_seconds\{replica="[^"]+"\} 0(\.\d+)?$/m);
+    expect(await readsCounted("replica")).toBeGreaterThanOrEqual(2);
+  });
+
+  it("with replay paused the replica falls behind and is skipped; resumed, it is used again", async () => {
+    await pair.onReplica("SELECT pg_wal_replay_pause()");
+    try {
+      const user = await UsersService.create({ email: "replica-lag@example.com" });
+      // Past the allowed lag and one more check, the replica is out; reads see the primary's fresh row.
+      await new Promise((resolve) => setTimeout(resolve, MAX_LAG_MS + 2 * CHECK_MS));
+      await checkReplicas();
+      const status = replicaStatus()[0];
+      expect(status).toMatchObject({ healthy: false });
+      expect(status?.lagMs).toBeGreaterThan(MAX_LAG_MS);
+      expect(await ranOnStandby()).toBe(false);
+      expect((await onReplica((tx) => UsersService.findById(user.id, { tx })))?.id).toBe(user.id);
+    } finally {
+      await pair.onReplica("SELECT pg_wal_replay_resume()");
+    }
+    await until(() => replicaStatus()[0]?.healthy === true, "the replica to catch up");
+    expect(await ranOnStandby()).toBe(true);
+  });
+
+  it("a scoped read runs read-only on the replica and sees only the user's rows", async () => {
+    const [a, b] = await Promise.all([
+      UsersService.create({ email: "scope-a@example.com" }),
+      UsersService.create({ email: "scope-b@example.com" }),
+    ]);
+    await SessionsService.create({ userId: a.id, authMethod: "password" });
+    await SessionsService.create({ userId: b.id, authMethod: "password" });
+    await pair.caughtUp();
+    const seen = await onReplicaAs(a.id, async (tx) => {
+      const where = await tx.execute<{ standby: boolean; read_only: string }>(
+        sql`SELECT pg_is_in_recovery() AS standby, current_setting('transaction_read_only') AS read_only`,
+      );
+      const sessions = await tx.execute<{ user_id: string }>(sql`SELECT user_id FROM sessions`);
+      return { where: where.rows[0], owners: new Set(sessions.rows.map((row) => row.user_id)) };
+    });
+    expect(seen.where).toEqual({ standby: true, read_only: "on" });
+    expect([...seen.owners]).toEqual([a.id]);
+  });
+
+  it("a replica stopped under load fails no read, and is used again once it is back", async () => {
+    const user = await UsersService.create({ email: "replica-down@example.com" });
+    await pair.caughtUp();
+    const fallbacksBefore = await readsCounted("fallback");
+    let stop = false;
+    let reads = 0;
+    const errors: unknown[] = [];
+    const reader = async () => {
+      while (!stop) {
+        try {
+          const found = await onReplica((tx) => UsersService.findById(user.id, { tx }));
+          if (found?.id !== user.id) errors.push(new Error("wrong answer"));
+          reads++;
+        } catch (error) {
+          errors.push(error);
+        }
+      }
+    };
+    const readers = Array.from({ length: 8 }, reader);
+    try {
+      await new Promise((resolve) => setTimeout(resolve, 200));
+      await pair.replica.stop("fast");
+      await until(() => replicaStatus()[0]?.healthy === false, "the replica to be skipped");
+      const readsWhileDown = reads;
+      await new Promise((resolve) => setTimeout(resolve, 300));
+      expect(reads).toBeGreaterThan(readsWhileDown);
+    } finally {
+      stop = true;
+      await Promise.all(readers);
+    }
+    expect(errors).toEqual([]);
+    // Reads in flight when it went down were retried on the primary.
+    expect(await readsCounted("fallback")).toBeGreaterThan(fallbacksBefore);
+    expect(await ranOnStandby()).toBe(false);
+
+    await pair.replica.start();
+    await until(() => replicaStatus()[0]?.healthy === true, "the replica to be back");
+    expect(await ranOnStandby()).toBe(true);
+  });
+});
