@@ -34,6 +34,12 @@ export {
 export { checkReplicas, onReplica, onReplicaAs, replicaStatus } from "./connection.ts";
 export type { ReplicaStatus } from "./replicas.ts";
 export {
+  type SessionFeedStatus,
+  sessionFeedStatus,
+  startSessionChecks,
+  stopSessionFeed,
+} from "./services/sessions/feed.ts";
+export {
   definedStatements,
   defineStatement,
   param,

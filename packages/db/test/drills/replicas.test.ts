@@ -14,9 +14,12 @@ import {
   onReplicaAs,
   replicaStatus,
 } from "../../src/connection.ts";
+import { noopLogger } from "../../src/logger.ts";
 import { registry } from "../../src/metrics.ts";
+import { sessionFeedStatus, startSessionFeed, stopSessionFeed } from "../../src/services/sessions/feed.ts";
 import * as SessionsService from "../../src/services/sessions.ts";
 import * as UsersService from "../../src/services/users.ts";
+import { queryOnce } from "../../src/testing/index.ts";
 import { type StreamingPair, startStreamingPair } from "../../src/testing/replica.ts";
 
 let pair: StreamingPair;
@@ -150,5 +153,57 @@ describe("read replicas", () => {
     await pair.replica.start();
     await until(() => replicaStatus()[0]?.healthy === true, "the replica to be back");
     expect(await ranOnStandby()).toBe(true);
+  });
+
+  it("session checks on the replica: a new session validates, a revocation is refused at once while replay is paused", async () => {
+    // A lag bound far above the pause below, so the replica stays in use: the feed alone must keep the
+    // revoked session out. The window is a test knob (production derives it from the lag bound).
+    await disconnectDB();
+    initializeDB(
+      databaseConfigFromUrl(pair.primary.url, {
+        replicaUrls: [pair.replica.url],
+        replicaMaxLagMs: 60_000,
+        replicaCheckIntervalMs: CHECK_MS,
+      }),
+    );
+    startSessionFeed({ url: pair.primary.url, cacheTtlMs: 0, replicaWindowMs: 300, logger: noopLogger });
+    try {
+      await until(() => replicaStatus()[0]?.healthy === true, "the replica to be healthy");
+      await until(() => sessionFeedStatus()?.live === true, "the feed to be live");
+      await new Promise((resolve) => setTimeout(resolve, 400));
+      const user = await UsersService.create({ email: "replica-session@example.com" });
+      const { session, token } = await SessionsService.create({ userId: user.id, authMethod: "password" });
+      await pair.caughtUp();
+      const onReplicaBefore = await readsCounted("replica");
+      expect(await SessionsService.validate(token)).not.toBeNull();
+      expect(await readsCounted("replica")).toBe(onReplicaBefore + 1);
+
+      await pair.onReplica("SELECT pg_wal_replay_pause()");
+      try {
+        // Created while the replica replays nothing: not found there, found on the primary.
+        const fresh = await SessionsService.create({ userId: user.id, authMethod: "password" });
+        expect((await SessionsService.validate(fresh.token))?.session.id).toBe(fresh.session.id);
+
+        // Revoked by hand on the primary; the replica still has it active.
+        const heard = sessionFeedStatus()?.heard ?? 0;
+        await queryOnce(
+          pair.primary.adminUrl.replace(/\/postgres$/, "/app"),
+          "UPDATE sessions SET status = 'revoked' WHERE id = $1",
+          [session.id],
+        );
+        await until(() => (sessionFeedStatus()?.heard ?? 0) > heard, "the revocation's notification");
+        const onStandby = await queryOnce(
+          pair.replica.adminUrl.replace(/\/postgres$/, "/app"),
+          "SELECT status FROM sessions WHERE id = $1",
+          [session.id],
+        );
+        expect(onStandby.rows[0]?.status).toBe("active");
+        expect(await SessionsService.validate(token)).toBeNull();
+      } finally {
+        await pair.onReplica("SELECT pg_wal_replay_resume()");
+      }
+    } finally {
+      await stopSessionFeed();
+    }
   });
 });

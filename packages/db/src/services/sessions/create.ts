@@ -12,6 +12,7 @@ import { defineStatement, param, selectColumns } from "../../statements.ts";
 import { idSchema, noNul, notFound, validate as validateInput } from "../common.ts";
 import { type Call, defineService } from "../define.ts";
 import { configFor, type SessionServiceOptions, timesFor } from "./config.ts";
+import { sessionsChanged } from "./feed.ts";
 import { type PublicSession, publicSessionColumns } from "./shared.ts";
 
 // ---------------------------------------------------------------------------------------------------------
@@ -207,6 +208,7 @@ export const create = defineService(
     );
     if (!row) throw notFound("users");
     const { revokedForCap, ...session } = row;
+    for (const id of revokedForCap) sessionsChanged(id, session.userId);
     logger.audit(
       {
         sessionId: session.id,

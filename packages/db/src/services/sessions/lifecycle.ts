@@ -13,6 +13,7 @@ import { type AuditEventInput, type EventParams, eventParams, insertEvent } from
 import { deleteInBatches, idSchema, notFound, validate as validateInput } from "../common.ts";
 import { type Call, defineService } from "../define.ts";
 import { configFor, type SessionServiceOptions, timesFor } from "./config.ts";
+import { sessionsChanged } from "./feed.ts";
 import { type PublicSession, publicSessionColumns } from "./shared.ts";
 
 // ---------------------------------------------------------------------------------------------------------
@@ -154,6 +155,7 @@ export const revoke = defineService(
       );
       const session = rows[0];
       if (!session) throw notFound("sessions");
+      sessionsChanged(session.id, session.userId);
       logger.audit({ sessionId: session.id, userId: session.userId }, "session revoked");
       return session;
     }
@@ -178,6 +180,7 @@ export const revoke = defineService(
     );
     const session = rows[0];
     if (!session) throw notFound("sessions");
+    sessionsChanged(session.id, session.userId);
     logger.audit({ sessionId: session.id, userId: session.userId }, "session revoked");
     return session;
   },
@@ -221,6 +224,7 @@ export const revokeAllForUser = defineService(
         )
         .returning({ id: sessions.id }),
     );
+    for (const row of rows) sessionsChanged(row.id, input.userId);
     logger.audit(
       { userId: input.userId, exceptSessionId: input.except, revoked: rows.length },
       "user sessions revoked",

@@ -2,7 +2,7 @@
 // most once per refresh interval, and the coalescing of concurrent checks into one read.
 import { type SQL, sql } from "drizzle-orm";
 import { coalescer } from "../../coalesce.ts";
-import type { DatabaseOrTransaction } from "../../connection.ts";
+import { type DatabaseOrTransaction, getDB, onReplica } from "../../connection.ts";
 import { isWellFormedSecret, sha256 } from "../../crypto/secrets.ts";
 import { withMetrics } from "../../metrics.ts";
 import { defineStatement, param, selectColumns } from "../../statements.ts";
@@ -15,6 +15,7 @@ import {
   sessionConfig,
   timesFor,
 } from "./config.ts";
+import { sessionFeed } from "./feed.ts";
 import { type PublicSession, publicSessionColumns, type SessionUser } from "./shared.ts";
 
 /** What the read binds: the tokens' digests and the instants of timesFor(). */
@@ -122,19 +123,12 @@ async function readMany(
   handle: DatabaseOrTransaction | undefined,
 ): Promise<Array<ValidatedRow | undefined | Promise<ValidatedRow>>> {
   const times = timesFor(cfg);
-  const { statement, params } = readFor(tokens.map(sha256), times);
-  const result = await withMetrics("validate", "sessions", () => statement.run(handle, params));
-  const rows = new Array<ValidatedRow | undefined | Promise<ValidatedRow>>(tokens.length);
+  const rows: Array<ValidatedRow | undefined | Promise<ValidatedRow>> = await readRows(tokens, times, handle);
   const due: Array<{ row: ValidatedRow; index: number }> = [];
-  // n is the 1-based position of the token in the input (bigint from unnest, so text from the driver).
-  for (const row of result.rows) {
-    const index = Number(row.n) - 1;
-    // Only padding could sit past the input, and NO_TOKEN matches no session; skip such a row all the same.
-    if (index >= tokens.length) continue;
-    rows[index] = row;
-    const last = row["s.lastAccessedAt"] as Date | null;
-    if (last === null || last.getTime() <= times.refreshCutoff.getTime()) due.push({ row, index });
-  }
+  rows.forEach((row, index) => {
+    if (row !== undefined && refreshIsDue(row as ValidatedRow, times))
+      due.push({ row: row as ValidatedRow, index });
+  });
   if (due.length > 0) {
     const refreshed = refreshDue(
       due.map((entry) => entry.row),
@@ -144,6 +138,72 @@ async function readMany(
     for (const { row, index } of due) rows[index] = refreshed.then(() => row);
   }
   return rows;
+}
+
+/** The live row of each token (undefined for none), in input order: the read alone, nothing written. */
+async function readRows(
+  tokens: readonly string[],
+  times: ReturnType<typeof timesFor>,
+  handle: DatabaseOrTransaction | undefined,
+): Promise<Array<ValidatedRow | undefined>> {
+  const { statement, params } = readFor(tokens.map(sha256), times);
+  const result = await withMetrics("validate", "sessions", () => statement.run(handle, params));
+  const rows = new Array<ValidatedRow | undefined>(tokens.length);
+  // n is the 1-based position of the token in the input (bigint from unnest, so text from the driver).
+  for (const row of result.rows) {
+    const index = Number(row.n) - 1;
+    // Only padding could sit past the input, and NO_TOKEN matches no session; skip such a row all the same.
+    if (index < tokens.length) rows[index] = row;
+  }
+  return rows;
+}
+
+function refreshIsDue(row: ValidatedRow, times: ReturnType<typeof timesFor>): boolean {
+  const last = row["s.lastAccessedAt"] as Date | null;
+  return last === null || last.getTime() <= times.refreshCutoff.getTime();
+}
+
+/**
+ * readMany() for the coalesced checks, on a replica when the session feed allows it (SESSION_READS=replica):
+ * the replica answers only for sessions it found, whose refresh is not due, and that neither the feed nor
+ * this process saw change within one lag window. Every other token is read again on the primary, so a
+ * session created a moment ago validates and a revoked one is refused whatever the replica's lag.
+ */
+async function readManyRouted(
+  tokens: readonly string[],
+  cfg: SessionConfig,
+): Promise<Array<ValidatedRow | undefined | Promise<ValidatedRow>>> {
+  const feed = sessionFeed();
+  if (!feed?.replicasUsable()) return await readMany(tokens, cfg, undefined);
+  return await onReplica(async (handle) => {
+    if (handle === getDB()) return await readMany(tokens, cfg, undefined);
+    const times = timesFor(cfg);
+    const rows: Array<ValidatedRow | undefined | Promise<ValidatedRow>> = await readRows(
+      tokens,
+      times,
+      handle,
+    );
+    const again: number[] = [];
+    // A plain loop: the array has holes where no row was found, which forEach would skip.
+    for (let index = 0; index < tokens.length; index++) {
+      const found = rows[index] as ValidatedRow | undefined;
+      const trusted =
+        found !== undefined &&
+        !refreshIsDue(found, times) &&
+        feed.replicaMayAnswer(found["s.id"] as string, found["u.id"] as string);
+      if (!trusted) again.push(index);
+    }
+    if (again.length === 0) return rows;
+    const fresh = await readMany(
+      again.map((index) => tokens[index] as string),
+      cfg,
+      undefined,
+    );
+    again.forEach((index, k) => {
+      rows[index] = fresh[k];
+    });
+    return rows;
+  });
 }
 
 /** Slides the expiry of sessions whose refresh is due; each row that was extended gets the new values. */
@@ -175,7 +235,7 @@ const VALIDATE_READS_IN_FLIGHT = 1;
 // with { tx } or a per-call config runs alone (its snapshot or lifetimes differ).
 const validateCoalesced = coalescer<string, ValidatedRow | undefined | Promise<ValidatedRow>>({
   key: (token) => token,
-  run: (tokens) => readMany(tokens, sessionConfig(), undefined),
+  run: (tokens) => readManyRouted(tokens, sessionConfig()),
   maxInFlight: VALIDATE_READS_IN_FLIGHT,
   maxBatch: BATCH_SIZES[BATCH_SIZES.length - 1],
 });
@@ -196,6 +256,21 @@ function pick<T>(row: Record<string, unknown>, pairs: KeyPairs): T {
 }
 
 const sessionPairs = prefixed(publicSessionColumns, "s.");
+
+/**
+ * When a cached check must stop answering (epoch ms): the session's idle expiry, the end of its absolute
+ * lifetime, and its next refresh (a cached answer never skips one).
+ */
+function cacheLimits(row: ValidatedRow, cfg: SessionConfig): number[] {
+  const expires = (row["s.expiresAt"] as Date).getTime();
+  const created = (row["s.createdAt"] as Date).getTime();
+  const last = row["s.lastAccessedAt"] as Date | null;
+  return [
+    expires,
+    created + cfg.absoluteLifetimeMs,
+    last === null ? 0 : last.getTime() + cfg.refreshIntervalMs,
+  ];
+}
 const userPairs = prefixed(publicUserColumns, "u.");
 
 /**
@@ -214,13 +289,22 @@ export const validate = defineService(
     token: string,
   ): Promise<{ session: PublicSession; user: SessionUser } | null> => {
     if (!isWellFormedSecret(token)) return null;
-    const row =
-      options.tx === undefined && options.config === undefined
-        ? await validateCoalesced(token)
-        : await (await readMany([token], configFor(options), options.tx))[0];
+    let row: ValidatedRow | undefined;
+    if (options.tx === undefined && options.config === undefined) {
+      const feed = sessionFeed();
+      row = feed?.get(token);
+      if (row === undefined) {
+        const mark = feed?.mark() ?? 0;
+        row = await validateCoalesced(token);
+        if (row !== undefined && feed !== undefined)
+          feed.put(token, row, mark, cacheLimits(row, sessionConfig()));
+        if (row?.refreshed) logger.debug({ sessionId: row["s.id"] }, "session extended");
+      }
+    } else {
+      row = await (await readMany([token], configFor(options), options.tx))[0];
+      if (row?.refreshed) logger.debug({ sessionId: row["s.id"] }, "session extended");
+    }
     if (!row) return null;
-    const session = pick<PublicSession>(row, sessionPairs);
-    if (row.refreshed) logger.debug({ sessionId: session.id }, "session extended");
-    return { session, user: pick<SessionUser>(row, userPairs) };
+    return { session: pick<PublicSession>(row, sessionPairs), user: pick<SessionUser>(row, userPairs) };
   },
 );

@@ -18,6 +18,7 @@ import {
 } from "../common.ts";
 import { type Call, defineService } from "../define.ts";
 import * as OneTimeTokensService from "../one-time-tokens.ts";
+import { sessionsChanged } from "../sessions/feed.ts";
 import * as SessionsService from "../sessions.ts";
 import { encodeCursor, listQuery } from "./list-query.ts";
 import { findOneBy } from "./lookups.ts";
@@ -330,6 +331,7 @@ export const softDelete = defineService(
       },
       { tx: options.tx },
     );
+    sessionsChanged(undefined, userId);
     logger.audit({ userId, revokedSessions, invalidatedTokens, unlinkedAccounts }, "user soft-deleted");
     return user;
   },
