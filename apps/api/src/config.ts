@@ -34,6 +34,16 @@ const schema = z.object({
       }
       return count;
     }),
+  /**
+   * How long a validated session may be answered from this process's memory (0: never). Every revocation is
+   * announced to every process (LISTEN/NOTIFY), which forgets it at once; while that connection is down,
+   * every check reads the database.
+   */
+  SESSION_CACHE_TTL_MS: z.coerce.number().int().min(0).max(60_000).default(2000),
+  /** Where session checks read: `primary`, or `replica` (DATABASE_REPLICA_URLS; misses and changes read the primary). */
+  SESSION_READS: z
+    .enum(["primary", "replica"], { error: "SESSION_READS must be primary or replica" })
+    .default("primary"),
   LOG_LEVEL: z
     .enum(["debug", "info", "warn", "error"], { error: "LOG_LEVEL must be debug, info, warn or error" })
     .default("info"),
@@ -171,6 +181,9 @@ export function loadApiConfig(env: Record<string, string | undefined> = process.
   // nobody can open and refuse the real site's requests, so it must be said.
   if (cleaned.NODE_ENV === "production" && cleaned.APP_URL === undefined) {
     problems.APP_URL = "is required in production (the public URL mailed links point at)";
+  }
+  if (cleaned.SESSION_READS === "replica" && !cleaned.DATABASE_REPLICA_URLS) {
+    problems.SESSION_READS = "replica needs DATABASE_REPLICA_URLS";
   }
   const providers = oauthProviders(cleaned, problems);
   if (providers.length > 0 && !cleaned.ACCOUNT_ENCRYPTION_KEYS) {

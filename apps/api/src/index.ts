@@ -13,6 +13,8 @@ import {
   loadOneTimeCodeKeyFromEnv,
   redactUrl,
   runMigrations,
+  startSessionChecks,
+  stopSessionFeed,
   withAudit,
 } from "@repo/db";
 import { resolveDatabase } from "@repo/db/dev-database";
@@ -68,6 +70,14 @@ async function main(): Promise<void> {
     return;
   }
   initializeDB(dbConfig, { logger });
+  // The session change feed: the session cache and session checks on replicas obey it (docs/scaling.md).
+  if (config.SESSION_CACHE_TTL_MS > 0 || config.SESSION_READS === "replica") {
+    startSessionChecks({
+      cacheTtlMs: config.SESSION_CACHE_TTL_MS,
+      replicaReads: config.SESSION_READS === "replica",
+      logger,
+    });
+  }
 
   let mailer: Mailer;
   let closeMailer = () => {};
@@ -163,6 +173,7 @@ async function main(): Promise<void> {
       await within(tasks.settle());
       await within(maintenance.stop());
       closeMailer();
+      await within(stopSessionFeed());
       await within(disconnectDB());
     } catch (error) {
       logger.error({ error: error instanceof Error ? error.message : String(error) }, "shutdown step failed");

@@ -2,7 +2,14 @@
 // ADMIN_API_KEY, when one is configured) or a signed-in user holding a role: `admin` may do everything,
 // `support` may only read (GET). Every use of the key is recorded in the audit trail (admin_key_used), and
 // every change with the actor who made it.
-import { AUDIT_ACTIONS, AuditService, RolesService, SessionsService, UsersService } from "@repo/db";
+import {
+  AUDIT_ACTIONS,
+  AuditService,
+  onReplica,
+  RolesService,
+  SessionsService,
+  UsersService,
+} from "@repo/db";
 import { Hono, type MiddlewareHandler } from "hono";
 import { z } from "zod";
 import { audited, recordLater } from "../audit.ts";
@@ -100,16 +107,20 @@ export function adminRoutes({ requireSession }: Guards): Hono<AppEnv> {
     },
     async (c) => {
       const query = readQuery(c, listQuery);
-      const page = await UsersService.list(
-        {
-          ...(query.email ? { emails: query.email.map(pattern) } : {}),
-          ...(query.id ? { ids: query.id.map(pattern) } : {}),
-          ...(query.phone ? { phoneNumbers: query.phone.map(pattern) } : {}),
-          ...(query.limit === undefined ? {} : { limit: query.limit }),
-          ...(query.cursor === undefined ? {} : { cursor: query.cursor }),
-          includeDeleted: query.includeDeleted === "true",
-        },
-        c.get("log"),
+      // Lists may lag a moment: on a replica when there are any (DATABASE_REPLICA_URLS).
+      const page = await onReplica((tx) =>
+        UsersService.list(
+          {
+            ...(query.email ? { emails: query.email.map(pattern) } : {}),
+            ...(query.id ? { ids: query.id.map(pattern) } : {}),
+            ...(query.phone ? { phoneNumbers: query.phone.map(pattern) } : {}),
+            ...(query.limit === undefined ? {} : { limit: query.limit }),
+            ...(query.cursor === undefined ? {} : { cursor: query.cursor }),
+            includeDeleted: query.includeDeleted === "true",
+          },
+          c.get("log"),
+          { tx },
+        ),
       );
       return c.json({
         users: page.users.map((user) => ({ ...userView(user), deletedAt: user.deletedAt })),
@@ -304,9 +315,12 @@ export function adminRoutes({ requireSession }: Guards): Hono<AppEnv> {
       const log = c.get("log");
       if (wantsNdjson(c.req.header("accept"))) {
         // The first batch is read before the answer starts, so a database failure is a proper error answer.
-        let page = await AuditService.list(
-          { ...filter, limit: EXPORT_BATCH, ...(query.cursor ? { before: query.cursor } : {}) },
-          log,
+        let page = await onReplica((tx) =>
+          AuditService.list(
+            { ...filter, limit: EXPORT_BATCH, ...(query.cursor ? { before: query.cursor } : {}) },
+            log,
+            { tx },
+          ),
         );
         const encoder = new TextEncoder();
         const body = new ReadableStream<Uint8Array>({
@@ -318,9 +332,9 @@ export function adminRoutes({ requireSession }: Guards): Hono<AppEnv> {
               return;
             }
             try {
-              page = await AuditService.list(
-                { ...filter, limit: EXPORT_BATCH, before: page.nextCursor },
-                log,
+              const before = page.nextCursor;
+              page = await onReplica((tx) =>
+                AuditService.list({ ...filter, limit: EXPORT_BATCH, before }, log, { tx }),
               );
             } catch (error) {
               // The headers are sent: the export stops short (every line sent is whole) and the client sees it cut.
@@ -332,13 +346,16 @@ export function adminRoutes({ requireSession }: Guards): Hono<AppEnv> {
         c.header("Cache-Control", "no-store");
         return c.body(body, 200, { "Content-Type": "application/x-ndjson; charset=utf-8" });
       }
-      const page = await AuditService.list(
-        {
-          ...filter,
-          ...(query.limit ? { limit: query.limit } : {}),
-          ...(query.cursor ? { before: query.cursor } : {}),
-        },
-        log,
+      const page = await onReplica((tx) =>
+        AuditService.list(
+          {
+            ...filter,
+            ...(query.limit ? { limit: query.limit } : {}),
+            ...(query.cursor ? { before: query.cursor } : {}),
+          },
+          log,
+          { tx },
+        ),
       );
       return c.json({
         events: page.events.map((event) => auditEventView(event)),

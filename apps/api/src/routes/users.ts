@@ -1,5 +1,5 @@
 // /v1/users/me: the signed-in user's own profile, and their security events from the audit trail.
-import { AuditService, RolesService, UsersService, withUser } from "@repo/db";
+import { AuditService, onReplicaAs, RolesService, UsersService, withUser } from "@repo/db";
 import { type Context, Hono } from "hono";
 import { z } from "zod";
 import { audited } from "../audit.ts";
@@ -126,7 +126,7 @@ export function userRoutes({ requireSession }: Guards): Hono<AppEnv> {
     async (c) => {
       const query = readQuery(c, eventsQuery);
       const me = c.get("user").id;
-      const page = await withUser(me, (tx) =>
+      const page = await onReplicaAs(me, (tx) =>
         AuditService.list(
           { subjectUserId: me, limit: query.limit ?? 20, ...(query.cursor ? { before: query.cursor } : {}) },
           c.get("log"),

@@ -14,8 +14,10 @@ import { runMigrations } from "../migrate.ts";
 export interface StreamingPair {
   primary: EmbeddedPostgres;
   replica: EmbeddedPostgres;
-  /** Superuser query on the replica (pause or resume replay). */
-  onReplica(sql: string): Promise<pg.QueryResult>;
+  /** Superuser query on the replica (pause or resume replay), on `database` (default `postgres`). */
+  onReplica(sql: string, database?: string): Promise<pg.QueryResult>;
+  /** Superuser query on the primary, on `database` (default `postgres`). */
+  onPrimary(sql: string, database?: string): Promise<pg.QueryResult>;
   /** Waits until the replica has replayed everything the primary had written when this was called. */
   caughtUp(timeoutMs?: number): Promise<void>;
   /** Stops both servers and removes their folders; safe to call twice. */
@@ -31,6 +33,12 @@ async function once(url: string, sql: string, values: unknown[] = []): Promise<p
   } finally {
     await client.end().catch(() => {});
   }
+}
+
+function onDatabase(adminUrl: string, database = "postgres"): string {
+  const url = new URL(adminUrl);
+  url.pathname = `/${database}`;
+  return url.toString();
 }
 
 /** Starts a migrated primary and a streaming replica of it. */
@@ -76,7 +84,8 @@ export async function startStreamingPair(): Promise<StreamingPair> {
     const pair: StreamingPair = {
       primary,
       replica,
-      onReplica: (sql) => once(replica.adminUrl, sql),
+      onReplica: (sql, database) => once(onDatabase(replica.adminUrl, database), sql),
+      onPrimary: (sql, database) => once(onDatabase(primary.adminUrl, database), sql),
       async caughtUp(timeoutMs = 30_000) {
         const target = (await once(primary.adminUrl, "SELECT pg_current_wal_lsn()::text AS lsn")).rows[0]
           ?.lsn;

@@ -19,7 +19,6 @@ import { registry } from "../../src/metrics.ts";
 import { sessionFeedStatus, startSessionFeed, stopSessionFeed } from "../../src/services/sessions/feed.ts";
 import * as SessionsService from "../../src/services/sessions.ts";
 import * as UsersService from "../../src/services/users.ts";
-import { queryOnce } from "../../src/testing/index.ts";
 import { type StreamingPair, startStreamingPair } from "../../src/testing/replica.ts";
 
 let pair: StreamingPair;
@@ -186,16 +185,11 @@ describe("read replicas", () => {
 
         // Revoked by hand on the primary; the replica still has it active.
         const heard = sessionFeedStatus()?.heard ?? 0;
-        await queryOnce(
-          pair.primary.adminUrl.replace(/\/postgres$/, "/app"),
-          "UPDATE sessions SET status = 'revoked' WHERE id = $1",
-          [session.id],
-        );
+        await pair.onPrimary(`UPDATE sessions SET status = 'revoked' WHERE id = '${session.id}'`, "app");
         await until(() => (sessionFeedStatus()?.heard ?? 0) > heard, "the revocation's notification");
-        const onStandby = await queryOnce(
-          pair.replica.adminUrl.replace(/\/postgres$/, "/app"),
-          "SELECT status FROM sessions WHERE id = $1",
-          [session.id],
+        const onStandby = await pair.onReplica(
+          `SELECT status FROM sessions WHERE id = '${session.id}'`,
+          "app",
         );
         expect(onStandby.rows[0]?.status).toBe("active");
         expect(await SessionsService.validate(token)).toBeNull();

@@ -14,6 +14,7 @@ import {
   CacheService,
   isDbError,
   type LinkedAccount,
+  onReplicaAs,
   SessionsService,
   withUser,
 } from "@repo/db";
@@ -402,7 +403,10 @@ export function accountView(account: LinkedAccount) {
 /** GET /accounts: the user's linked providers. */
 export async function listAccounts(c: Context<AppEnv>) {
   const userId = c.get("user").id;
-  const accounts = await withUser(userId, (tx) => AccountsService.listForUser(userId, c.get("log"), { tx }));
+  // A list that may lag a moment: on a replica when there are any (DATABASE_REPLICA_URLS).
+  const accounts = await onReplicaAs(userId, (tx) =>
+    AccountsService.listForUser(userId, c.get("log"), { tx }),
+  );
   return c.json({ accounts: accounts.map(accountView) });
 }
 

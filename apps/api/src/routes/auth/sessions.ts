@@ -1,5 +1,5 @@
 // /v1/auth sessions: the current session, the user's sessions (list, revoke one, revoke the others), sign-out.
-import { isDbError, SessionsService, withUser } from "@repo/db";
+import { isDbError, onReplicaAs, SessionsService, withUser } from "@repo/db";
 import type { Context } from "hono";
 import { auditEvent, audited } from "../../audit.ts";
 import type { AppEnv } from "../../context.ts";
@@ -37,7 +37,10 @@ export function currentSession(c: Context<AppEnv>) {
 
 export async function listSessions(c: Context<AppEnv>) {
   const userId = c.get("user").id;
-  const sessions = await withUser(userId, (tx) => SessionsService.listForUser(userId, c.get("log"), { tx }));
+  // A list that may lag a moment: on a replica when there are any (DATABASE_REPLICA_URLS).
+  const sessions = await onReplicaAs(userId, (tx) =>
+    SessionsService.listForUser(userId, c.get("log"), { tx }),
+  );
   return c.json({ sessions: sessions.map((session) => sessionView(session, c.get("session").id)) });
 }
 
