@@ -30,6 +30,7 @@ const betterAuthScript = fileURLToPath(new URL("./better-auth/server.ts", import
 /** In the order the tables show them. */
 export const SERVER_NAMES = [
   "api",
+  "api, no session cache",
   "bun-sql floor",
   "raw-pg floor",
   "better-auth",
@@ -68,6 +69,9 @@ export interface HttpRow {
   apiThroughputRatio: Partial<Record<ServerName, number>>;
   /** The API's p99 over each server's (target against the minimal floor: at most 1.5). */
   apiP99Ratio: Partial<Record<ServerName, number>>;
+  /** The same two for the API without its session cache. */
+  uncachedThroughputRatio: Partial<Record<ServerName, number>>;
+  uncachedP99Ratio: Partial<Record<ServerName, number>>;
 }
 
 export interface HttpOptions {
@@ -155,7 +159,7 @@ function betterAuthServer(started: { base: string; child: Child }, cookies: stri
   };
 }
 
-/** Starts the five servers; each is registered with `resources` as soon as it is spawned. */
+/** Starts the six servers; each is registered with `resources` as soon as it is spawned. */
 async function startServers(databaseUrl: string, tokens: string[], resources: Resources): Promise<Server[]> {
   const apiLogFile = path.join(tmpdir(), `repo-bench-api-${process.pid}.log`);
   resources.defer("api log", async () => rmSync(apiLogFile, { force: true }));
@@ -180,8 +184,20 @@ async function startServers(databaseUrl: string, tokens: string[], resources: Re
       { path: ROUTE, status },
       resources,
     );
+  // The same API with its in-process session cache off: every check reads PostgreSQL, as each floor does.
+  const uncached = await spawnServer(
+    "api, no session cache",
+    ["src/index.ts"],
+    apiRoot,
+    { ...dbEnv, NODE_ENV: "production", APP_URL: "http://127.0.0.1", SESSION_CACHE_TTL_MS: "0" },
+    { path: "/readyz", status: 200 },
+    resources,
+    `${apiLogFile}.uncached`,
+  );
+  resources.defer("api log (no cache)", async () => rmSync(`${apiLogFile}.uncached`, { force: true }));
   const started = [
     bearerServer("api", api, tokens),
+    bearerServer("api, no session cache", uncached, tokens),
     bearerServer("bun-sql floor", await floor("bun-sql", dbEnv, 401), tokens),
     bearerServer("raw-pg floor", await floor("raw-pg", dbEnv, 401), tokens),
   ];
@@ -243,6 +259,8 @@ export const HTTP_HEADERS = [
   "p99 ms",
   "API req/s / this",
   "API p99 / this",
+  "no-cache API req/s / this",
+  "no-cache API p99 / this",
   "runs (req/s)",
 ];
 
@@ -255,6 +273,8 @@ export function httpCells(row: HttpRow): string[][] {
     msText(m.p99Ms),
     ratioText(row.apiThroughputRatio[m.server] ?? Number.NaN),
     ratioText(row.apiP99Ratio[m.server] ?? Number.NaN),
+    ratioText(row.uncachedThroughputRatio[m.server] ?? Number.NaN),
+    ratioText(row.uncachedP99Ratio[m.server] ?? Number.NaN),
     m.runs.map(opsText).join(" · "),
   ]);
 }
@@ -303,9 +323,9 @@ export async function httpSection(
     });
     // Ratios pair each round's API run with the same round's run of the other server (measured within one
     // round, not minutes apart), then take the median over rounds.
-    const apiRuns = runs.get("api") ?? [];
-    const paired = (name: ServerName, value: (run: Run) => number) =>
-      pairedRatio(apiRuns, runs.get(name) ?? [], value);
+    const paired = (name: ServerName, value: (run: Run) => number, of: ServerName = "api") =>
+      pairedRatio(runs.get(of) ?? [], runs.get(name) ?? [], value);
+    const uncached = "api, no session cache";
     const row: HttpRow = {
       connections,
       servers: measured,
@@ -313,6 +333,12 @@ export async function httpSection(
         SERVER_NAMES.map((name) => [name, paired(name, (run) => run.requestsPerSec)]),
       ),
       apiP99Ratio: Object.fromEntries(SERVER_NAMES.map((name) => [name, paired(name, (run) => run.p99Ms)])),
+      uncachedThroughputRatio: Object.fromEntries(
+        SERVER_NAMES.map((name) => [name, paired(name, (run) => run.requestsPerSec, uncached)]),
+      ),
+      uncachedP99Ratio: Object.fromEntries(
+        SERVER_NAMES.map((name) => [name, paired(name, (run) => run.p99Ms, uncached)]),
+      ),
     };
     print(table(HTTP_HEADERS, httpCells(row)));
     rows.push(row);
