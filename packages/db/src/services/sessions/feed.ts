@@ -84,6 +84,8 @@ class SessionFeed {
   /** Session and user ids by the change number of their last change (for reads that overlapped it). */
   private readonly changedAt = new Map<string, { seq: number; at: number }>();
   private seq = 0;
+  /** The change number when the feed last went live: reads marked before it may predate unheard changes. */
+  private liveSeq = 0;
   private liveSince: number | undefined;
   private client: pg.Client | undefined;
   private closed = false;
@@ -126,7 +128,7 @@ class SessionFeed {
 
   /** Keeps a validated row, unless its session or user changed after `mark` (the read may predate it). */
   put(token: string, row: Row, mark: number, limits: number[]): void {
-    if (!this.live || this.ttlMs === 0) return;
+    if (!this.live || this.ttlMs === 0 || mark < this.liveSeq) return;
     const sessionId = row["s.id"] as string;
     const userId = row["u.id"] as string;
     if (this.changedSince(sessionId, mark) || this.changedSince(userId, mark)) return;
@@ -281,8 +283,10 @@ class SessionFeed {
     }
     if (failed || this.closed) return;
     this.failures = 0;
-    // Start empty: whatever changed while nobody listened was not heard.
+    // Start empty: whatever changed while nobody listened was not heard; nor may a read that started before
+    // now be kept (it may have seen a row that changed unheard).
     this.entries.clear();
+    this.liveSeq = ++this.seq;
     this.liveSince = now().getTime();
     feedLive.set(1);
     this.options.logger.info({}, "session change feed live");
