@@ -51,7 +51,7 @@ export interface PgBouncer {
  */
 export async function startPgBouncer(
   targetUrl: string,
-  options: { poolSize?: number; ignoreStartupParameters?: string[] } = {},
+  options: { poolSize?: number; ignoreStartupParameters?: string[]; settings?: Record<string, string> } = {},
 ): Promise<PgBouncer> {
   const binary = findPgBouncer();
   if (!binary) throw new Error("pgbouncer is not installed");
@@ -81,6 +81,7 @@ export async function startPgBouncer(
       // Anything else a client sends at start-up (statement_timeout, ...) is refused, as by a real deployment.
       `ignore_startup_parameters = ${["extra_float_digits", ...(options.ignoreStartupParameters ?? [])].join(",")}`,
       `logfile = ${path.join(dir, "pgbouncer.log")}`,
+      ...Object.entries(options.settings ?? {}).map(([name, value]) => `${name} = ${value}`),
       "",
     ].join("\n"),
   );
