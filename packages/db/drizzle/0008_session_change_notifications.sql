@@ -3,9 +3,12 @@
 -- made it: the services, maintenance, or SQL typed by hand. Processes that cache validated sessions or read
 -- them from replicas LISTEN and forget what they hold for that session or user. Payloads:
 --   s:<session id>:<user id>   a live session was revoked, expired, shortened or deleted
---   u:<user id>                the user was deleted, or its roles changed
+--   u:<user id>                the user changed (deleted, or its profile, which a session check returns), or
+--                              its roles changed
 -- The sliding refresh (expires_at moved later) matches no WHEN clause, so the hot path never notifies:
--- committing a transaction that notified takes a cluster-wide lock on the notification queue.
+-- committing a transaction that notified takes a cluster-wide lock on the notification queue. Users change
+-- rarely (a sign-in, a profile edit), so every update of a user is announced: a cached session check answers
+-- with the user, and must not show an old profile.
 CREATE OR REPLACE FUNCTION notify_session_ended() RETURNS trigger
   LANGUAGE plpgsql
   AS $$
@@ -40,8 +43,7 @@ CREATE TRIGGER sessions_notify_deleted AFTER DELETE ON sessions FOR EACH ROW
   WHEN (OLD.status = 'active')
   EXECUTE FUNCTION notify_session_ended();
 --> statement-breakpoint
-CREATE TRIGGER users_notify_deleted AFTER UPDATE ON users FOR EACH ROW
-  WHEN (OLD.deleted_at IS NULL AND NEW.deleted_at IS NOT NULL)
+CREATE TRIGGER users_notify_changed AFTER UPDATE ON users FOR EACH ROW
   EXECUTE FUNCTION notify_user_sessions_changed();
 --> statement-breakpoint
 CREATE TRIGGER users_notify_purged AFTER DELETE ON users FOR EACH ROW

@@ -104,6 +104,13 @@ describe("the session cache", () => {
     await until(async () => (await validate(b.token)) === null, "the deleted user's session to be refused");
   });
 
+  it("a profile edit made elsewhere is not answered from memory once its notification arrives", async () => {
+    const { token, userId } = await signedIn();
+    expect((await validate(token))?.user.firstName).toBeNull();
+    await database.admin("UPDATE users SET first_name = 'Ada' WHERE id = $1", [userId]);
+    await until(async () => (await validate(token))?.user.firstName === "Ada", "the new first name");
+  });
+
   it("a refresh of the session's expiry (the hot path's only write) sends no notification", async () => {
     const { session } = await signedIn();
     const heard = sessionFeedStatus()?.heard ?? 0;
