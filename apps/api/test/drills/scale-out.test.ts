@@ -108,7 +108,7 @@ describeWithPgBouncer("scale-out: replica, PgBouncer, two API processes, session
     await pair.caughtUp();
     expect(await check(a(), old)).toBe(200);
     expect(await check(b(), old)).toBe(200);
-    await pair.onReplica("SELECT pg_wal_replay_pause()");
+    await pair.pauseReplay();
     try {
       const fresh = await signUp(b());
       expect(await check(a(), fresh)).toBe(200);
@@ -117,7 +117,7 @@ describeWithPgBouncer("scale-out: replica, PgBouncer, two API processes, session
       await refusedWithin(a(), old, 1000);
       expect(await check(b(), old)).toBe(401);
     } finally {
-      await pair.onReplica("SELECT pg_wal_replay_resume()");
+      await pair.resumeReplay();
     }
   });
 

@@ -83,9 +83,6 @@ export function boundedLogFields(fields: LogFields): LogFields {
 const isLogger = (value: unknown): value is Logger =>
   typeof value === "object" && value !== null && typeof (value as Logger).info === "function";
 
-/** The options of a call that passed none (shared, so frozen: a body never writes to its options). */
-const NO_OPTIONS: CallOptions = Object.freeze({});
-
 /** Splits `[...positional, loggerOrOptions?, options?]` at `arity`. */
 export function splitCallArguments<O extends CallOptions>(
   args: readonly unknown[],

@@ -18,6 +18,9 @@ export interface StreamingPair {
   onReplica(sql: string, database?: string): Promise<pg.QueryResult>;
   /** Superuser query on the primary, on `database` (default `postgres`). */
   onPrimary(sql: string, database?: string): Promise<pg.QueryResult>;
+  /** Pauses the replica's replay and waits until it has actually stopped (a pause is only requested at first). */
+  pauseReplay(): Promise<void>;
+  resumeReplay(): Promise<void>;
   /** Waits until the replica has replayed everything the primary had written when this was called. */
   caughtUp(timeoutMs?: number): Promise<void>;
   /** Stops both servers and removes their folders; safe to call twice. */
@@ -85,6 +88,19 @@ export async function startStreamingPair(): Promise<StreamingPair> {
       primary,
       replica,
       onReplica: (sql, database) => once(onDatabase(replica.adminUrl, database), sql),
+      async pauseReplay() {
+        await once(replica.adminUrl, "SELECT pg_wal_replay_pause()");
+        const deadline = Date.now() + 10_000;
+        for (;;) {
+          const state = await once(replica.adminUrl, "SELECT pg_get_wal_replay_pause_state() AS state");
+          if (state.rows[0]?.state === "paused") return;
+          if (Date.now() > deadline) throw new Error("the replica's replay did not pause");
+          await new Promise((resolve) => setTimeout(resolve, 10));
+        }
+      },
+      async resumeReplay() {
+        await once(replica.adminUrl, "SELECT pg_wal_replay_resume()");
+      },
       onPrimary: (sql, database) => once(onDatabase(primary.adminUrl, database), sql),
       async caughtUp(timeoutMs = 30_000) {
         const target = (await once(primary.adminUrl, "SELECT pg_current_wal_lsn()::text AS lsn")).rows[0]

@@ -16,7 +16,6 @@ import {
   type LinkedAccount,
   onReplicaAs,
   SessionsService,
-  withUser,
 } from "@repo/db";
 import type { Context } from "hono";
 import { deleteCookie, getCookie, setCookie } from "hono/cookie";

@@ -1,5 +1,5 @@
 // /v1/auth sessions: the current session, the user's sessions (list, revoke one, revoke the others), sign-out.
-import { isDbError, onReplicaAs, SessionsService, withUser } from "@repo/db";
+import { isDbError, onReplicaAs, SessionsService } from "@repo/db";
 import type { Context } from "hono";
 import { auditEvent, audited } from "../../audit.ts";
 import type { AppEnv } from "../../context.ts";
