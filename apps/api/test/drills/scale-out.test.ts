@@ -8,7 +8,7 @@
 import { type StreamingPair, startStreamingPair } from "@repo/db/testing";
 import { describeWithPgBouncer, type PgBouncer, startPgBouncer } from "@repo/db/testing/pgbouncer";
 import { afterAll, beforeAll, expect, it } from "vitest";
-import { type ApiProcess, startApiProcess } from "../process.ts";
+import { type ApiProcess, scrapeMetrics, startApiProcess } from "../process.ts";
 
 let pair: StreamingPair;
 let bouncer: PgBouncer;
@@ -139,6 +139,59 @@ describeWithPgBouncer("scale-out: replica, PgBouncer, two API processes, session
     const next = await signUp(b());
     expect(await check(a(), next)).toBe(200);
     expect(await check(a(), next)).toBe(200);
+  });
+
+  it("the replica stopped under load: every session check and session list still answers 200", async () => {
+    const token = await signUp(a());
+    await pair.caughtUp();
+    const statuses = new Map<number, number>();
+    let stop = false;
+    const worker = async (api: ApiProcess, path: string) => {
+      while (!stop) {
+        let status = -1;
+        try {
+          const response = await fetch(`${api.base}${path}`, {
+            headers: { authorization: `Bearer ${token}` },
+            signal: AbortSignal.timeout(15_000),
+          });
+          await response.arrayBuffer();
+          status = response.status;
+        } catch {
+          // counted as -1
+        }
+        statuses.set(status, (statuses.get(status) ?? 0) + 1);
+      }
+    };
+    const workers = [
+      worker(a(), "/v1/auth/session"),
+      worker(b(), "/v1/auth/session"),
+      worker(a(), "/v1/auth/sessions"),
+      worker(b(), "/v1/auth/sessions"),
+    ];
+    try {
+      await new Promise((resolve) => setTimeout(resolve, 300));
+      await pair.replica.stop("fast");
+      await new Promise((resolve) => setTimeout(resolve, 1500));
+    } finally {
+      stop = true;
+      await Promise.all(workers);
+      await pair.replica.start();
+    }
+    expect([...statuses.keys()]).toEqual([200]);
+    // The replica did serve before it stopped, and reads failed over to the primary after.
+    const text = (await scrapeMetrics(a().base)) + (await scrapeMetrics(b().base));
+    const reads = (ranOn: string) =>
+      [
+        ...text.matchAll(
+          new RegExp(`^db_replica_reads_total\\{[^}]*ran_on="${ranOn}"[^}]*\\} (\\d+)$`, "gm"),
+        ),
+      ].reduce((sum, match) => sum + Number(match[1]), 0);
+    expect(reads("replica")).toBeGreaterThan(0);
+    expect(reads("fallback") + reads("primary")).toBeGreaterThan(0);
+    await pair.caughtUp();
+    process.stderr.write(
+      `scale-out drill: replica stopped under load: ${statuses.get(200)} answers, all 200\n`,
+    );
   });
 
   it("the primary restarted fast under load: no answer but 201 or 503, every acknowledged sign-up kept, on the replica too", async () => {
