@@ -202,6 +202,12 @@ async function supervise(
     logger,
     // Each worker bounds its own shutdown by SHUTDOWN_TIMEOUT_MS; past that and a margin, it is killed.
     stopTimeoutMs: config.SHUTDOWN_TIMEOUT_MS + 5000,
+    onGiveUp: () => {
+      void (async () => {
+        await database.embedded?.stop();
+        process.exit(1);
+      })();
+    },
   });
   logger.info(
     { workers: config.API_WORKERS, url: `http://${config.HOST}:${port}`, pids: supervisor.pids() },

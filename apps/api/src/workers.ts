@@ -49,6 +49,14 @@ export interface SupervisorOptions {
   healthyAfterMs?: number;
   /** How long a /metrics gathering waits for the other workers. */
   gatherTimeoutMs?: number;
+  /**
+   * A worker that failed this many times in a row, each before healthyAfterMs, makes the supervisor give up
+   * (stop every worker and call onGiveUp): a configuration or database that keeps every start failing must
+   * fail the service, not leave a supervisor serving nothing. Default 8.
+   */
+  maxQuickFailures?: number;
+  /** Called once after giving up and stopping the workers. */
+  onGiveUp?: () => void;
 }
 
 export interface Supervisor {
@@ -67,7 +75,8 @@ interface Slot {
 }
 
 interface Gathering {
-  requester: Slot;
+  /** The process that asked (not its slot: a worker restarted meanwhile must not get the old one's answer). */
+  requester: Subprocess;
   requestId: number;
   waiting: Set<Slot>;
   results: MetricsJson[];
@@ -78,6 +87,7 @@ export function superviseWorkers(options: SupervisorOptions): Supervisor {
   const { min, max } = options.restartDelayMs ?? { min: 250, max: 30_000 };
   const healthyAfterMs = options.healthyAfterMs ?? 30_000;
   const gatherTimeoutMs = options.gatherTimeoutMs ?? 2000;
+  const maxQuickFailures = options.maxQuickFailures ?? 8;
   const slots: Slot[] = Array.from({ length: options.count }, (_, index) => ({
     index,
     child: undefined,
@@ -102,10 +112,16 @@ export function superviseWorkers(options: SupervisorOptions): Supervisor {
     if (!gathering) return;
     gatherings.delete(id);
     clearTimeout(gathering.timer);
-    send(gathering.requester, { type: "metrics", id: gathering.requestId, all: gathering.results });
+    try {
+      if (gathering.requester.exitCode === null) {
+        gathering.requester.send({ type: "metrics", id: gathering.requestId, all: gathering.results });
+      }
+    } catch {
+      // The requester is exiting: nobody waits for the answer.
+    }
   };
 
-  const gather = (requester: Slot, requestId: number): void => {
+  const gather = (requester: Subprocess, requestId: number): void => {
     const id = ++nextGathering;
     const live = slots.filter((slot) => slot.child !== undefined);
     const timer = setTimeout(() => finish(id), gatherTimeoutMs);
@@ -115,8 +131,9 @@ export function superviseWorkers(options: SupervisorOptions): Supervisor {
 
   const received = (slot: Slot, message: unknown): void => {
     if (!isMessage(message)) return;
-    if (message.type === "metrics-request") gather(slot, message.id);
-    else if (message.type === "collected") {
+    if (message.type === "metrics-request") {
+      if (slot.child) gather(slot.child, message.id);
+    } else if (message.type === "collected") {
       const gathering = gatherings.get(message.id);
       if (!gathering?.waiting.delete(slot)) return;
       gathering.results.push(message.metrics);
@@ -133,6 +150,14 @@ export function superviseWorkers(options: SupervisorOptions): Supervisor {
     }
     if (stopping) return;
     slot.failures = Date.now() - slot.startedAt >= healthyAfterMs ? 1 : slot.failures + 1;
+    if (slot.failures >= maxQuickFailures) {
+      options.logger.error(
+        { worker: slot.index, failures: slot.failures, exitCode: code },
+        "API worker keeps failing at start; stopping every worker",
+      );
+      void supervisor.stop().then(() => options.onGiveUp?.());
+      return;
+    }
     const delay = Math.min(max, min * 2 ** (slot.failures - 1));
     options.logger.error(
       { worker: slot.index, pid: child.pid, exitCode: code, signal: child.signalCode, restartInMs: delay },
@@ -158,7 +183,7 @@ export function superviseWorkers(options: SupervisorOptions): Supervisor {
 
   for (const slot of slots) start(slot);
 
-  return {
+  const supervisor: Supervisor = {
     pids: () => slots.map((slot) => slot.child?.pid),
     async stop() {
       stopping = true;
@@ -178,6 +203,7 @@ export function superviseWorkers(options: SupervisorOptions): Supervisor {
       clearTimeout(timer);
     },
   };
+  return supervisor;
 }
 
 /**
@@ -191,9 +217,13 @@ export function workerMetrics(registry: Registry, timeoutMs = 5000): () => Promi
   process.on("message", (message: unknown) => {
     if (!isMessage(message)) return;
     if (message.type === "collect") {
-      void registry.getMetricsAsJSON().then((metrics) => {
-        process.send?.({ type: "collected", id: message.id, metrics } satisfies Message);
-      });
+      // A collection that fails (a gauge read during shutdown) answers with nothing rather than crash.
+      void registry
+        .getMetricsAsJSON()
+        .catch(() => [] as MetricsJson)
+        .then((metrics) => {
+          process.send?.({ type: "collected", id: message.id, metrics } satisfies Message);
+        });
     } else if (message.type === "metrics") {
       waiting.get(message.id)?.(message.all);
       waiting.delete(message.id);

@@ -1,6 +1,12 @@
 // API_WORKERS: the real `bun src/index.ts` as a supervisor of several API processes on one port. Connections
 // spread over the workers, /metrics sums them, a killed worker is replaced while the others keep answering,
 // SIGTERM stops them all, and a killed supervisor takes its workers down with it.
+
+import { spawn } from "node:child_process";
+import { mkdtemp, rm, writeFile } from "node:fs/promises";
+import { tmpdir } from "node:os";
+import path from "node:path";
+import { fileURLToPath } from "node:url";
 import { createTestDatabase, type TestDatabase } from "@repo/db/testing";
 import { afterAll, afterEach, beforeAll, describe, expect, it } from "vitest";
 import { ConfigError, loadApiConfig } from "../src/config.ts";
@@ -131,6 +137,35 @@ describe("API_WORKERS", () => {
     await api.exited;
     await until(() => pids.every((pid) => !alive(pid)), "the workers to stop", 15_000);
   });
+
+  it("a worker that keeps failing at start makes the supervisor stop and give up, not retry forever", async () => {
+    // The supervisor uses Bun.spawn, so it runs under Bun in a script of its own (vitest runs on Node).
+    const dir = await mkdtemp(path.join(tmpdir(), "api-workers-"));
+    try {
+      const entry = path.join(dir, "fails.ts");
+      await writeFile(entry, "process.exit(3);\n");
+      const script = path.join(dir, "supervise.ts");
+      const workers = fileURLToPath(new URL("../src/workers.ts", import.meta.url));
+      await writeFile(
+        script,
+        `import { superviseWorkers } from ${JSON.stringify(workers)};
+const logger = { info() {}, error(_fields, message) { console.log(message); } };
+superviseWorkers({ count: 2, entry: ${JSON.stringify(entry)}, env: process.env, logger, stopTimeoutMs: 2000,
+  restartDelayMs: { min: 10, max: 20 }, maxQuickFailures: 3, onGiveUp: () => { console.log("gave up"); process.exit(1); } });
+`,
+      );
+      const child = spawn("bun", [script], { stdio: ["ignore", "pipe", "pipe"] });
+      let output = "";
+      child.stdout.on("data", (chunk) => (output += chunk));
+      child.stderr.on("data", (chunk) => (output += chunk));
+      const code = await new Promise<number | null>((resolve) => child.on("exit", resolve));
+      expect(code).toBe(1);
+      expect(output).toContain("API worker keeps failing at start; stopping every worker");
+      expect(output).toContain("gave up");
+    } finally {
+      await rm(dir, { recursive: true, force: true });
+    }
+  }, 30_000);
 
   it("API_WORKERS takes auto or 1..64", () => {
     expect(loadApiConfig({}).API_WORKERS).toBe(1);

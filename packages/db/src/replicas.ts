@@ -33,6 +33,13 @@ interface Replica {
   pool: pg.Pool;
   db: Database;
   healthy: boolean;
+  /**
+   * When the primary position of the check that last found it healthy was read (epoch ms). Its lag now is
+   * at most the lag bound plus the time since: pick() skips a verdict older than the check interval plus 1 s.
+   */
+  verifiedAt: number;
+  /** Its own check in progress: a replica that hangs delays no other replica's check. */
+  checking: Promise<void> | undefined;
   lagMs: number | null;
   reason: string | undefined;
 }
@@ -48,13 +55,17 @@ export interface ReplicaSetOptions {
   logger: Logger;
 }
 
+// Across API workers (/metrics sums their series) a replica's lag is the largest any worker measured, and it
+// is healthy only if every worker found it so.
 const replicaLag = new Gauge({
+  aggregator: "max",
   name: "db_replica_lag_seconds",
   help: "Replay lag of each read replica at its last check (-1 when it could not be measured)",
   labelNames: ["replica"] as const,
   registers: [registry],
 });
 const replicaUp = new Gauge({
+  aggregator: "min",
   name: "db_replica_healthy",
   help: "1 while a read replica answers and lags no more than DATABASE_REPLICA_MAX_LAG_MS, else 0",
   labelNames: ["replica"] as const,
@@ -101,16 +112,20 @@ export function createReplicaSet(options: ReplicaSetOptions): ReplicaSet {
       pool,
       db: drizzle({ client: pool, schema }),
       healthy: false,
+      verifiedAt: 0,
+      checking: undefined,
       lagMs: null,
       reason: "not checked yet",
     };
   });
   let next = 0;
-  let checking: Promise<void> | undefined;
+  const staleAfterMs = options.checkIntervalMs + 1000;
+  let primaryRead: Promise<void> | undefined;
 
-  const set = (replica: Replica, healthy: boolean, lagMs: number | null, reason?: string) => {
+  const set = (replica: Replica, healthy: boolean, lagMs: number | null, reason?: string, verifiedAt = 0) => {
     const changed = replica.healthy !== healthy;
     replica.healthy = healthy;
+    if (healthy) replica.verifiedAt = verifiedAt;
     replica.lagMs = lagMs;
     replica.reason = healthy ? undefined : reason;
     replicaUp.set({ replica: replica.name }, healthy ? 1 : 0);
@@ -122,7 +137,7 @@ export function createReplicaSet(options: ReplicaSetOptions): ReplicaSet {
     }
   };
 
-  const checkOne = async (replica: Replica, primaryLsn: string | null): Promise<void> => {
+  const checkOne = async (replica: Replica, primaryLsn: string | null, readAt: number): Promise<void> => {
     try {
       const result = await replica.pool.query<{
         in_recovery: boolean;
@@ -138,34 +153,50 @@ export function createReplicaSet(options: ReplicaSetOptions): ReplicaSet {
       const lagMs = caughtUp ? 0 : row.since_replay_ms === null ? null : Math.max(0, row.since_replay_ms);
       if (lagMs === null) set(replica, false, null, "has not replayed anything yet");
       else if (lagMs > options.maxLagMs) set(replica, false, lagMs, `lags ${Math.round(lagMs)} ms`);
-      else set(replica, true, lagMs);
+      else set(replica, true, lagMs, undefined, readAt);
     } catch (error) {
       set(replica, false, null, `check failed: ${toDbError(error).code}`);
     }
   };
 
   const check = async (): Promise<void> => {
-    // The primary's position first, so a replica that has replayed up to it is caught up at that moment.
-    const primaryLsn = await options.primary
+    // The primary's position first, so a replica that has replayed up to it is caught up at that moment. A
+    // primary too slow to answer within a round is asked once, not once per tick: later rounds wait for it.
+    if (primaryRead) {
+      await primaryRead;
+      return;
+    }
+    const readAt = Date.now();
+    const run = options.primary
       .query<{ lsn: string }>("SELECT pg_current_wal_lsn()::text AS lsn")
       .then((result) => result.rows[0]?.lsn ?? null)
-      .catch(() => null);
-    await Promise.all(replicas.map((replica) => checkOne(replica, primaryLsn)));
-    for (const replica of replicas) {
-      const labels = { replica: replica.name };
-      replicaPoolSize.set(labels, replica.pool.totalCount);
-      replicaPoolIdle.set(labels, replica.pool.idleCount);
-      replicaPoolWaiting.set(labels, replica.pool.waitingCount);
-    }
+      .catch(() => null)
+      .then((primaryLsn) => {
+        primaryRead = undefined;
+        // Each replica on its own: one that hangs keeps only its own check (and its verdict goes stale).
+        return Promise.all(
+          replicas.map((replica) => {
+            replica.checking ??= checkOne(replica, primaryLsn, readAt).finally(() => {
+              replica.checking = undefined;
+            });
+            return replica.checking;
+          }),
+        );
+      })
+      .then(() => {
+        for (const replica of replicas) {
+          const labels = { replica: replica.name };
+          replicaPoolSize.set(labels, replica.pool.totalCount);
+          replicaPoolIdle.set(labels, replica.pool.idleCount);
+          replicaPoolWaiting.set(labels, replica.pool.waitingCount);
+        }
+      });
+    primaryRead = run;
+    await run;
   };
 
-  // One check at a time: a slow replica delays the next round instead of piling checks up.
-  const round = () => {
-    checking ??= check().finally(() => {
-      checking = undefined;
-    });
-    return checking;
-  };
+  // A round starts on every tick; a replica whose previous check is still running is not asked again.
+  const round = () => check();
   const timer = setInterval(() => void round(), options.checkIntervalMs);
   timer.unref();
   void round();
@@ -174,7 +205,7 @@ export function createReplicaSet(options: ReplicaSetOptions): ReplicaSet {
     pick() {
       for (let i = 0; i < replicas.length; i++) {
         const replica = replicas[(next + i) % replicas.length] as Replica;
-        if (replica.healthy) {
+        if (replica.healthy && Date.now() - replica.verifiedAt <= staleAfterMs) {
           next = (next + i + 1) % replicas.length;
           return { name: replica.name, db: replica.db };
         }
@@ -190,7 +221,7 @@ export function createReplicaSet(options: ReplicaSetOptions): ReplicaSet {
       replicas.map((r) => ({ name: r.name, healthy: r.healthy, lagMs: r.lagMs, reason: r.reason })),
     async close() {
       clearInterval(timer);
-      await checking?.catch(() => {});
+      await Promise.all(replicas.map((replica) => replica.checking?.catch(() => {})));
       await Promise.all(replicas.map((replica) => replica.pool.end().catch(() => {})));
       for (const replica of replicas) {
         for (const gauge of [replicaLag, replicaUp, replicaPoolSize, replicaPoolIdle, replicaPoolWaiting]) {

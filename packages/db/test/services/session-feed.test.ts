@@ -124,6 +124,25 @@ describe("the session cache", () => {
     expect(sessionFeedStatus()?.heard).toBe(heard + 1);
   });
 
+  it("cleanup of an expired session announces nothing; a truncated table empties the cache", async () => {
+    const { session, token } = await signedIn();
+    const heard = sessionFeedStatus()?.heard ?? 0;
+    await database.admin("UPDATE sessions SET expires_at = now() - interval '1 minute' WHERE id = $1", [
+      session.id,
+    ]);
+    await until(() => (sessionFeedStatus()?.heard ?? 0) === heard + 1, "the expiry cut's notification");
+    await database.admin("DELETE FROM sessions WHERE id = $1", [session.id]);
+    await new Promise((resolve) => setTimeout(resolve, 50));
+    expect(sessionFeedStatus()?.heard).toBe(heard + 1);
+    expect(await validate(token)).toBeNull();
+
+    const other = await signedIn();
+    expect(await validate(other.token)).not.toBeNull();
+    expect(sessionFeedStatus()?.cached).toBeGreaterThan(0);
+    await database.admin("TRUNCATE user_roles");
+    await until(() => sessionFeedStatus()?.cached === 0, "the cache to empty");
+  });
+
   it("never answers past the session's expiry, and never skips a due refresh", async () => {
     const clock = manualClock(new Date());
     setClock(clock.now);

@@ -61,6 +61,8 @@ const heardTotal = new Counter({
   registers: [registry],
 });
 const feedLive = new Gauge({
+  // Across API workers: live only if every worker's feed is.
+  aggregator: "min",
   name: "db_session_feed_live",
   help: "1 while this process listens for session changes (its session cache and replica checks in use), else 0",
   registers: [registry],
@@ -241,6 +243,16 @@ class SessionFeed {
   private heardPayload(payload: string | undefined): void {
     this.heard++;
     heardTotal.inc();
+    if (payload === "*") {
+      // A table was truncated: nothing held can be trusted, and replicas wait out a window.
+      this.seq++;
+      this.liveSeq = this.seq;
+      if (this.liveSince !== undefined) this.liveSince = now().getTime();
+      this.entries.clear();
+      this.tokensBySession.clear();
+      this.tokensByUser.clear();
+      return;
+    }
     const [kind, first] = (payload ?? "").split(":");
     if (kind === "s" && first) this.changed(first, undefined);
     else if (kind === "u" && first) this.changed(undefined, first);

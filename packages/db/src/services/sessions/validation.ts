@@ -175,35 +175,36 @@ async function readManyRouted(
 ): Promise<Array<ValidatedRow | undefined | Promise<ValidatedRow>>> {
   const feed = sessionFeed();
   if (!feed?.replicasUsable()) return await readMany(tokens, cfg, undefined);
-  return await onReplica(async (handle) => {
-    if (handle === getDB()) return await readMany(tokens, cfg, undefined);
-    const times = timesFor(cfg);
-    const rows: Array<ValidatedRow | undefined | Promise<ValidatedRow>> = await readRows(
-      tokens,
-      times,
-      handle,
-    );
-    const again: number[] = [];
-    // A plain loop: the array has holes where no row was found, which forEach would skip.
-    for (let index = 0; index < tokens.length; index++) {
-      const found = rows[index] as ValidatedRow | undefined;
-      const trusted =
-        found !== undefined &&
-        !refreshIsDue(found, times) &&
-        feed.replicaMayAnswer(found["s.id"] as string, found["u.id"] as string);
-      if (!trusted) again.push(index);
-    }
-    if (again.length === 0) return rows;
-    const fresh = await readMany(
-      again.map((index) => tokens[index] as string),
-      cfg,
-      undefined,
-    );
-    again.forEach((index, k) => {
-      rows[index] = fresh[k];
-    });
-    return rows;
+  const times = timesFor(cfg);
+  // Only the replica's read runs inside onReplica(): a failure of the primary's re-read below must not be
+  // taken for the replica's (it would be marked down and the batch read a second time).
+  const first = await onReplica(async (handle) =>
+    handle === getDB()
+      ? { onPrimary: true, rows: await readMany(tokens, cfg, undefined) }
+      : { onPrimary: false, rows: await readRows(tokens, times, handle) },
+  );
+  const rows: Array<ValidatedRow | undefined | Promise<ValidatedRow>> = first.rows;
+  if (first.onPrimary) return rows;
+  const again: number[] = [];
+  // A plain loop: the array has holes where no row was found, which forEach would skip.
+  for (let index = 0; index < tokens.length; index++) {
+    const found = rows[index] as ValidatedRow | undefined;
+    const trusted =
+      found !== undefined &&
+      !refreshIsDue(found, times) &&
+      feed.replicaMayAnswer(found["s.id"] as string, found["u.id"] as string);
+    if (!trusted) again.push(index);
+  }
+  if (again.length === 0) return rows;
+  const fresh = await readMany(
+    again.map((index) => tokens[index] as string),
+    cfg,
+    undefined,
+  );
+  again.forEach((index, k) => {
+    rows[index] = fresh[k];
   });
+  return rows;
 }
 
 /** Slides the expiry of sessions whose refresh is due; each row that was extended gets the new values. */
