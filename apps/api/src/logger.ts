@@ -99,7 +99,8 @@ export function batchedStdout(options: { shared?: boolean } = {}): DestinationSt
   });
   return {
     write(line: string): void {
-      const size = Buffer.byteLength(line);
+      // Bytes matter only against PIPE_BUF; otherwise the length bounds the batch well enough, for less.
+      const size = shared ? Buffer.byteLength(line) : line.length;
       if (shared && bytes + size > maxBytes) flush();
       pending.push(line);
       bytes += size;
