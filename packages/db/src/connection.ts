@@ -311,12 +311,7 @@ export async function onReplica<T>(read: (handle: Database) => Promise<T>): Prom
 export async function onReplicaAs<T>(userId: string, read: (tx: Transaction) => Promise<T>): Promise<T> {
   const { replicas, db: primary } = current();
   return await readOn(replicas, primary, (handle) =>
-    openTransaction(
-      read,
-      { accessMode: "read only" },
-      userId,
-      handle === primary ? undefined : poolOf(handle),
-    ),
+    openTransaction(read, { accessMode: "read only" }, userId, poolOf(handle)),
   );
 }
 
@@ -330,6 +325,7 @@ export async function checkReplicas(): Promise<void> {
   await current().replicas?.check();
 }
 
+/** The node-postgres pool a Drizzle database was made over (the primary's or a replica's). */
 function poolOf(handle: Database): pg.Pool {
   return (handle as unknown as { $client: pg.Pool }).$client;
 }

@@ -55,33 +55,46 @@ export interface ReplicaSetOptions {
   logger: Logger;
 }
 
-// Across API workers (/metrics sums their series) a replica's lag is the largest any worker measured, and it
-// is healthy only if every worker found it so.
-const replicaLag = new Gauge({
-  aggregator: "max",
-  name: "db_replica_lag_seconds",
-  help: "Replay lag of each read replica at its last check (-1 when it could not be measured)",
-  labelNames: ["replica"] as const,
-  registers: [registry],
-});
-const replicaUp = new Gauge({
-  aggregator: "min",
-  name: "db_replica_healthy",
-  help: "1 while a read replica answers and lags no more than DATABASE_REPLICA_MAX_LAG_MS, else 0",
-  labelNames: ["replica"] as const,
-  registers: [registry],
-});
+/** A per-replica gauge; `aggregator` is how /metrics combines it across API workers (which sums by default). */
+const replicaGauge = (name: string, help: string, aggregator: "sum" | "max" | "min" = "sum") =>
+  new Gauge({ name, help, aggregator, labelNames: ["replica"] as const, registers: [registry] });
+// Across workers a replica's lag is the largest any worker measured, and it is healthy only if all found it so.
+const replicaLag = replicaGauge(
+  "db_replica_lag_seconds",
+  "Replay lag of each read replica at its last check (-1 when it could not be measured)",
+  "max",
+);
+const replicaUp = replicaGauge(
+  "db_replica_healthy",
+  "1 while a read replica answers and lags no more than DATABASE_REPLICA_MAX_LAG_MS, else 0",
+  "min",
+);
 const replicaReads = new Counter({
   name: "db_replica_reads_total",
   help: "Reads that could use a replica, by where they ran: replica, primary (none healthy) or fallback (the replica failed)",
   labelNames: ["replica", "ran_on"] as const,
   registers: [registry],
 });
-const replicaPool = (name: string, help: string) =>
-  new Gauge({ name, help, labelNames: ["replica"] as const, registers: [registry] });
-const replicaPoolSize = replicaPool("db_replica_pool_size", "Connections open in each replica's pool");
-const replicaPoolIdle = replicaPool("db_replica_pool_idle", "Open connections not checked out, per replica");
-const replicaPoolWaiting = replicaPool("db_replica_pool_waiting", "Callers waiting for a replica connection");
+const replicaPoolSize = replicaGauge("db_replica_pool_size", "Connections open in each replica's pool");
+const replicaPoolIdle = replicaGauge("db_replica_pool_idle", "Open connections not checked out, per replica");
+const replicaPoolWaiting = replicaGauge(
+  "db_replica_pool_waiting",
+  "Callers waiting for a replica connection",
+);
+
+/** How long after its check a healthy verdict is trusted, beyond the check interval. */
+const VERDICT_MARGIN_MS = 1000;
+
+/**
+ * The most a replica in use can lag: the bound its checks enforce, plus the time a verdict is trusted after
+ * the primary position it was measured against (one check interval and the margin).
+ */
+export function replicaLagBoundMs(config: {
+  replicaMaxLagMs: number;
+  replicaCheckIntervalMs: number;
+}): number {
+  return config.replicaMaxLagMs + config.replicaCheckIntervalMs + VERDICT_MARGIN_MS;
+}
 
 /** What the health check asks a replica (one round trip). */
 const CHECK_SQL = `SELECT pg_is_in_recovery() AS in_recovery,
@@ -119,7 +132,7 @@ export function createReplicaSet(options: ReplicaSetOptions): ReplicaSet {
     };
   });
   let next = 0;
-  const staleAfterMs = options.checkIntervalMs + 1000;
+  const staleAfterMs = options.checkIntervalMs + VERDICT_MARGIN_MS;
   let primaryRead: Promise<void> | undefined;
 
   const set = (replica: Replica, healthy: boolean, lagMs: number | null, reason?: string, verifiedAt = 0) => {
@@ -196,10 +209,9 @@ export function createReplicaSet(options: ReplicaSetOptions): ReplicaSet {
   };
 
   // A round starts on every tick; a replica whose previous check is still running is not asked again.
-  const round = () => check();
-  const timer = setInterval(() => void round(), options.checkIntervalMs);
+  const timer = setInterval(() => void check(), options.checkIntervalMs);
   timer.unref();
-  void round();
+  void check();
 
   return {
     pick() {
@@ -216,7 +228,7 @@ export function createReplicaSet(options: ReplicaSetOptions): ReplicaSet {
       const replica = replicas.find((r) => r.name === name);
       if (replica?.healthy) set(replica, false, replica.lagMs, reason);
     },
-    check: round,
+    check,
     status: () =>
       replicas.map((r) => ({ name: r.name, healthy: r.healthy, lagMs: r.lagMs, reason: r.reason })),
     async close() {

@@ -10,6 +10,7 @@ import type { CacheEntry } from "../schema/index.ts";
 import { decode, invalidValue, serialize } from "./cache/codec.ts";
 import { MAX_BATCH_BYTES, MAX_BATCH_KEYS, MAX_TTL_SECONDS } from "./cache/limits.ts";
 import {
+  entryName,
   getBatch,
   getCoalesced,
   incrementCoalesced,
@@ -263,7 +264,7 @@ export async function getOrSet<T>(
     return loaded;
   };
   if (options.tx) return await load();
-  const flightKey = `${resourceType}\u0000${key}`;
+  const flightKey = entryName(resourceType, key);
   const pending = inFlight.get(flightKey);
   if (pending !== undefined) return (await pending) as T;
   const flight = load().finally(() => {

@@ -71,6 +71,15 @@ const setStatement = defineStatement<never, KeyParams & { json: string; expiresA
     SET value = EXCLUDED.value, expires_at = EXCLUDED.expires_at, updated_at = EXCLUDED.updated_at`,
 );
 
+/** One string naming an entry (resource type and key), for maps keyed by entry. */
+export const entryName = (type: string, key: string): string => `${type}\u0000${key}`;
+
+const compare = (a: string, b: string) => (a < b ? -1 : a > b ? 1 : 0);
+
+/** The order batches write entries in (by type, then key), so concurrent batches lock rows in one order. */
+const inLockOrder = (a: { type: string; key: string }, b: { type: string; key: string }): number =>
+  a.type === b.type ? compare(a.key, b.key) : compare(a.type, b.type);
+
 /** One entry to store, serialized and with its expiry already computed. */
 export interface SetEntry {
   type: string;
@@ -194,7 +203,7 @@ async function incrementBatch(inputs: IncrementInput[]): Promise<IncrementOutcom
   if (inputs.length === 1) return await alone();
   const groups = new Map<string, { first: IncrementInput; total: number; callers: number[] }>();
   inputs.forEach((input, index) => {
-    const name = `${input.type}\u0000${input.key}`;
+    const name = entryName(input.type, input.key);
     const group = groups.get(name);
     if (group === undefined) groups.set(name, { first: input, total: input.step, callers: [index] });
     else {
@@ -204,9 +213,7 @@ async function incrementBatch(inputs: IncrementInput[]): Promise<IncrementOutcom
   });
   const ordered = [...groups.values()];
   if (ordered.some((group) => !Number.isSafeInteger(group.total))) return await alone();
-  ordered.sort((a, b) =>
-    a.first.type === b.first.type ? compare(a.first.key, b.first.key) : compare(a.first.type, b.first.type),
-  );
+  ordered.sort((a, b) => inLockOrder(a.first, b.first));
   const params = {
     types: ordered.map((group) => group.first.type),
     keys: ordered.map((group) => group.first.key),
@@ -226,10 +233,10 @@ async function incrementBatch(inputs: IncrementInput[]): Promise<IncrementOutcom
     if (isDbError(error, "INVALID_INPUT")) return await alone();
     return inputs.map(() => ({ error }));
   }
-  const byName = new Map(rows.map((row) => [`${row.resource_type}\u0000${row.key}`, row]));
+  const byName = new Map(rows.map((row) => [entryName(row.resource_type, row.key), row]));
   const outcomes = new Array<IncrementOutcome>(inputs.length);
   for (const group of ordered) {
-    const row = byName.get(`${group.first.type}\u0000${group.first.key}`);
+    const row = byName.get(entryName(group.first.type, group.first.key));
     if (row === undefined) throw new Error("INSERT ... RETURNING gave no row for a counter");
     // The value before this batch's steps; each caller adds the steps up to and including its own.
     let reached = Number(row.value) - group.total;
@@ -277,7 +284,7 @@ export async function getBatch(
 
 // get() calls outside a transaction issued in the same tick are answered by one statement.
 export const getCoalesced = coalescer<{ type: string; key: string }, unknown>({
-  key: (pair) => `${pair.type}\u0000${pair.key}`,
+  key: (pair) => entryName(pair.type, pair.key),
   run: (pairs) => getBatch(pairs, undefined),
   maxBatch: MAX_BATCH_KEYS,
 });
@@ -294,14 +301,14 @@ export async function setBatch(entries: readonly SetEntry[], handle: ServiceOpti
     return;
   }
   const byKey = new Map<string, SetEntry>();
-  for (const entry of entries) byKey.set(`${entry.type}\u0000${entry.key}`, entry);
+  for (const entry of entries) byKey.set(entryName(entry.type, entry.key), entry);
   const distinct = [...byKey.values()];
   const first = distinct[0];
   if (distinct.length === 1 && first) {
     await withMetrics("set", TABLE, () => setStatement.run(handle, { ...first, at }));
     return;
   }
-  distinct.sort((a, b) => (a.type === b.type ? compare(a.key, b.key) : compare(a.type, b.type)));
+  distinct.sort(inLockOrder);
   const params = {
     types: distinct.map((entry) => entry.type),
     keys: distinct.map((entry) => entry.key),
@@ -311,8 +318,6 @@ export async function setBatch(entries: readonly SetEntry[], handle: ServiceOpti
   };
   await withMetrics("set_many", TABLE, () => setBatchStatement.run(handle, params));
 }
-
-const compare = (a: string, b: string) => (a < b ? -1 : a > b ? 1 : 0);
 
 // set() calls outside a transaction issued in the same tick are stored by one statement. Each call is its own
 // entry (the coalescer gets no key function) so that setBatch, not the coalescer, decides between writes to

@@ -13,6 +13,7 @@ import { now } from "../../clock.ts";
 import { clientOptions, getDatabaseConfig } from "../../connection.ts";
 import type { Logger } from "../../logger.ts";
 import { registry } from "../../metrics.ts";
+import { replicaLagBoundMs } from "../../replicas.ts";
 
 export const SESSION_CHANGES_CHANNEL = "rdb_session_changes";
 
@@ -67,14 +68,20 @@ const feedLive = new Gauge({
   help: "1 while this process listens for session changes (its session cache and replica checks in use), else 0",
   registers: [registry],
 });
-const cacheLookups = new Counter({
+// Counted in plain numbers on the hot path and handed over when scraped (prom-client hashes labels per inc()).
+const lookups = { hit: { n: 0, reported: 0 }, miss: { n: 0, reported: 0 } };
+new Counter({
   name: "db_session_cache_lookups_total",
   help: "Session checks that looked in the in-process cache, by result",
   labelNames: ["result"] as const,
   registers: [registry],
+  collect() {
+    for (const [result, count] of Object.entries(lookups)) {
+      if (count.n > count.reported) this.inc({ result }, count.n - count.reported);
+      count.reported = count.n;
+    }
+  },
 });
-const cacheHits = cacheLookups.labels("hit");
-const cacheMisses = cacheLookups.labels("miss");
 
 class SessionFeed {
   readonly ttlMs: number;
@@ -121,10 +128,10 @@ class SessionFeed {
     const entry = this.entries.get(token);
     if (entry === undefined || entry.until <= now().getTime()) {
       if (entry) this.forgetToken(token);
-      cacheMisses.inc();
+      lookups.miss.n++;
       return undefined;
     }
-    cacheHits.inc();
+    lookups.hit.n++;
     return entry.row;
   }
 
@@ -157,9 +164,8 @@ class SessionFeed {
    * neither the session nor its user changed within the window.
    */
   replicaMayAnswer(sessionId: string, userId: string): boolean {
-    if (this.replicaWindowMs === 0 || this.liveSince === undefined) return false;
+    if (!this.replicasUsable()) return false;
     const t = now().getTime();
-    if (t - this.liveSince < this.replicaWindowMs) return false;
     for (const id of [sessionId, userId]) {
       const changed = this.changedAt.get(id);
       if (changed !== undefined && t - changed.at < this.replicaWindowMs) return false;
@@ -235,6 +241,10 @@ class SessionFeed {
     }
     this.liveSince = undefined;
     feedLive.set(0);
+    this.forgetAll();
+  }
+
+  private forgetAll(): void {
     this.entries.clear();
     this.tokensBySession.clear();
     this.tokensByUser.clear();
@@ -248,9 +258,7 @@ class SessionFeed {
       this.seq++;
       this.liveSeq = this.seq;
       if (this.liveSince !== undefined) this.liveSince = now().getTime();
-      this.entries.clear();
-      this.tokensBySession.clear();
-      this.tokensByUser.clear();
+      this.forgetAll();
       return;
     }
     const [kind, first] = (payload ?? "").split(":");
@@ -297,7 +305,7 @@ class SessionFeed {
     this.failures = 0;
     // Start empty: whatever changed while nobody listened was not heard; nor may a read that started before
     // now be kept (it may have seen a row that changed unheard).
-    this.entries.clear();
+    this.forgetAll();
     this.liveSeq = ++this.seq;
     this.liveSince = now().getTime();
     feedLive.set(1);
@@ -351,9 +359,8 @@ export function sessionsChanged(sessionId: string | undefined, userId: string | 
 /**
  * Starts the feed for the initialized database: on DATABASE_DIRECT_URL when set (a transaction-mode pooler
  * cannot hold a LISTEN), else DATABASE_URL. With `replicaReads`, session checks may read the replicas
- * (DATABASE_REPLICA_URLS), and a changed session is read on the primary for one replica lag window (the
- * maximum lag, one check interval, and a second to spare). Returns false, after a warning, when only a
- * transaction-mode pooler is configured.
+ * (DATABASE_REPLICA_URLS), and a changed session is read on the primary for one replica lag window
+ * (replicaLagBoundMs). Returns false, after a warning, when only a transaction-mode pooler is configured.
  */
 export function startSessionChecks(options: {
   cacheTtlMs?: number;
@@ -373,7 +380,7 @@ export function startSessionChecks(options: {
     url,
     clientOptions: clientOptions(config, url),
     cacheTtlMs: options.cacheTtlMs,
-    replicaWindowMs: options.replicaReads ? config.replicaMaxLagMs + config.replicaCheckIntervalMs + 1000 : 0,
+    replicaWindowMs: options.replicaReads ? replicaLagBoundMs(config) : 0,
     logger: options.logger,
   });
   return true;
