@@ -61,8 +61,9 @@ export function createApp(input: AppDeps): Hono<AppEnv> {
     const last = matchedRoutes(c).at(-1);
     const route = !last || last.method === "ALL" ? "unmatched" : routePath(c, -1);
     const seconds = (performance.now() - started) / 1000;
-    deps.metrics.requests.inc({ method: c.req.method, route, status: String(c.res.status) });
-    deps.metrics.duration.observe({ method: c.req.method, route }, seconds);
+    const method = c.req.method;
+    deps.metrics.requests.tally(method, route, String(c.res.status)).n++;
+    deps.metrics.duration.observe(deps.metrics.duration.tally(method, route), seconds);
     if (route !== "/metrics" && route !== "/healthz" && route !== "/readyz") {
       log.request({
         method: c.req.method,

@@ -80,6 +80,7 @@ export {
   withAudit,
 } from "./logger.ts";
 export { registry, withMetrics } from "./metrics.ts";
+export { type CounterTally, type HistogramTally, TalliedCounter, TalliedHistogram } from "./tallies.ts";
 
 // Migrations and locks
 
@@ -174,7 +175,7 @@ export type { OneTimeTokenRecord } from "./services/one-time-tokens.ts";
 export * as OneTimeTokensService from "./services/one-time-tokens.ts";
 export type { Role } from "./services/roles.ts";
 export * as RolesService from "./services/roles.ts";
-export type { PublicSession, SessionConfig, SessionUser } from "./services/sessions.ts";
+export type { PublicSession, SessionCheck, SessionConfig, SessionUser } from "./services/sessions.ts";
 export * as SessionsService from "./services/sessions.ts";
 export type { PreparedPassword, PublicUser } from "./services/users.ts";
 export * as UsersService from "./services/users.ts";

@@ -29,4 +29,4 @@ export {
   rotate,
 } from "./sessions/lifecycle.ts";
 export type { PublicSession, SessionUser } from "./sessions/shared.ts";
-export { validate } from "./sessions/validation.ts";
+export { type SessionCheck, validate } from "./sessions/validation.ts";

@@ -58,15 +58,29 @@ async function signedIn() {
 }
 
 describe("the session cache", () => {
-  it("answers a repeated check from memory, with its own copies", async () => {
-    const { token, session } = await signedIn();
+  it("answers a repeated check from memory, with one frozen answer shared by every hit", async () => {
+    const { token, session, userId } = await signedIn();
+    const heard = sessionFeedStatus()?.heard ?? 0;
+    await database.admin(`UPDATE users SET metadata = '{"plan": {"seats": [1, 2]}}' WHERE id = $1`, [userId]);
+    // Its notification is heard before the checks below, so it cannot evict their entry in between.
+    await until(() => (sessionFeedStatus()?.heard ?? 0) > heard, "the update's notification");
     const before = await validationReads();
     const first = await validate(token);
     const second = await validate(token);
+    if (first === null) throw new Error("the session did not validate");
     expect(await validationReads()).toBe(before + 1);
     expect(second?.session.id).toBe(session.id);
-    expect(second).toEqual(first);
-    expect(second?.session).not.toBe(first?.session);
+    expect(second).toBe(first);
+    // Shared, so frozen to the leaves: a caller cannot change what the next check is answered.
+    expect(Object.isFrozen(first) && Object.isFrozen(first.session) && Object.isFrozen(first.user)).toBe(
+      true,
+    );
+    expect(() => {
+      (first.user as { email: string }).email = "changed@example.com";
+    }).toThrow(TypeError);
+    const seats = (first.user.metadata as { plan: { seats: number[] } }).plan.seats;
+    expect(() => seats.push(3)).toThrow(TypeError);
+    expect((await validate(token))?.user.email).toBe(second?.user.email);
   });
 
   it("a revocation through the services is refused at once, in this process", async () => {

@@ -5,8 +5,10 @@ import { auditEvent, audited } from "../../audit.ts";
 import type { AppEnv } from "../../context.ts";
 import { ApiError } from "../../errors.ts";
 import { clearSessionCookie } from "../../http.ts";
-import { sessionView, userView } from "../../views.ts";
+import { currentSessionBody, sessionView } from "../../views.ts";
 import { sessionIdParam } from "./shared.ts";
+
+const JSON_CONTENT = { "Content-Type": "application/json" };
 
 export async function signOut(c: Context<AppEnv>) {
   await endSession(c, c.get("session").id, c.get("user").id);
@@ -32,7 +34,7 @@ export async function endSession(c: Context<AppEnv>, sessionId: string, userId: 
 }
 
 export function currentSession(c: Context<AppEnv>) {
-  return c.json({ user: userView(c.get("user")), session: sessionView(c.get("session")) });
+  return c.body(currentSessionBody(c.get("session"), c.get("user")), 200, JSON_CONTENT);
 }
 
 export async function listSessions(c: Context<AppEnv>) {

@@ -14,13 +14,18 @@ import { clientOptions, getDatabaseConfig } from "../../connection.ts";
 import type { Logger } from "../../logger.ts";
 import { registry } from "../../metrics.ts";
 import { replicaLagBoundMs } from "../../replicas.ts";
+import { TalliedCounter } from "../../tallies.ts";
 
 export const SESSION_CHANGES_CHANNEL = "rdb_session_changes";
 
-type Row = Record<string, unknown>;
+/** What the cache holds per token: a validation's answer, shared by every hit (frozen by its maker). */
+export interface CachedAnswer {
+  readonly session: { readonly id: string };
+  readonly user: { readonly id: string };
+}
 
 interface Entry {
-  row: Row;
+  answer: CachedAnswer;
   sessionId: string;
   userId: string;
   /** Epoch ms after which the entry is not used. */
@@ -69,19 +74,13 @@ const feedLive = new Gauge({
   registers: [registry],
 });
 // Counted in plain numbers on the hot path and handed over when scraped (prom-client hashes labels per inc()).
-const lookups = { hit: { n: 0, reported: 0 }, miss: { n: 0, reported: 0 } };
-new Counter({
+const lookupsTotal = new TalliedCounter({
   name: "db_session_cache_lookups_total",
   help: "Session checks that looked in the in-process cache, by result",
-  labelNames: ["result"] as const,
+  labelNames: ["result"],
   registers: [registry],
-  collect() {
-    for (const [result, count] of Object.entries(lookups)) {
-      if (count.n > count.reported) this.inc({ result }, count.n - count.reported);
-      count.reported = count.n;
-    }
-  },
 });
+const lookups = { hit: lookupsTotal.tally("hit"), miss: lookupsTotal.tally("miss") };
 
 class SessionFeed {
   readonly ttlMs: number;
@@ -122,8 +121,8 @@ class SessionFeed {
     return this.seq;
   }
 
-  /** A cached row for this token, or undefined. */
-  get(token: string): Row | undefined {
+  /** The cached answer for this token (the same object on every hit), or undefined. */
+  get(token: string): CachedAnswer | undefined {
     if (!this.live || this.ttlMs === 0) return undefined;
     const entry = this.entries.get(token);
     if (entry === undefined || entry.until <= now().getTime()) {
@@ -132,14 +131,14 @@ class SessionFeed {
       return undefined;
     }
     lookups.hit.n++;
-    return entry.row;
+    return entry.answer;
   }
 
-  /** Keeps a validated row, unless its session or user changed after `mark` (the read may predate it). */
-  put(token: string, row: Row, mark: number, limits: number[]): void {
+  /** Keeps a validation's answer, unless its session or user changed after `mark` (the read may predate it). */
+  put(token: string, answer: CachedAnswer, mark: number, limits: number[]): void {
     if (!this.live || this.ttlMs === 0 || mark < this.liveSeq) return;
-    const sessionId = row["s.id"] as string;
-    const userId = row["u.id"] as string;
+    const sessionId = answer.session.id;
+    const userId = answer.user.id;
     if (this.changedSince(sessionId, mark) || this.changedSince(userId, mark)) return;
     const until = Math.min(now().getTime() + this.ttlMs, ...limits);
     if (until <= now().getTime()) return;
@@ -149,7 +148,7 @@ class SessionFeed {
       if (oldest === undefined) break;
       this.forgetToken(oldest);
     }
-    this.entries.set(token, { row, sessionId, userId, until });
+    this.entries.set(token, { answer, sessionId, userId, until });
     this.tokensBySession.set(sessionId, token);
     let tokens = this.tokensByUser.get(userId);
     if (tokens === undefined) {

@@ -275,6 +275,32 @@ function cacheLimits(row: ValidatedRow, cfg: SessionConfig): number[] {
 const userPairs = prefixed(publicUserColumns, "u.");
 
 /**
+ * A validation's answer. It is frozen, metadata included, because the session cache hands the same object to
+ * every check of the token while the entry lives (a caller can then memoize what it derives from it, as the
+ * API does with its JSON answer). Dates are the one part freezing cannot protect: do not call their setters.
+ */
+export type SessionCheck = Readonly<{ session: Readonly<PublicSession>; user: Readonly<SessionUser> }>;
+
+/** Freezes a JSON value and everything in it, without recursion (metadata may be deep). */
+function freezeJson(value: unknown): void {
+  const pending: unknown[] = [value];
+  for (let next = pending.pop(); next !== undefined; next = pending.pop()) {
+    if (typeof next !== "object" || next === null || Object.isFrozen(next)) continue;
+    Object.freeze(next);
+    for (const inner of Object.values(next)) pending.push(inner);
+  }
+}
+
+function answerOf(row: ValidatedRow): SessionCheck {
+  const user = pick<SessionUser>(row, userPairs);
+  freezeJson(user.metadata);
+  return Object.freeze({
+    session: Object.freeze(pick<PublicSession>(row, sessionPairs)),
+    user: Object.freeze(user),
+  });
+}
+
+/**
  * Checks a session token and returns the live session with its user, or null. On the common path this is
  * one read-only statement; at most once per refresh interval per session a conditional UPDATE slides the
  * expiry (the answer then carries the new one). Expired sessions are not deleted here (cleanupExpired() does).
@@ -285,27 +311,23 @@ const userPairs = prefixed(publicUserColumns, "u.");
  */
 export const validate = defineService(
   { name: "sessions.validate", table: "sessions", arity: 1 },
-  async (
-    { logger, options }: Call<SessionServiceOptions>,
-    token: string,
-  ): Promise<{ session: PublicSession; user: SessionUser } | null> => {
+  async ({ logger, options }: Call<SessionServiceOptions>, token: string): Promise<SessionCheck | null> => {
     if (!isWellFormedSecret(token)) return null;
-    let row: ValidatedRow | undefined;
     if (options.tx === undefined && options.config === undefined) {
       const feed = sessionFeed();
-      row = feed?.get(token);
-      if (row === undefined) {
-        const mark = feed?.mark() ?? 0;
-        row = await validateCoalesced(token);
-        if (row !== undefined && feed !== undefined)
-          feed.put(token, row, mark, cacheLimits(row, sessionConfig()));
-        if (row?.refreshed) logger.debug({ sessionId: row["s.id"] }, "session extended");
-      }
-    } else {
-      row = await (await readMany([token], configFor(options), options.tx))[0];
-      if (row?.refreshed) logger.debug({ sessionId: row["s.id"] }, "session extended");
+      const cached = feed?.get(token);
+      if (cached !== undefined) return cached as SessionCheck;
+      const mark = feed?.mark() ?? 0;
+      const row = await validateCoalesced(token);
+      if (row === undefined) return null;
+      if (row.refreshed) logger.debug({ sessionId: row["s.id"] }, "session extended");
+      const answer = answerOf(row);
+      feed?.put(token, answer, mark, cacheLimits(row, sessionConfig()));
+      return answer;
     }
-    if (!row) return null;
-    return { session: pick<PublicSession>(row, sessionPairs), user: pick<SessionUser>(row, userPairs) };
+    const row = await (await readMany([token], configFor(options), options.tx))[0];
+    if (row === undefined) return null;
+    if (row.refreshed) logger.debug({ sessionId: row["s.id"] }, "session extended");
+    return answerOf(row);
   },
 );
