@@ -114,4 +114,54 @@ describe("coalescer", () => {
     await Promise.all(calls);
     expect(batches).toEqual([[0], [1, 2, 3]]);
   });
+
+  it("sends calls that come one at a time at once, and gathers again as soon as two meet", async () => {
+    const batches: number[][] = [];
+    const events: string[] = [];
+    const load = coalescer<number, number>({
+      run: async (inputs) => {
+        batches.push(inputs);
+        events.push(`start ${inputs}`);
+        await new Promise((resolve) => setImmediate(resolve));
+        events.push(`end ${inputs}`);
+        return inputs.map((n) => n * 10);
+      },
+    });
+    // The first call gathers (nothing is known yet); once a batch held one call, the next lone call is sent
+    // before load() returns, with no tick to wait for.
+    expect(await load(1)).toBe(10);
+    const second = load(2);
+    expect(batches).toEqual([[1], [2]]);
+    expect(await second).toBe(20);
+    // A burst: the first goes alone, the rest gather behind it and go once it is done (in the order made).
+    events.length = 0;
+    expect(await Promise.all([load(3), load(4), load(5)])).toEqual([30, 40, 50]);
+    expect(batches.slice(2)).toEqual([[3], [4, 5]]);
+    expect(events).toEqual(["start 3", "end 3", "start 4,5", "end 4,5"]);
+    // Two met in that batch: the next burst gathers whole again.
+    expect(await Promise.all([load(6), load(7), load(8)])).toEqual([60, 70, 80]);
+    expect(batches.slice(4)).toEqual([[6, 7, 8]]);
+    // With maxInFlight, a lone call would hold its tick's other callers back a round trip: all gather.
+    const gated: number[][] = [];
+    const gatedLoad = coalescer<number, number>({
+      run: async (inputs) => {
+        gated.push(inputs);
+        return inputs;
+      },
+      maxInFlight: 1,
+    });
+    await gatedLoad(1);
+    await Promise.all([gatedLoad(2), gatedLoad(3)]);
+    expect(gated).toEqual([[1], [2, 3]]);
+    // A lone call that fails frees its place like a batch.
+    const failing = coalescer<number, number>({
+      run: async (inputs) => {
+        if (inputs.includes(0)) throw new Error("down");
+        return inputs;
+      },
+    });
+    expect(await failing(1)).toBe(1);
+    await expect(failing(0)).rejects.toThrow("down");
+    expect(await failing(2)).toBe(2);
+  });
 });
