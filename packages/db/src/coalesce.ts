@@ -23,8 +23,7 @@ export interface CoalescerOptions<I, O> {
   /**
    * Batches allowed to run at once. While that many are running, new calls gather in the next batch, which
    * is sent as soon as one of them finishes (group commit): under load each query answers more callers, and
-   * an idle process still sends a lone call at the end of its tick. Default: unbounded (one batch per tick;
-   * and while calls come one at a time, each is sent at once).
+   * an idle process still sends a lone call at the end of its tick. Default: unbounded (one batch per tick).
    */
   maxInFlight?: number;
 }
@@ -39,16 +38,6 @@ export function coalescer<I, O>(options: CoalescerOptions<I, O>): (input: I) => 
   const maxInFlight = options.maxInFlight ?? Number.POSITIVE_INFINITY;
   let open: Batch<I, O> | undefined;
   let inFlight = 0;
-  // True while callers come one at a time: the last batch had a single call, or a call was sent alone since.
-  // Without maxInFlight such a caller is sent at once, skipping the gathering (its promise, entry and tick):
-  // at concurrency 1 there is never anyone to wait for, and the gathering was about 5% of a cache write's
-  // time. Calls made while it runs gather behind it and go once it is done, so calls still take effect in
-  // the order they were made (a later set() of the same key wins); two calls in one batch turn it off, so
-  // under load every call gathers as before. With maxInFlight every call gathers: a burst's first call sent
-  // alone would make the rest wait for it where they could have shared its query.
-  const soloAllowed = maxInFlight === Number.POSITIVE_INFINITY;
-  let solo = false;
-  let aloneRunning = false;
 
   // nextTick runs once the current microtask queue has drained: every caller resumed by the same completed
   // query (or the same incoming I/O) has had its turn to join.
@@ -64,7 +53,6 @@ export function coalescer<I, O>(options: CoalescerOptions<I, O>): (input: I) => 
   // then). A batch already scheduled for this tick keeps its turn, so later callers of the tick still join it.
   const settled = (): void => {
     inFlight--;
-    aloneRunning = false;
     if (open !== undefined && !open.scheduled && inFlight < maxInFlight) flush(open);
   };
 
@@ -72,10 +60,6 @@ export function coalescer<I, O>(options: CoalescerOptions<I, O>): (input: I) => 
     if (batch.flushed) return;
     batch.flushed = true;
     if (open === batch) open = undefined;
-    solo =
-      soloAllowed &&
-      batch.entries.size === 1 &&
-      (batch.entries.values().next().value?.waiters.length ?? 0) === 1;
     inFlight++;
     const entries = [...batch.entries.values()];
     let running: Promise<O[]>;
@@ -98,28 +82,14 @@ export function coalescer<I, O>(options: CoalescerOptions<I, O>): (input: I) => 
     );
   };
 
-  // Nothing gathering, nothing running, callers one at a time: this call alone, now.
-  const alone = async (input: I): Promise<O> => {
-    inFlight++;
-    aloneRunning = true;
-    let outputs: O[];
-    try {
-      outputs = await options.run([input]);
-    } finally {
-      settled();
-    }
-    return outputs[0] as O;
-  };
-
-  return (input: I) => {
-    if (solo && open === undefined && inFlight === 0) return alone(input);
-    return new Promise<O>((resolve, reject) => {
+  return (input: I) =>
+    new Promise<O>((resolve, reject) => {
       let batch = open;
       if (batch === undefined) {
         batch = { entries: new Map(), scheduled: false, flushed: false };
         open = batch;
-        // Otherwise the batch waits for a running one (or a call sent alone) to finish: settled() sends it.
-        if (inFlight < maxInFlight && !aloneRunning) schedule(batch);
+        // Otherwise the batch waits for a running one to finish (settled() schedules it).
+        if (inFlight < maxInFlight) schedule(batch);
       }
       // Without a key function a call's position in the batch is its key: no string is built per call.
       const key = options.key === undefined ? batch.entries.size : options.key(input);
@@ -131,5 +101,4 @@ export function coalescer<I, O>(options: CoalescerOptions<I, O>): (input: I) => 
       entry.waiters.push({ resolve, reject });
       if (batch.entries.size >= maxBatch) flush(batch);
     });
-  };
 }
