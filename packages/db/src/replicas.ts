@@ -133,6 +133,11 @@ export function createReplicaSet(options: ReplicaSetOptions): ReplicaSet {
   });
   let next = 0;
   const staleAfterMs = options.checkIntervalMs + VERDICT_MARGIN_MS;
+  // A check that gets no answer (a server that hangs, or a connection whose peer vanished without a word)
+  // fails once its verdict would be stale anyway, instead of holding the replica's checks forever; the pool
+  // destroys the client it ran on.
+  const bounded = (query: pg.QueryConfig): pg.QueryConfig =>
+    Object.assign(query, { query_timeout: staleAfterMs }) as pg.QueryConfig;
   let primaryRead: Promise<void> | undefined;
 
   const set = (replica: Replica, healthy: boolean, lagMs: number | null, reason?: string, verifiedAt = 0) => {
@@ -156,7 +161,7 @@ export function createReplicaSet(options: ReplicaSetOptions): ReplicaSet {
         in_recovery: boolean;
         behind_bytes: string | null;
         since_replay_ms: number | null;
-      }>({ text: CHECK_SQL, values: [primaryLsn ?? "0/0"] });
+      }>(bounded({ text: CHECK_SQL, values: [primaryLsn ?? "0/0"] }));
       const row = result.rows[0];
       if (!row?.in_recovery) {
         set(replica, false, null, "not in recovery: it does not follow the primary");
@@ -181,7 +186,7 @@ export function createReplicaSet(options: ReplicaSetOptions): ReplicaSet {
     }
     const readAt = Date.now();
     const run = options.primary
-      .query<{ lsn: string }>("SELECT pg_current_wal_lsn()::text AS lsn")
+      .query<{ lsn: string }>(bounded({ text: "SELECT pg_current_wal_lsn()::text AS lsn" }))
       .then((result) => result.rows[0]?.lsn ?? null)
       .catch(() => null)
       .then((primaryLsn) => {

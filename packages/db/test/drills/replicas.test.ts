@@ -46,7 +46,9 @@ afterAll(async () => {
 async function until(check: () => boolean, what: string, timeoutMs = 15_000): Promise<void> {
   const deadline = Date.now() + timeoutMs;
   while (!check()) {
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
+    if (Date.now() > deadline) {
+      throw new Error(`timed out waiting for ${what}; replicas: ${JSON.stringify(replicaStatus())}`);
+    }
     await new Promise((resolve) => setTimeout(resolve, 20));
   }
 }
