@@ -1,8 +1,13 @@
 // Read replicas on a real primary and streaming replica (a cold copy replaying the primary's WAL): reads that
 // tolerate lag go to the replica while it is caught up; with replay paused it falls behind, is skipped within
-// one check, and is used again once it catches up; stopped under load, no read fails; a read in a user's
+// one check, and is used again once it catches up; stopped under load, no read fails; frozen (SIGSTOP: it
+// answers nothing, its connections stay open), it is skipped once its check times out; a read in a user's
 // scope runs read-only on the replica.
 
+import { execFile } from "node:child_process";
+import { readFile } from "node:fs/promises";
+import path from "node:path";
+import { promisify } from "node:util";
 import { sql } from "drizzle-orm";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { databaseConfigFromUrl } from "../../src/config.ts";
@@ -25,16 +30,22 @@ let pair: StreamingPair;
 const CHECK_MS = 100;
 const MAX_LAG_MS = 1000;
 
-beforeAll(async () => {
-  pair = await startStreamingPair();
+/** The data layer over the pair, with this file's settings unless a test overrides some. */
+function initialize(overrides: { replicaMaxLagMs?: number } = {}): void {
   initializeDB(
     databaseConfigFromUrl(pair.primary.url, {
       replicaUrls: [pair.replica.url],
       replicaMaxLagMs: MAX_LAG_MS,
       replicaCheckIntervalMs: CHECK_MS,
       connectionTimeoutMs: 1000,
+      ...overrides,
     }),
   );
+}
+
+beforeAll(async () => {
+  pair = await startStreamingPair();
+  initialize();
   await until(() => replicaStatus()[0]?.healthy === true, "the replica to be healthy");
 });
 
@@ -168,17 +179,36 @@ describe("read replicas", () => {
     expect(await ranOnStandby()).toBe(true);
   });
 
+  it("a replica that hangs (every process stopped) is skipped once its check times out, and used again after", async () => {
+    await UsersService.create({ email: "replica-hang@example.com" });
+    await replicaInUse();
+    // The postmaster and every process it started: open connections stay open and answer nothing.
+    const postmaster = Number(
+      (await readFile(path.join(pair.replica.dataDir, "postmaster.pid"), "utf8")).split("\n")[0],
+    );
+    const children = await promisify(execFile)("pgrep", ["-P", String(postmaster)]).then(
+      (out) => out.stdout.split("\n").filter(Boolean).map(Number),
+      () => [] as number[],
+    );
+    const frozen = [postmaster, ...children];
+    for (const pid of frozen) process.kill(pid, "SIGSTOP");
+    try {
+      await until(() => replicaStatus()[0]?.healthy === false, "the hung replica to be skipped");
+      expect(replicaStatus()[0]?.reason).toMatch(/^check failed: /);
+      // New reads run on the primary, at once.
+      expect(await ranOnStandby()).toBe(false);
+    } finally {
+      for (const pid of frozen) process.kill(pid, "SIGCONT");
+    }
+    await until(() => replicaStatus()[0]?.healthy === true, "the replica to be back");
+    expect(await ranOnStandby()).toBe(true);
+  });
+
   it("session checks on the replica: a new session validates, a revocation is refused at once while replay is paused", async () => {
     // A lag bound far above the pause below, so the replica stays in use: the feed alone must keep the
     // revoked session out. The window is a test knob (production derives it from the lag bound).
     await disconnectDB();
-    initializeDB(
-      databaseConfigFromUrl(pair.primary.url, {
-        replicaUrls: [pair.replica.url],
-        replicaMaxLagMs: 60_000,
-        replicaCheckIntervalMs: CHECK_MS,
-      }),
-    );
+    initialize({ replicaMaxLagMs: 60_000 });
     startSessionFeed({ url: pair.primary.url, cacheTtlMs: 0, replicaWindowMs: 300, logger: noopLogger });
     try {
       await until(() => replicaStatus()[0]?.healthy === true, "the replica to be healthy");
@@ -212,6 +242,11 @@ describe("read replicas", () => {
       }
     } finally {
       await stopSessionFeed();
+      // Back to this file's settings: tests run in shuffled order, and one that runs next with a 60 s lag
+      // bound would wait forever for a lagging replica to be skipped.
+      await disconnectDB();
+      initialize();
+      await until(() => replicaStatus()[0]?.healthy === true, "the replica to be healthy again");
     }
   });
 });
