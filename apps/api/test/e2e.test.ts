@@ -79,6 +79,14 @@ describe("end to end over HTTP and SMTP", () => {
     expect(signIn.status).toBe(200);
     const secondToken = signIn.json.token as string;
     expect((await api("GET", "/v1/users/me", { bearer: secondToken })).json.user.email).toBe(email);
+    // The session cache is on by default: a repeated check is answered from memory (the same JSON text, built
+    // once per entry), and a profile edit shows in the very next check.
+    const checked = await api("GET", "/v1/auth/session", { bearer: secondToken });
+    const again = await api("GET", "/v1/auth/session", { bearer: secondToken });
+    expect(again.json).toEqual(checked.json);
+    const edited = await api("PATCH", "/v1/users/me", { bearer: secondToken, body: { firstName: "Grace" } });
+    expect(edited.status).toBe(200);
+    expect((await api("GET", "/v1/auth/session", { bearer: secondToken })).json.user.firstName).toBe("Grace");
 
     expect((await api("POST", "/v1/auth/password/forgot", { body: { email } })).status).toBe(202);
     const resetMail = await waitForMail(email, 2);
@@ -98,6 +106,7 @@ describe("end to end over HTTP and SMTP", () => {
     expect(metrics).toContain(
       'http_requests_total{method="POST",route="/v1/auth/password/reset",status="200"} 1',
     );
+    expect(metrics).toMatch(/^db_session_cache_lookups_total\{result="hit"\} [1-9]/m);
     expect(server?.output()).not.toContain("second password");
   });
 });

@@ -133,9 +133,10 @@ export function createReplicaSet(options: ReplicaSetOptions): ReplicaSet {
   });
   let next = 0;
   const staleAfterMs = options.checkIntervalMs + VERDICT_MARGIN_MS;
-  // A check that gets no answer (a server that hangs, or a connection whose peer vanished without a word)
-  // fails once its verdict would be stale anyway, instead of holding the replica's checks forever; the pool
-  // destroys the client it ran on.
+  // A replica's check that gets no answer (a server that hangs, or a connection whose peer vanished without a
+  // word) fails once its verdict would be stale anyway, instead of holding the replica's checks forever; the
+  // pool destroys the client it ran on. The primary's read is not bounded: a slow primary is asked once per
+  // round (see check()), and cutting it off would only cost it a reconnection per round.
   const bounded = (query: pg.QueryConfig): pg.QueryConfig =>
     Object.assign(query, { query_timeout: staleAfterMs }) as pg.QueryConfig;
   let primaryRead: Promise<void> | undefined;
@@ -186,7 +187,7 @@ export function createReplicaSet(options: ReplicaSetOptions): ReplicaSet {
     }
     const readAt = Date.now();
     const run = options.primary
-      .query<{ lsn: string }>(bounded({ text: "SELECT pg_current_wal_lsn()::text AS lsn" }))
+      .query<{ lsn: string }>("SELECT pg_current_wal_lsn()::text AS lsn")
       .then((result) => result.rows[0]?.lsn ?? null)
       .catch(() => null)
       .then((primaryLsn) => {

@@ -156,17 +156,23 @@ function handOver<T extends { labels: Record<string, string> }>(
   tallies: () => Iterable<T>,
   pending: (tally: T) => number,
 ): Counter<string> {
-  return new Counter({
+  const counter = new Counter({
     ...config,
     labelNames: [...config.labelNames],
     collect() {
-      // reset() of this counter keeps working: only what was counted since the last collection is added.
       for (const tally of tallies()) {
         const n = pending(tally);
         if (n > 0) this.inc(tally.labels, n);
       }
     },
   });
+  // A reset also drops what was counted since the last collection, as prom-client's own counters would.
+  const reset = counter.reset.bind(counter);
+  counter.reset = () => {
+    for (const tally of tallies()) pending(tally);
+    reset();
+  };
+  return counter;
 }
 
 /**

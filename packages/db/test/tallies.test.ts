@@ -95,10 +95,12 @@ describe("tallied metrics", () => {
     expect(await lines(ours)).toEqual(await lines(theirs));
   });
 
-  it("start over after resetMetrics()", async () => {
+  it("start over after resetMetrics(), dropping what was counted since the last scrape", async () => {
     const { ours, theirs, record } = both();
     record();
     await ours.metrics();
+    // Counted after a scrape and before the reset: gone with it.
+    record();
     ours.resetMetrics();
     theirs.resetMetrics();
     record();

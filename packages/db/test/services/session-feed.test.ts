@@ -62,6 +62,9 @@ describe("the session cache", () => {
     const { token, session, userId } = await signedIn();
     const heard = sessionFeedStatus()?.heard ?? 0;
     await database.admin(`UPDATE users SET metadata = '{"plan": {"seats": [1, 2]}}' WHERE id = $1`, [userId]);
+    await database.admin(`UPDATE sessions SET metadata = '{"device": {"tags": ["a"]}}' WHERE id = $1`, [
+      session.id,
+    ]);
     // Its notification is heard before the checks below, so it cannot evict their entry in between.
     await until(() => (sessionFeedStatus()?.heard ?? 0) > heard, "the update's notification");
     const before = await validationReads();
@@ -80,6 +83,8 @@ describe("the session cache", () => {
     }).toThrow(TypeError);
     const seats = (first.user.metadata as { plan: { seats: number[] } }).plan.seats;
     expect(() => seats.push(3)).toThrow(TypeError);
+    const tags = (first.session.metadata as { device: { tags: string[] } }).device.tags;
+    expect(() => tags.push("b")).toThrow(TypeError);
     expect((await validate(token))?.user.email).toBe(second?.user.email);
   });
 

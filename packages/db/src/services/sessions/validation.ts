@@ -281,7 +281,7 @@ const userPairs = prefixed(publicUserColumns, "u.");
  */
 export type SessionCheck = Readonly<{ session: Readonly<PublicSession>; user: Readonly<SessionUser> }>;
 
-/** Freezes a JSON value and everything in it, without recursion (metadata may be deep). */
+/** Freezes a value and every object in it, without recursion (metadata may be deep). */
 function freezeJson(value: unknown): void {
   const pending: unknown[] = [value];
   for (let next = pending.pop(); next !== undefined; next = pending.pop()) {
@@ -292,12 +292,10 @@ function freezeJson(value: unknown): void {
 }
 
 function answerOf(row: ValidatedRow): SessionCheck {
-  const user = pick<SessionUser>(row, userPairs);
-  freezeJson(user.metadata);
-  return Object.freeze({
-    session: Object.freeze(pick<PublicSession>(row, sessionPairs)),
-    user: Object.freeze(user),
-  });
+  const answer = { session: pick<PublicSession>(row, sessionPairs), user: pick<SessionUser>(row, userPairs) };
+  // The session's and the user's metadata alike; Dates are frozen too (harmless: it cannot stop their setters).
+  freezeJson(answer);
+  return answer;
 }
 
 /**
