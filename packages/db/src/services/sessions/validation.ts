@@ -284,8 +284,11 @@ export type SessionCheck = Readonly<{ session: Readonly<PublicSession>; user: Re
 /** Freezes a value and every object in it, without recursion (metadata may be deep). */
 function freezeJson(value: unknown): void {
   const pending: unknown[] = [value];
-  for (let next = pending.pop(); next !== undefined; next = pending.pop()) {
-    if (typeof next !== "object" || next === null || Object.isFrozen(next)) continue;
+  while (pending.length > 0) {
+    const next = pending.pop();
+    // Typed arrays (a bytea column) cannot be frozen: Object.freeze throws on them.
+    if (typeof next !== "object" || next === null || Object.isFrozen(next) || ArrayBuffer.isView(next))
+      continue;
     Object.freeze(next);
     for (const inner of Object.values(next)) pending.push(inner);
   }
