@@ -3,6 +3,7 @@
 // soon as its notification arrives (well before the cache's TTL); a deleted user's sessions go with it; a
 // cached answer never outlives the session or skips its refresh; while the listening connection is down,
 // checks read the database, and the cache starts empty when it is back.
+import { uuidv7 } from "uuidv7";
 import { afterEach, beforeEach, describe, expect, it } from "vitest";
 import { noopLogger } from "../../src/logger.ts";
 import { dbQueriesTotal } from "../../src/metrics.ts";
@@ -160,6 +161,40 @@ describe("the session cache", () => {
     expect(sessionFeedStatus()?.cached).toBeGreaterThan(0);
     await database.admin("TRUNCATE user_roles");
     await until(() => sessionFeedStatus()?.cached === 0, "the cache to empty");
+  });
+
+  it("users changed by one statement are announced one by one up to 100, and as '*' beyond", async () => {
+    const kept = await signedIn();
+    const few = await Promise.all([signedIn(), signedIn(), signedIn()]);
+    for (const { token } of [kept, ...few]) expect(await validate(token)).not.toBeNull();
+    const heard = sessionFeedStatus()?.heard ?? 0;
+    // Three users in one statement: three notifications, and only their sessions leave the cache.
+    await database.admin("UPDATE users SET first_name = 'Few' WHERE id = ANY($1::uuid[])", [
+      few.map((f) => f.userId),
+    ]);
+    await until(() => (sessionFeedStatus()?.heard ?? 0) === heard + 3, "three notifications");
+    const reads = await validationReads();
+    expect(await validate(kept.token)).not.toBeNull();
+    expect(await validationReads()).toBe(reads);
+    expect((await validate(few[0]?.token ?? ""))?.user.firstName).toBe("Few");
+    expect(await validationReads()).toBe(reads + 1);
+
+    // 101 users and more in one statement: one '*', and every process forgets everything.
+    const ids = Array.from({ length: 150 }, () => uuidv7());
+    await database.admin(
+      "INSERT INTO users (id, email) SELECT id, 'bulk-' || id || '@example.com' FROM unnest($1::uuid[]) AS id",
+      [ids],
+    );
+    expect(sessionFeedStatus()?.cached).toBeGreaterThan(0);
+    const before = sessionFeedStatus()?.heard ?? 0;
+    await database.admin("UPDATE users SET first_name = 'Bulk' WHERE id = ANY($1::uuid[])", [ids]);
+    await until(() => sessionFeedStatus()?.cached === 0, "the cache to empty");
+    await new Promise((resolve) => setTimeout(resolve, 100));
+    expect(sessionFeedStatus()?.heard).toBe(before + 1);
+    // A statement that changes no user announces nothing.
+    await database.admin("UPDATE users SET first_name = 'None' WHERE false");
+    await new Promise((resolve) => setTimeout(resolve, 100));
+    expect(sessionFeedStatus()?.heard).toBe(before + 1);
   });
 
   it("never answers past the session's expiry, and never skips a due refresh", async () => {

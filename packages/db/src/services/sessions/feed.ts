@@ -253,7 +253,8 @@ class SessionFeed {
     this.heard++;
     heardTotal.inc();
     if (payload === "*") {
-      // A table was truncated: nothing held can be trusted, and replicas wait out a window.
+      // A table was truncated, or one statement changed over 100 users (migration 0009): nothing held can be
+      // trusted, and replicas wait out a window.
       this.seq++;
       this.liveSeq = this.seq;
       if (this.liveSince !== undefined) this.liveSince = now().getTime();
