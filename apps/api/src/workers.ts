@@ -99,11 +99,11 @@ export function superviseWorkers(options: SupervisorOptions): Supervisor {
   let nextGathering = 0;
   let stopping = false;
 
-  const send = (slot: Slot, message: Message): void => {
+  const send = (child: Subprocess | undefined, message: Message): void => {
     try {
-      slot.child?.send(message);
+      if (child?.exitCode === null) child.send(message);
     } catch {
-      // The worker is exiting: its exit handler settles what it was part of.
+      // The worker is exiting: its exit handler settles what it was part of, and nobody waits for an answer.
     }
   };
 
@@ -112,13 +112,7 @@ export function superviseWorkers(options: SupervisorOptions): Supervisor {
     if (!gathering) return;
     gatherings.delete(id);
     clearTimeout(gathering.timer);
-    try {
-      if (gathering.requester.exitCode === null) {
-        gathering.requester.send({ type: "metrics", id: gathering.requestId, all: gathering.results });
-      }
-    } catch {
-      // The requester is exiting: nobody waits for the answer.
-    }
+    send(gathering.requester, { type: "metrics", id: gathering.requestId, all: gathering.results });
   };
 
   const gather = (requester: Subprocess, requestId: number): void => {
@@ -126,7 +120,7 @@ export function superviseWorkers(options: SupervisorOptions): Supervisor {
     const live = slots.filter((slot) => slot.child !== undefined);
     const timer = setTimeout(() => finish(id), gatherTimeoutMs);
     gatherings.set(id, { requester, requestId, waiting: new Set(live), results: [], timer });
-    for (const slot of live) send(slot, { type: "collect", id });
+    for (const slot of live) send(slot.child, { type: "collect", id });
   };
 
   const received = (slot: Slot, message: unknown): void => {

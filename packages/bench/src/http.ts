@@ -323,22 +323,19 @@ export async function httpSection(
     });
     // Ratios pair each round's API run with the same round's run of the other server (measured within one
     // round, not minutes apart), then take the median over rounds.
-    const paired = (name: ServerName, value: (run: Run) => number, of: ServerName = "api") =>
-      pairedRatio(runs.get(of) ?? [], runs.get(name) ?? [], value);
-    const uncached = "api, no session cache";
+    const ratios = (of: ServerName, value: (run: Run) => number) =>
+      Object.fromEntries(
+        SERVER_NAMES.map((name) => [name, pairedRatio(runs.get(of) ?? [], runs.get(name) ?? [], value)]),
+      );
+    const throughput = (run: Run) => run.requestsPerSec;
+    const p99 = (run: Run) => run.p99Ms;
     const row: HttpRow = {
       connections,
       servers: measured,
-      apiThroughputRatio: Object.fromEntries(
-        SERVER_NAMES.map((name) => [name, paired(name, (run) => run.requestsPerSec)]),
-      ),
-      apiP99Ratio: Object.fromEntries(SERVER_NAMES.map((name) => [name, paired(name, (run) => run.p99Ms)])),
-      uncachedThroughputRatio: Object.fromEntries(
-        SERVER_NAMES.map((name) => [name, paired(name, (run) => run.requestsPerSec, uncached)]),
-      ),
-      uncachedP99Ratio: Object.fromEntries(
-        SERVER_NAMES.map((name) => [name, paired(name, (run) => run.p99Ms, uncached)]),
-      ),
+      apiThroughputRatio: ratios("api", throughput),
+      apiP99Ratio: ratios("api", p99),
+      uncachedThroughputRatio: ratios("api, no session cache", throughput),
+      uncachedP99Ratio: ratios("api, no session cache", p99),
     };
     print(table(HTTP_HEADERS, httpCells(row)));
     rows.push(row);

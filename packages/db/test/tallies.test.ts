@@ -18,39 +18,16 @@ const OBSERVATIONS: Array<[string, string, number]> = [
 function both() {
   const ours = new Registry();
   const theirs = new Registry();
-  const histogram = new TalliedHistogram({
-    name: "t_seconds",
-    help: "h",
-    labelNames: ["method", "route"],
-    buckets: BUCKETS,
-    registers: [ours],
-  });
-  countsOf(histogram, { name: "t_total", help: "c", registers: [ours] });
-  const statuses = new TalliedCounter({
-    name: "s_total",
-    help: "s",
-    labelNames: ["method", "status"],
-    registers: [ours],
-  });
-  const reference = new Histogram({
-    name: "t_seconds",
-    help: "h",
-    labelNames: ["method", "route"],
-    buckets: BUCKETS,
-    registers: [theirs],
-  });
-  const referenceTotal = new Counter({
-    name: "t_total",
-    help: "c",
-    labelNames: ["method", "route"],
-    registers: [theirs],
-  });
-  const referenceStatuses = new Counter({
-    name: "s_total",
-    help: "s",
-    labelNames: ["method", "status"],
-    registers: [theirs],
-  });
+  // One configuration per series, given to ours and to prom-client's alike.
+  const durations = { name: "t_seconds", help: "h", labelNames: ["method", "route"], buckets: BUCKETS };
+  const totals = { name: "t_total", help: "c", labelNames: ["method", "route"] };
+  const byStatus = { name: "s_total", help: "s", labelNames: ["method", "status"] };
+  const histogram = new TalliedHistogram({ ...durations, registers: [ours] });
+  countsOf(histogram, { ...totals, registers: [ours] });
+  const statuses = new TalliedCounter({ ...byStatus, registers: [ours] });
+  const reference = new Histogram({ ...durations, registers: [theirs] });
+  const referenceTotal = new Counter({ ...totals, registers: [theirs] });
+  const referenceStatuses = new Counter({ ...byStatus, registers: [theirs] });
   const record = () => {
     for (const [method, route, seconds] of OBSERVATIONS) {
       histogram.observe(histogram.tally(method, route), seconds);

@@ -282,7 +282,7 @@ const userPairs = prefixed(publicUserColumns, "u.");
 export type SessionCheck = Readonly<{ session: Readonly<PublicSession>; user: Readonly<SessionUser> }>;
 
 /** Freezes a value and every object in it, without recursion (metadata may be deep). */
-function freezeJson(value: unknown): void {
+function freezeDeep(value: unknown): void {
   const pending: unknown[] = [value];
   while (pending.length > 0) {
     const next = pending.pop();
@@ -297,7 +297,7 @@ function freezeJson(value: unknown): void {
 function answerOf(row: ValidatedRow): SessionCheck {
   const answer = { session: pick<PublicSession>(row, sessionPairs), user: pick<SessionUser>(row, userPairs) };
   // The session's and the user's metadata alike; Dates are frozen too (harmless: it cannot stop their setters).
-  freezeJson(answer);
+  freezeDeep(answer);
   return answer;
 }
 
@@ -314,21 +314,19 @@ export const validate = defineService(
   { name: "sessions.validate", table: "sessions", arity: 1 },
   async ({ logger, options }: Call<SessionServiceOptions>, token: string): Promise<SessionCheck | null> => {
     if (!isWellFormedSecret(token)) return null;
-    if (options.tx === undefined && options.config === undefined) {
-      const feed = sessionFeed();
-      const cached = feed?.get(token);
-      if (cached !== undefined) return cached as SessionCheck;
-      const mark = feed?.mark() ?? 0;
-      const row = await validateCoalesced(token);
-      if (row === undefined) return null;
-      if (row.refreshed) logger.debug({ sessionId: row["s.id"] }, "session extended");
-      const answer = answerOf(row);
-      feed?.put(token, answer, mark, cacheLimits(row, sessionConfig()));
-      return answer;
-    }
-    const row = await (await readMany([token], configFor(options), options.tx))[0];
+    // Outside a transaction and with the process-wide lifetimes, checks share reads and the session cache.
+    const shared = options.tx === undefined && options.config === undefined;
+    const feed = shared ? sessionFeed() : undefined;
+    const cached = feed?.get(token);
+    if (cached !== undefined) return cached as SessionCheck;
+    const mark = feed?.mark() ?? 0;
+    const row = shared
+      ? await validateCoalesced(token)
+      : await (await readMany([token], configFor(options), options.tx))[0];
     if (row === undefined) return null;
     if (row.refreshed) logger.debug({ sessionId: row["s.id"] }, "session extended");
-    return answerOf(row);
+    const answer = answerOf(row);
+    feed?.put(token, answer, mark, cacheLimits(row, sessionConfig()));
+    return answer;
   },
 );

@@ -281,6 +281,9 @@ export const update = defineService(
             },
             { tx: options.tx },
           );
+    // This process's cached session checks answer with the user: forgotten now, so the caller's next check
+    // shows the change (other processes hear of it when it commits).
+    sessionsChanged(undefined, id);
     logger.audit({ userId: id, fields: Object.keys(set), retiredTokens }, "user updated");
     return user;
   },
