@@ -67,6 +67,10 @@ async function statement(name: string, warm?: () => Promise<unknown>): Promise<D
 async function runFloor(pool: pg.Pool | pg.PoolClient, name: string, params: Record<string, unknown>) {
   const s = await statement(name);
   const values = s.values(params);
+  // A parameter left out would go as NULL and could switch part of the statement off (a floor doing less
+  // than the service): every one must be given, null where the service sends null.
+  const missing = values.indexOf(undefined);
+  if (missing !== -1) throw new Error(`floor of ${name}: no value for $${missing + 1}`);
   return await pool.query(
     s.prepared ? { name: `floor_${s.name}`, text: s.text, values } : { text: s.text, values },
   );
@@ -209,7 +213,11 @@ export function hotPaths(ctx: HotPathContext): HotPath[] {
             sentTo: email,
             tokenHash: secret,
             expiresAt: new Date(at.getTime() + 15 * 60_000),
+            passwordHash: null,
+            profile: null,
             at,
+            // Like the service: a new link retires the target's older live ones of the purpose.
+            retire: true,
           });
           await client.query("COMMIT");
         } catch (error) {

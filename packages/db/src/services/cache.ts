@@ -19,7 +19,8 @@ import {
   setBatch,
   setCoalesced,
   TABLE,
-  takeStatement,
+  takeCoalesced,
+  takeOne,
 } from "./cache/statements.ts";
 import { deleteInBatches, noNul, type ServiceOptions, validate } from "./common.ts";
 import { type Call, type CallTail, defineService, splitCallArguments } from "./define.ts";
@@ -319,19 +320,18 @@ export const increment = defineService(
 
 /**
  * Removes an entry and returns its value, atomically: of concurrent takers exactly one gets it. Null when
- * absent or expired (an expired entry is removed too).
+ * absent or expired (an expired entry is removed too). Takes outside a transaction issued in the same tick
+ * share one statement (of two takes of one key there, the first issued gets it).
  * @throws DbError VALIDATION_FAILED (bad resourceType or key).
  * @example const state = await take<OAuthState>("oauth-state", stateParam);
  */
 export const take = defineService(
   { name: "cache.take", table: TABLE, arity: 2, logFields: ([resourceType]) => ({ resourceType }) },
   async ({ options }: Call<ServiceOptions>, resourceType: string, key: string): Promise<unknown | null> => {
-    const type = checkedType(resourceType);
-    const name = checkedKey(key);
-    const params = { type, key: name, at: now() };
-    const result = await withMetrics("take", TABLE, () => takeStatement.run(options.tx, params));
-    const row = result.rows[0];
-    return row?.live === true ? decode(row.value) : null;
+    const pair = { type: checkedType(resourceType), key: checkedKey(key) };
+    const taken = options.tx === undefined ? await takeCoalesced(pair) : await takeOne(pair, options.tx);
+    // Decoded per caller, as get() does.
+    return taken === null ? null : decode(taken.value);
   },
 ) as <T = unknown>(resourceType: string, key: string, ...rest: CallTail) => Promise<T | null>;
 

@@ -1,6 +1,6 @@
 import { describe, expect, it } from "vitest";
 import { getPool, transaction } from "../../src/connection.ts";
-import { registry } from "../../src/metrics.ts";
+import { dbQueriesTotal, registry } from "../../src/metrics.ts";
 import * as CacheService from "../../src/services/cache.ts";
 import { expectDbError, useManualClock, useTestDatabase } from "../../src/testing/index.ts";
 
@@ -309,12 +309,95 @@ describe("getOrSet", () => {
   });
 });
 
+/** How many statements of this operation on the cache were counted so far. */
+async function statementsOf(operation: string): Promise<number> {
+  const metric = await dbQueriesTotal.get();
+  return (
+    metric.values.find((v) => v.labels.operation === operation && v.labels.table === "cache")?.value ?? 0
+  );
+}
+
 describe("take", () => {
-  it("50 parallel takes: exactly one gets the value", async () => {
+  it("50 takes of one key in one tick: one statement, and the first caller alone gets the value", async () => {
     await CacheService.set("take", "k", { secret: "state" });
+    const before = await statementsOf("take_many");
     const results = await Promise.all(Array.from({ length: 50 }, () => CacheService.take("take", "k")));
-    expect(results.filter((r) => r !== null)).toEqual([{ secret: "state" }]);
+    expect(await statementsOf("take_many")).toBe(before + 1);
+    expect(results[0]).toEqual({ secret: "state" });
+    expect(results.filter((r) => r !== null)).toHaveLength(1);
     expect(await rawCount("take", "k")).toBe(0);
+  });
+
+  it("50 takes of one key in 50 ticks race in PostgreSQL: exactly one gets the value", async () => {
+    await CacheService.set("take", "race", { secret: "state" });
+    const before = await statementsOf("take");
+    const pending: Promise<unknown>[] = [];
+    for (let i = 0; i < 50; i++) {
+      pending.push(CacheService.take("take", "race"));
+      // The next take joins a batch of its own, sent while this one may still be running.
+      await new Promise((resolve) => setImmediate(resolve));
+    }
+    const results = await Promise.all(pending);
+    expect(await statementsOf("take")).toBe(before + 50);
+    expect(results.filter((r) => r !== null)).toEqual([{ secret: "state" }]);
+    expect(await rawCount("take", "race")).toBe(0);
+  });
+
+  it("takes issued together: each caller gets its own entry, decoded for it alone; expired ones are removed", async () => {
+    await CacheService.setMany(
+      "take-many",
+      Array.from({ length: 20 }, (_, i) => ({ key: `k${i}`, value: { i, at: new Date(0) } })),
+    );
+    await CacheService.set("take-other", "k0", "other type, same key");
+    await CacheService.set("take-many", "short", "gone soon", { ttlSeconds: 1 });
+    clock.advance(1000);
+    const before = await statementsOf("take_many");
+    const taken = await Promise.all([
+      ...Array.from({ length: 20 }, (_, i) =>
+        CacheService.take<{ i: number; at: Date }>("take-many", `k${i}`),
+      ),
+      CacheService.take("take-many", "short"),
+      CacheService.take("take-many", "missing"),
+    ]);
+    expect(await statementsOf("take_many")).toBe(before + 1);
+    expect(taken.slice(0, 20)).toEqual(Array.from({ length: 20 }, (_, i) => ({ i, at: new Date(0) })));
+    expect(taken.slice(20)).toEqual([null, null]);
+    expect(await rawCount("take-many")).toBe(0);
+    expect(await CacheService.get("take-other", "k0")).toBe("other type, same key");
+  });
+
+  it("a batch that deadlocks with another transaction is taken again one entry at a time", async () => {
+    await CacheService.setMany("take-dl", [
+      { key: "k1", value: 1 },
+      { key: "k2", value: 2 },
+    ]);
+    const other = await getPool().connect();
+    try {
+      await other.query("BEGIN");
+      await other.query("SELECT 1 FROM cache WHERE resource_type = 'take-dl' AND key = 'k2' FOR UPDATE");
+      const before = await statementsOf("take");
+      // The batch deletes k1 (keys go in order), then waits for k2.
+      const taking = Promise.all([CacheService.take("take-dl", "k1"), CacheService.take("take-dl", "k2")]);
+      for (let i = 0; ; i++) {
+        const waiting = await database.admin(
+          `SELECT 1 FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND query LIKE '%unnest%'`,
+        );
+        if (waiting.rowCount === 1) break;
+        if (i > 200) throw new Error("the batch never waited for k2");
+        await new Promise((resolve) => setTimeout(resolve, 10));
+      }
+      // Now this transaction waits for k1: a cycle, and the batch (which waited first) is the one cancelled.
+      const locking = other.query(
+        "SELECT 1 FROM cache WHERE resource_type = 'take-dl' AND key = 'k1' FOR UPDATE",
+      );
+      await locking;
+      await other.query("COMMIT");
+      expect(await taking).toEqual([1, 2]);
+      expect(await statementsOf("take")).toBe(before + 2);
+    } finally {
+      other.release();
+    }
+    expect(await rawCount("take-dl")).toBe(0);
   });
 
   it("an expired entry is not taken, but removed", async () => {

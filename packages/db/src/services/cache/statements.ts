@@ -263,6 +263,74 @@ export const takeStatement = defineStatement<{ value: unknown; live: boolean }, 
     RETURNING value, (expires_at IS NULL OR expires_at > ${param("at")}::timestamptz) AS live`,
 );
 
+// The same for many entries, as parallel arrays (distinct pairs, sorted by key: a nested loop over them, the
+// plan PostgreSQL picks for a few keys by the primary key, then locks rows in key order in every batch).
+const takeBatchStatement = defineStatement<
+  { resource_type: string; key: string; value: unknown; live: boolean },
+  { types: string[]; keys: string[]; at: Date }
+>(
+  "cache_take_batch",
+  sql`
+    DELETE FROM cache c
+    USING unnest(${param("types")}::text[], ${param("keys")}::text[]) AS w(resource_type, key)
+    WHERE c.resource_type = w.resource_type AND c.key = w.key
+    RETURNING c.resource_type, c.key, c.value,
+              (c.expires_at IS NULL OR c.expires_at > ${param("at")}::timestamptz) AS live`,
+);
+
+/** What one take finds: the entry's value, or null when it was absent, expired, or taken by another caller. */
+export type Taken = { value: unknown } | null;
+
+/** One take in its own statement (on the pool, or on the caller's transaction). */
+export async function takeOne(
+  pair: { type: string; key: string },
+  handle: ServiceOptions["tx"],
+): Promise<Taken> {
+  const result = await withMetrics("take", TABLE, () => takeStatement.run(handle, { ...pair, at: now() }));
+  const row = result.rows[0];
+  return row?.live === true ? { value: row.value } : null;
+}
+
+/**
+ * Takes that arrived together, as if they had run one after the other in arrival order: of several takes of
+ * one entry the first gets it and the others nothing. One statement deletes every entry; should it fail on a
+ * deadlock with another process's batch (rows are locked in key order, but the plan decides), each take runs
+ * on its own, so each caller gets what it would have got alone.
+ */
+async function takeBatch(pairs: Array<{ type: string; key: string }>): Promise<Taken[]> {
+  if (pairs.length === 1) return [await takeOne(pairs[0] as { type: string; key: string }, undefined)];
+  const firstOf = new Map<string, number>();
+  pairs.forEach((pair, index) => {
+    const name = entryName(pair.type, pair.key);
+    if (!firstOf.has(name)) firstOf.set(name, index);
+  });
+  const distinct = [...firstOf.values()].map((index) => pairs[index] as { type: string; key: string });
+  distinct.sort(inLockOrder);
+  const params = { types: distinct.map((p) => p.type), keys: distinct.map((p) => p.key), at: now() };
+  let rows: Array<{ resource_type: string; key: string; value: unknown; live: boolean }>;
+  try {
+    rows = (await withMetrics("take_many", TABLE, () => takeBatchStatement.run(undefined, params))).rows;
+  } catch (error) {
+    if (!isDbError(error, "DEADLOCK_DETECTED")) throw error;
+    const alone: Taken[] = [];
+    for (const pair of pairs) alone.push(await takeOne(pair, undefined));
+    return alone;
+  }
+  const outcomes = new Array<Taken>(pairs.length).fill(null);
+  for (const row of rows) {
+    const index = firstOf.get(entryName(row.resource_type, row.key));
+    if (index !== undefined && row.live === true) outcomes[index] = { value: row.value };
+  }
+  return outcomes;
+}
+
+// take() calls outside a transaction issued in the same tick share one statement (see takeBatch). Each call
+// is its own entry: two takes of one key must not share the one answer.
+export const takeCoalesced = coalescer<{ type: string; key: string }, Taken>({
+  run: takeBatch,
+  maxBatch: MAX_BATCH_KEYS,
+});
+
 /** Values of live entries for (type, key) pairs, by position; expired ones are deleted on the way. */
 export async function getBatch(
   pairs: ReadonlyArray<{ type: string; key: string }>,
