@@ -72,7 +72,7 @@ function describeHarness(meta: Meta): string {
   return (
     `${h.reps} repetition(s) of ${h.durationMs / 1000} s after ${h.warmupMs / 1000} s warm-up per variant, ` +
     `variants interleaved (rotated, every other round reversed, so each follows each equally often), medians; each ratio is the median of the repetitions' ratios (the two sides of a ` +
-    `ratio measured seconds apart); concurrency ${h.concurrencies.join(", ")}; pools of ${h.poolSize}`
+    `ratio measured a second or two apart); concurrency ${h.concurrencies.join(", ")}; pools of ${h.poolSize}`
   );
 }
 
@@ -121,7 +121,9 @@ export function markdown(results: BenchResults, links: { json: string; svg: stri
     "",
     "Floor: the same SQL sent by raw node-postgres as a named prepared statement, on a pool with the " +
       "service's type parsers. Naive: the obvious Drizzle " +
-      "code (query builder per call, relational queries). Latencies in milliseconds.",
+      "code (query builder per call, relational queries). Before the first row, every variant of every " +
+      "path runs unrecorded at each concurrency (compiled code and prepared statements are warm for all). " +
+      "Latencies in milliseconds.",
     "",
     `![service vs floor at concurrency ${CHART_CONCURRENCY}](${links.svg})`,
     "",

@@ -26,7 +26,10 @@ const resultsDir = fileURLToPath(new URL(quick ? "../results/quick" : "../result
 const CONCURRENCIES = [1, 16, 64];
 const HARNESS = quick
   ? { reps: 1, durationMs: 300, warmupMs: 100 }
-  : { reps: 6, durationMs: 1500, warmupMs: 400 }; // 6: a whole number of forward and backward rounds of 3
+  : // 12: a whole number of forward and backward rounds of 3. Many short repetitions rather than a few long
+    // ones: the two sides of each ratio are measured closer together, and its median is taken over more pairs
+    // (at concurrency 1 a ratio moves by a tenth between runs of 6 repetitions of 1.5 s).
+    { reps: 12, durationMs: 750, warmupMs: 250 };
 const HTTP = quick
   ? { connections: [16, 64], durationSec: 2, warmupSec: 1, repeats: 1 }
   : { connections: [16, 64], durationSec: 5, warmupSec: 1, repeats: 6 };

@@ -6,7 +6,7 @@ import * as schema from "@repo/db/schema";
 import { drizzle, type NodePgDatabase } from "drizzle-orm/node-postgres";
 import pg from "pg";
 import { msText, opsText, ratioText, table } from "./format.ts";
-import { compareInterleaved, type Measurement, pairedRatio, type RepeatOptions } from "./harness.ts";
+import { compareInterleaved, type Measurement, measure, pairedRatio, type RepeatOptions } from "./harness.ts";
 import { type HotPath, hotPaths } from "./hot-paths.ts";
 import type { Resources } from "./resources.ts";
 import type { Fixture } from "./seed.ts";
@@ -122,6 +122,17 @@ export async function serviceVsFloor(
   options: Omit<RepeatOptions, "concurrency">,
   print: (text: string) => void,
 ): Promise<ComparisonRow[]> {
+  // Every variant runs once, unrecorded, at each concurrency before anything is measured: the first
+  // measured row otherwise pays for compiling the driver's code (which the variants share) and for preparing
+  // statements on each pooled connection, and the variant that happens to go first pays most.
+  process.stderr.write("warming up every variant...\n");
+  for (const path of paths) {
+    for (const concurrency of concurrencies) {
+      for (const op of [path.service, path.floor, path.naive]) {
+        await measure(op, { concurrency, durationMs: 0, warmupMs: options.warmupMs });
+      }
+    }
+  }
   const rows: ComparisonRow[] = [];
   for (const path of paths) {
     const pathRows: ComparisonRow[] = [];

@@ -281,24 +281,33 @@ const userPairs = prefixed(publicUserColumns, "u.");
  */
 export type SessionCheck = Readonly<{ session: Readonly<PublicSession>; user: Readonly<SessionUser> }>;
 
-/** Freezes a value and every object in it, without recursion (metadata may be deep). */
-function freezeDeep(value: unknown): void {
-  const pending: unknown[] = [value];
-  while (pending.length > 0) {
-    const next = pending.pop();
-    // Typed arrays (a bytea column) cannot be frozen: Object.freeze throws on them.
-    if (typeof next !== "object" || next === null || Object.isFrozen(next) || ArrayBuffer.isView(next))
-      continue;
+/**
+ * Freezes every object inside the values of `object` (its metadata), without recursion (it may be deep).
+ * Dates are skipped (freezing cannot stop their setters), and so are typed arrays (a bytea column: freezing
+ * one throws). The walk allocates nothing per object: it was a tenth of the uncached check's JS.
+ */
+function freezeValues(object: Record<string, unknown>): void {
+  const pending: object[] = [];
+  const push = (value: unknown) => {
+    if (typeof value === "object" && value !== null && !(value instanceof Date) && !ArrayBuffer.isView(value))
+      pending.push(value);
+  };
+  for (const key in object) push(object[key]);
+  for (let next = pending.pop(); next !== undefined; next = pending.pop()) {
+    if (Object.isFrozen(next)) continue;
     Object.freeze(next);
-    for (const inner of Object.values(next)) pending.push(inner);
+    if (Array.isArray(next)) for (const item of next) push(item);
+    else for (const key in next) push((next as Record<string, unknown>)[key]);
   }
 }
 
 function answerOf(row: ValidatedRow): SessionCheck {
-  const answer = { session: pick<PublicSession>(row, sessionPairs), user: pick<SessionUser>(row, userPairs) };
-  // The session's and the user's metadata alike; Dates are frozen too (harmless: it cannot stop their setters).
-  freezeDeep(answer);
-  return answer;
+  const session = pick<PublicSession>(row, sessionPairs);
+  const user = pick<SessionUser>(row, userPairs);
+  // The session's and the user's metadata alike.
+  freezeValues(session);
+  freezeValues(user);
+  return Object.freeze({ session: Object.freeze(session), user: Object.freeze(user) });
 }
 
 /**
