@@ -122,7 +122,8 @@ export function markdown(results: BenchResults, links: { json: string; svg: stri
     "Floor: the same SQL sent by raw node-postgres as a named prepared statement, on a pool with the " +
       "service's type parsers. Naive: the obvious Drizzle " +
       "code (query builder per call, relational queries). Before the first row, every variant of every " +
-      "path runs unrecorded at each concurrency (compiled code and prepared statements are warm for all). " +
+      "path runs unrecorded at each concurrency, so the first row measured does not pay for compiling the " +
+      "driver code all variants share. " +
       "Latencies in milliseconds.",
     "",
     `![service vs floor at concurrency ${CHART_CONCURRENCY}](${links.svg})`,

@@ -35,7 +35,7 @@ import { withMetrics } from "../metrics.ts";
 import { type AuditChainHead, auditChain } from "../schema/audit-chain.ts";
 import { AUDIT_ACTIONS, AUDIT_ACTORS, type AuditEvent, auditEvents } from "../schema/audit-events.ts";
 import { defineStatement, param } from "../statements.ts";
-import { idSchema, noNul, type ServiceOptions, validate } from "./common.ts";
+import { idSchema, type ServiceOptions, storable, validate } from "./common.ts";
 import { type Call, defineService } from "./define.ts";
 
 export type { AuditAction, AuditActor, AuditEvent } from "../schema/audit-events.ts";
@@ -44,9 +44,7 @@ const TABLE = "audit_events";
 /** Keys that name a secret: such a detail is refused whatever its value. */
 const SECRET_KEY = /pass(word)?|secret|token|cookie|authorization|api[_-]?key|private|credential|hash/i;
 
-/** Text PostgreSQL stores exactly as given: no NUL, no lone surrogate (stored as U+FFFD, it would break the hash). */
-const LONE_SURROGATE = /[\uD800-\uDBFF](?![\uDC00-\uDFFF])|(?<![\uD800-\uDBFF])[\uDC00-\uDFFF]/;
-const storable = (value: string): boolean => noNul(value) && !LONE_SURROGATE.test(value);
+// Text must be storable() exactly as given: a lone surrogate stored as U+FFFD would break the hash.
 const text = (max: number) =>
   z.string().max(max).refine(storable, "must not contain NUL or unpaired surrogates");
 const recordInput = z.strictObject({

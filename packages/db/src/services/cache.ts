@@ -19,10 +19,11 @@ import {
   setBatch,
   setCoalesced,
   TABLE,
+  type Taken,
   takeCoalesced,
   takeOne,
 } from "./cache/statements.ts";
-import { deleteInBatches, noNul, type ServiceOptions, validate } from "./common.ts";
+import { deleteInBatches, type ServiceOptions, storable, validate } from "./common.ts";
 import { type Call, type CallTail, defineService, splitCallArguments } from "./define.ts";
 
 // The limits live in cache/limits.ts (shared with the codec and the statements); re-exported here by name.
@@ -30,13 +31,11 @@ export { MAX_BATCH_BYTES, MAX_BATCH_KEYS, MAX_TTL_SECONDS, MAX_VALUE_BYTES } fro
 
 const RESOURCE_TYPE_MAX = 256;
 const KEY_MAX = 1024;
-// Text columns cannot hold NUL: reject it here rather than get a driver error.
-const resourceTypeSchema = z
-  .string()
-  .min(1)
-  .max(RESOURCE_TYPE_MAX)
-  .refine(noNul, { error: "must not contain NUL" });
-const keySchema = z.string().min(1).max(KEY_MAX).refine(noNul, { error: "must not contain NUL" });
+// Text columns cannot hold NUL (a driver error), and an unpaired surrogate would reach PostgreSQL as U+FFFD,
+// so "a\uD800" and "a\uFFFD" would name one entry: both are refused.
+const UNSTORABLE = "must not contain NUL or unpaired surrogates";
+const resourceTypeSchema = z.string().min(1).max(RESOURCE_TYPE_MAX).refine(storable, { error: UNSTORABLE });
+const keySchema = z.string().min(1).max(KEY_MAX).refine(storable, { error: UNSTORABLE });
 const ttlSchema = z.strictObject({
   ttlSeconds: z.number().positive().max(MAX_TTL_SECONDS).optional(),
 });
@@ -52,13 +51,13 @@ const batchSchema = z.strictObject({
 // costs a measurable share of a cache call. Anything else goes to the schema, which gives the same verdict
 // with its messages.
 function checkedType(value: unknown): string {
-  return typeof value === "string" && value.length > 0 && value.length <= RESOURCE_TYPE_MAX && noNul(value)
+  return typeof value === "string" && value.length > 0 && value.length <= RESOURCE_TYPE_MAX && storable(value)
     ? value
     : validate(resourceTypeSchema, value);
 }
 
 function checkedKey(value: unknown): string {
-  return typeof value === "string" && value.length > 0 && value.length <= KEY_MAX && noNul(value)
+  return typeof value === "string" && value.length > 0 && value.length <= KEY_MAX && storable(value)
     ? value
     : validate(keySchema, value);
 }
@@ -321,7 +320,8 @@ export const increment = defineService(
 /**
  * Removes an entry and returns its value, atomically: of concurrent takers exactly one gets it. Null when
  * absent or expired (an expired entry is removed too). Takes outside a transaction issued in the same tick
- * share one statement (of two takes of one key there, the first issued gets it).
+ * share one statement (of two takes of one key there, the first issued gets it; a tick with over
+ * MAX_BATCH_KEYS takes sends several statements, which run concurrently).
  * @throws DbError VALIDATION_FAILED (bad resourceType or key).
  * @example const state = await take<OAuthState>("oauth-state", stateParam);
  */
@@ -329,7 +329,12 @@ export const take = defineService(
   { name: "cache.take", table: TABLE, arity: 2, logFields: ([resourceType]) => ({ resourceType }) },
   async ({ options }: Call<ServiceOptions>, resourceType: string, key: string): Promise<unknown | null> => {
     const pair = { type: checkedType(resourceType), key: checkedKey(key) };
-    const taken = options.tx === undefined ? await takeCoalesced(pair) : await takeOne(pair, options.tx);
+    let taken: Taken;
+    if (options.tx === undefined) {
+      const outcome = await takeCoalesced(pair);
+      if ("error" in outcome) throw outcome.error;
+      taken = outcome.taken;
+    } else taken = await takeOne(pair, options.tx);
     // Decoded per caller, as get() does.
     return taken === null ? null : decode(taken.value);
   },

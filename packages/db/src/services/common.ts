@@ -17,6 +17,14 @@ export const publicUserColumns = userColumns;
 /** PostgreSQL text cannot hold NUL: strings containing it are rejected as input, not left to fail in SQL. */
 export const noNul = (value: string): boolean => !value.includes("\u0000");
 
+const LONE_SURROGATE = /[\uD800-\uDBFF](?![\uDC00-\uDFFF])|(?<![\uD800-\uDBFF])[\uDC00-\uDFFF]/;
+
+/**
+ * Text PostgreSQL stores exactly as given: no NUL, and no unpaired surrogate (the driver sends U+FFFD for
+ * one, so the stored text, and what a lookup by it matches, would differ from what the caller gave).
+ */
+export const storable = (value: string): boolean => noNul(value) && !LONE_SURROGATE.test(value);
+
 /**
  * The one id schema of service input: any 8-4-4-4-12 hex UUID (what PostgreSQL's uuid type accepts, whatever
  * its version bits), lower-cased.

@@ -467,6 +467,15 @@ describe("value encoding", () => {
     await expectDbError(CacheService.set("x".repeat(257), "k", 1), "VALIDATION_FAILED");
     await expectDbError(CacheService.set("bad", "x".repeat(1025), 1), "VALIDATION_FAILED");
     await expectDbError(CacheService.set("bad", "k\u0000", 1), "VALIDATION_FAILED");
+    // An unpaired surrogate would reach PostgreSQL as U+FFFD: "k\uD800" would name the entry "k\uFFFD".
+    await CacheService.set("bad-fffd", "k\uFFFD", "someone else's");
+    await expectDbError(CacheService.set("bad", "k\uD800", 1), "VALIDATION_FAILED");
+    await expectDbError(CacheService.get("bad-fffd", "k\uD800"), "VALIDATION_FAILED");
+    await expectDbError(CacheService.take("bad-fffd", "k\uDC00"), "VALIDATION_FAILED");
+    await expectDbError(CacheService.set("bad\uD800", "k", 1), "VALIDATION_FAILED");
+    expect(await CacheService.get("bad-fffd", "k\uFFFD")).toBe("someone else's");
+    await CacheService.set("bad", "pair \uD83D\uDE00", 1);
+    expect(await CacheService.take("bad", "pair \uD83D\uDE00")).toBe(1);
     await expectDbError(CacheService.set("bad", "k", 1, { ttlSeconds: 0 }), "VALIDATION_FAILED");
     await expectDbError(CacheService.set("bad", "k", 1, { ttlSeconds: -1 }), "VALIDATION_FAILED");
     await expectDbError(CacheService.get("bad", "x".repeat(1025)), "VALIDATION_FAILED");

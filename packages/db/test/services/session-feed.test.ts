@@ -82,6 +82,10 @@ describe("the session cache", () => {
     expect(() => {
       (first.user as { email: string }).email = "changed@example.com";
     }).toThrow(TypeError);
+    // A Date's setters still work, but no caller can give it a toJSON that changes the next check's JSON.
+    expect(() => {
+      (first.session.createdAt as unknown as { toJSON: () => string }).toJSON = () => "forged";
+    }).toThrow(TypeError);
     const seats = (first.user.metadata as { plan: { seats: number[] } }).plan.seats;
     expect(() => seats.push(3)).toThrow(TypeError);
     const tags = (first.session.metadata as { device: { tags: string[] } }).device.tags;

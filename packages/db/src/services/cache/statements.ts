@@ -263,23 +263,26 @@ export const takeStatement = defineStatement<{ value: unknown; live: boolean }, 
     RETURNING value, (expires_at IS NULL OR expires_at > ${param("at")}::timestamptz) AS live`,
 );
 
-// The same for many entries, as parallel arrays (distinct pairs, sorted by key: a nested loop over them, the
-// plan PostgreSQL picks for a few keys by the primary key, then locks rows in key order in every batch).
+// The same for many entries, as parallel arrays of distinct pairs, sorted by key; n is each pair's position.
+// For a few keys PostgreSQL picks a nested loop over them by the primary key, which locks rows in that order,
+// but the plan decides (a hash join would lock in the table's order): takeBatch() handles a deadlock.
 const takeBatchStatement = defineStatement<
-  { resource_type: string; key: string; value: unknown; live: boolean },
+  { n: string; value: unknown; live: boolean },
   { types: string[]; keys: string[]; at: Date }
 >(
   "cache_take_batch",
   sql`
     DELETE FROM cache c
-    USING unnest(${param("types")}::text[], ${param("keys")}::text[]) AS w(resource_type, key)
+    USING unnest(${param("types")}::text[], ${param("keys")}::text[]) WITH ORDINALITY AS w(resource_type, key, n)
     WHERE c.resource_type = w.resource_type AND c.key = w.key
-    RETURNING c.resource_type, c.key, c.value,
-              (c.expires_at IS NULL OR c.expires_at > ${param("at")}::timestamptz) AS live`,
+    RETURNING w.n, c.value, (c.expires_at IS NULL OR c.expires_at > ${param("at")}::timestamptz) AS live`,
 );
 
 /** What one take finds: the entry's value, or null when it was absent, expired, or taken by another caller. */
 export type Taken = { value: unknown } | null;
+
+/** What one caller of a coalesced take gets: what it took, or the error its take alone gave. */
+type TakeOutcome = { taken: Taken } | { error: unknown };
 
 /** One take in its own statement (on the pool, or on the caller's transaction). */
 export async function takeOne(
@@ -293,40 +296,59 @@ export async function takeOne(
 
 /**
  * Takes that arrived together, as if they had run one after the other in arrival order: of several takes of
- * one entry the first gets it and the others nothing. One statement deletes every entry; should it fail on a
- * deadlock with another process's batch (rows are locked in key order, but the plan decides), each take runs
- * on its own, so each caller gets what it would have got alone.
+ * one entry the first gets it and the others nothing. One statement deletes every entry. Should it deadlock
+ * with another transaction, it has deleted nothing, and each take runs on its own, in order: each caller
+ * then gets what it took or the error of its own take, so a value already taken is never lost with another
+ * caller's failure.
  */
-async function takeBatch(pairs: Array<{ type: string; key: string }>): Promise<Taken[]> {
-  if (pairs.length === 1) return [await takeOne(pairs[0] as { type: string; key: string }, undefined)];
+async function takeBatch(pairs: Array<{ type: string; key: string }>): Promise<TakeOutcome[]> {
+  const alone = async (): Promise<TakeOutcome[]> => {
+    const outcomes: TakeOutcome[] = [];
+    for (const pair of pairs) {
+      try {
+        outcomes.push({ taken: await takeOne(pair, undefined) });
+      } catch (error) {
+        outcomes.push({ error });
+      }
+    }
+    return outcomes;
+  };
+  if (pairs.length === 1) return await alone();
   const firstOf = new Map<string, number>();
   pairs.forEach((pair, index) => {
     const name = entryName(pair.type, pair.key);
     if (!firstOf.has(name)) firstOf.set(name, index);
   });
-  const distinct = [...firstOf.values()].map((index) => pairs[index] as { type: string; key: string });
-  distinct.sort(inLockOrder);
-  const params = { types: distinct.map((p) => p.type), keys: distinct.map((p) => p.key), at: now() };
-  let rows: Array<{ resource_type: string; key: string; value: unknown; live: boolean }>;
+  // The caller each distinct pair goes to (its first), in lock order.
+  const callers = [...firstOf.values()].sort((a, b) =>
+    inLockOrder(pairs[a] as { type: string; key: string }, pairs[b] as { type: string; key: string }),
+  );
+  const params = {
+    types: callers.map((index) => (pairs[index] as { type: string }).type),
+    keys: callers.map((index) => (pairs[index] as { key: string }).key),
+    at: now(),
+  };
+  let rows: Array<{ n: string; value: unknown; live: boolean }>;
   try {
     rows = (await withMetrics("take_many", TABLE, () => takeBatchStatement.run(undefined, params))).rows;
   } catch (error) {
-    if (!isDbError(error, "DEADLOCK_DETECTED")) throw error;
-    const alone: Taken[] = [];
-    for (const pair of pairs) alone.push(await takeOne(pair, undefined));
-    return alone;
+    // Any other failure rolled the statement back too, and would fail each take alike: everyone's answer.
+    if (isDbError(error, "DEADLOCK_DETECTED")) return await alone();
+    return pairs.map(() => ({ error }));
   }
-  const outcomes = new Array<Taken>(pairs.length).fill(null);
+  const outcomes: TakeOutcome[] = pairs.map(() => ({ taken: null }));
   for (const row of rows) {
-    const index = firstOf.get(entryName(row.resource_type, row.key));
-    if (index !== undefined && row.live === true) outcomes[index] = { value: row.value };
+    // n is 1-based and from unnest (bigint, so text from the driver).
+    const index = callers[Number(row.n) - 1];
+    if (index === undefined) throw new Error("DELETE ... RETURNING gave a position past the batch");
+    if (row.live === true) outcomes[index] = { taken: { value: row.value } };
   }
   return outcomes;
 }
 
 // take() calls outside a transaction issued in the same tick share one statement (see takeBatch). Each call
 // is its own entry: two takes of one key must not share the one answer.
-export const takeCoalesced = coalescer<{ type: string; key: string }, Taken>({
+export const takeCoalesced = coalescer<{ type: string; key: string }, TakeOutcome>({
   run: takeBatch,
   maxBatch: MAX_BATCH_KEYS,
 });
