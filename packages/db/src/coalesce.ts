@@ -7,8 +7,16 @@ interface Waiter<O> {
   reject(error: unknown): void;
 }
 
+/** One distinct input of a batch: the first caller's settle functions inline, any later ones in `more`. */
+interface Entry<I, O> extends Waiter<O> {
+  input: I;
+  more: Waiter<O>[] | undefined;
+}
+
 interface Batch<I, O> {
-  entries: Map<string | number, { input: I; waiters: Waiter<O>[] }>;
+  entries: Entry<I, O>[];
+  /** Entries by key, for a coalescer with a key function (without one, every call is an entry of its own). */
+  byKey: Map<string, Entry<I, O>> | undefined;
   scheduled: boolean;
   flushed: boolean;
 }
@@ -61,44 +69,56 @@ export function coalescer<I, O>(options: CoalescerOptions<I, O>): (input: I) => 
     batch.flushed = true;
     if (open === batch) open = undefined;
     inFlight++;
-    const entries = [...batch.entries.values()];
+    const entries = batch.entries;
+    const inputs = new Array<I>(entries.length);
+    for (let i = 0; i < entries.length; i++) inputs[i] = (entries[i] as Entry<I, O>).input;
     let running: Promise<O[]>;
     try {
-      running = options.run(entries.map((entry) => entry.input));
+      running = options.run(inputs);
     } catch (error) {
       running = Promise.reject(error);
     }
     running.then(
       (outputs) => {
         settled();
-        entries.forEach((entry, index) => {
-          for (const waiter of entry.waiters) waiter.resolve(outputs[index] as O);
-        });
+        for (let i = 0; i < entries.length; i++) {
+          const entry = entries[i] as Entry<I, O>;
+          const output = outputs[i] as O;
+          entry.resolve(output);
+          if (entry.more) for (const waiter of entry.more) waiter.resolve(output);
+        }
       },
       (error: unknown) => {
         settled();
-        for (const entry of entries) for (const waiter of entry.waiters) waiter.reject(error);
+        for (const entry of entries) {
+          entry.reject(error);
+          if (entry.more) for (const waiter of entry.more) waiter.reject(error);
+        }
       },
     );
   };
 
+  const keyOf = options.key;
   return (input: I) =>
     new Promise<O>((resolve, reject) => {
       let batch = open;
       if (batch === undefined) {
-        batch = { entries: new Map(), scheduled: false, flushed: false };
+        batch = { entries: [], byKey: keyOf && new Map(), scheduled: false, flushed: false };
         open = batch;
         // Otherwise the batch waits for a running one to finish (settled() schedules it).
         if (inFlight < maxInFlight) schedule(batch);
       }
-      // Without a key function a call's position in the batch is its key: no string is built per call.
-      const key = options.key === undefined ? batch.entries.size : options.key(input);
-      let entry = batch.entries.get(key);
-      if (entry === undefined) {
-        entry = { input, waiters: [] };
-        batch.entries.set(key, entry);
+      // Without a key function every call is an entry of its own: no key is built, no map kept.
+      const key = keyOf === undefined ? undefined : keyOf(input);
+      const same = key === undefined ? undefined : batch.byKey?.get(key);
+      if (same !== undefined) {
+        same.more ??= [];
+        same.more.push({ resolve, reject });
+        return;
       }
-      entry.waiters.push({ resolve, reject });
-      if (batch.entries.size >= maxBatch) flush(batch);
+      const entry: Entry<I, O> = { input, resolve, reject, more: undefined };
+      batch.entries.push(entry);
+      if (key !== undefined) batch.byKey?.set(key, entry);
+      if (batch.entries.length >= maxBatch) flush(batch);
     });
 }

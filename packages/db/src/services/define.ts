@@ -118,9 +118,18 @@ export function defineService<A extends unknown[], R, O extends CallOptions = Ca
   spec: ServiceSpec<A, O>,
   body: (call: Call<O>, ...args: A) => Promise<R>,
 ): (...args: [...A, ...CallTail<O>]) => Promise<R> {
+  // A call with nothing after its own arguments (the usual one) gets this shared call: nothing to split or
+  // allocate. Frozen, so a body cannot change what the next call sees.
+  const plain: Call<O> = Object.freeze({ logger: noopLogger, handle: db, options: Object.freeze({}) as O });
   const service = async (...args: [...A, ...CallTail<O>]): Promise<R> => {
-    const { positional, logger, options } = splitCallArguments<O>(args, spec.arity);
-    const call: Call<O> = { logger, handle: options.tx ?? db, options };
+    let call = plain;
+    let positional: unknown[] = args;
+    if (args.length > spec.arity) {
+      const split = splitCallArguments<O>(args, spec.arity);
+      positional = split.positional;
+      call = { logger: split.logger, handle: split.options.tx ?? db, options: split.options };
+    }
+    const { logger, options } = call;
     try {
       return await body(call, ...(positional as A));
     } catch (error) {

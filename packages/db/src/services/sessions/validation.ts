@@ -169,12 +169,21 @@ function refreshIsDue(row: ValidatedRow, times: ReturnType<typeof timesFor>): bo
  * this process saw change within one lag window. Every other token is read again on the primary, so a
  * session created a moment ago validates and a revoked one is refused whatever the replica's lag.
  */
-async function readManyRouted(
+function readManyRouted(
   tokens: readonly string[],
   cfg: SessionConfig,
 ): Promise<Array<ValidatedRow | undefined | Promise<ValidatedRow>>> {
   const feed = sessionFeed();
-  if (!feed?.replicasUsable()) return await readMany(tokens, cfg, undefined);
+  // Without replicas, the read itself (no async layer of its own: this runs on every check).
+  return feed?.replicasUsable() ? readOnReplica(tokens, cfg, feed) : readMany(tokens, cfg, undefined);
+}
+
+/** readManyRouted() when the feed lets the replicas answer. */
+async function readOnReplica(
+  tokens: readonly string[],
+  cfg: SessionConfig,
+  feed: NonNullable<ReturnType<typeof sessionFeed>>,
+): Promise<Array<ValidatedRow | undefined | Promise<ValidatedRow>>> {
   const times = timesFor(cfg);
   // Only the replica's read runs inside onReplica(): a failure of the primary's re-read below must not be
   // taken for the replica's (it would be marked down and the batch read a second time).
