@@ -98,18 +98,17 @@ export function coalescer<I, O>(options: CoalescerOptions<I, O>): (input: I) => 
     );
   };
 
-  const keyOf = options.key;
   return (input: I) =>
     new Promise<O>((resolve, reject) => {
       let batch = open;
       if (batch === undefined) {
-        batch = { entries: [], byKey: keyOf && new Map(), scheduled: false, flushed: false };
+        batch = { entries: [], byKey: options.key && new Map(), scheduled: false, flushed: false };
         open = batch;
         // Otherwise the batch waits for a running one to finish (settled() schedules it).
         if (inFlight < maxInFlight) schedule(batch);
       }
       // Without a key function every call is an entry of its own: no key is built, no map kept.
-      const key = keyOf === undefined ? undefined : keyOf(input);
+      const key = options.key === undefined ? undefined : options.key(input);
       const same = key === undefined ? undefined : batch.byKey?.get(key);
       if (same !== undefined) {
         same.more ??= [];
