@@ -123,8 +123,8 @@ export async function serviceVsFloor(
   print: (text: string) => void,
 ): Promise<ComparisonRow[]> {
   // Every variant runs once, unrecorded, at each concurrency before anything is measured: the first
-  // measured row otherwise pays for compiling the driver's code (which the variants share) and for preparing
-  // statements on each pooled connection, and the variant that happens to go first pays most.
+  // measured row otherwise pays for compiling the driver's code (which the variants share), and the variant
+  // that happens to go first pays most.
   process.stderr.write("warming up every variant...\n");
   for (const path of paths) {
     for (const concurrency of concurrencies) {

@@ -313,7 +313,7 @@ export const increment = defineService(
     }
     const outcome = await incrementCoalesced(input);
     if ("error" in outcome) throw notACounter(outcome.error);
-    return outcome.counter;
+    return outcome.value;
   },
 );
 
@@ -333,7 +333,7 @@ export const take = defineService(
     if (options.tx === undefined) {
       const outcome = await takeCoalesced(pair);
       if ("error" in outcome) throw outcome.error;
-      taken = outcome.taken;
+      taken = outcome.value;
     } else taken = await takeOne(pair, options.tx);
     // Decoded per caller, as get() does.
     return taken === null ? null : decode(taken.value);

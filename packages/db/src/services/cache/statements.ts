@@ -177,7 +177,29 @@ export async function incrementOne(input: IncrementInput, handle: ServiceOptions
 }
 
 /** What one caller of a coalesced increment gets: its counter, or the error its increment alone would give. */
-type IncrementOutcome = { counter: CounterRow } | { error: unknown };
+/** What one caller of a batch gets: its own answer, or the error its call alone would have given. */
+type Outcome<T> = { value: T } | { error: unknown };
+
+/**
+ * Runs each input on its own, one after the other in arrival order, so each caller gets the answer or the
+ * error it would have had in sequence (the batches' fallback when their one statement cannot serve them).
+ */
+async function oneAfterAnother<I, T>(
+  inputs: readonly I[],
+  run: (input: I) => Promise<T>,
+): Promise<Outcome<T>[]> {
+  const outcomes: Outcome<T>[] = [];
+  for (const input of inputs) {
+    try {
+      outcomes.push({ value: await run(input) });
+    } catch (error) {
+      outcomes.push({ error });
+    }
+  }
+  return outcomes;
+}
+
+type IncrementOutcome = Outcome<CounterRow>;
 
 /**
  * Applies increments that arrived together as if they had run one after the other in arrival order: each
@@ -188,18 +210,7 @@ type IncrementOutcome = { counter: CounterRow } | { error: unknown };
  * own, so each caller gets the answer or the error it would have had alone.
  */
 async function incrementBatch(inputs: IncrementInput[]): Promise<IncrementOutcome[]> {
-  // One after the other in arrival order, so each caller still gets what it would have got in sequence.
-  const alone = async (): Promise<IncrementOutcome[]> => {
-    const outcomes: IncrementOutcome[] = [];
-    for (const input of inputs) {
-      try {
-        outcomes.push({ counter: await incrementOne(input, undefined) });
-      } catch (error) {
-        outcomes.push({ error });
-      }
-    }
-    return outcomes;
-  };
+  const alone = () => oneAfterAnother(inputs, (input) => incrementOne(input, undefined));
   if (inputs.length === 1) return await alone();
   const groups = new Map<string, { first: IncrementInput; total: number; callers: number[] }>();
   inputs.forEach((input, index) => {
@@ -242,7 +253,7 @@ async function incrementBatch(inputs: IncrementInput[]): Promise<IncrementOutcom
     let reached = Number(row.value) - group.total;
     for (const index of group.callers) {
       reached += (inputs[index] as IncrementInput).step;
-      outcomes[index] = { counter: { value: reached, expiresAt: row.expires_at } };
+      outcomes[index] = { value: { value: reached, expiresAt: row.expires_at } };
     }
   }
   return outcomes;
@@ -282,7 +293,7 @@ const takeBatchStatement = defineStatement<
 export type Taken = { value: unknown } | null;
 
 /** What one caller of a coalesced take gets: what it took, or the error its take alone gave. */
-type TakeOutcome = { taken: Taken } | { error: unknown };
+type TakeOutcome = Outcome<Taken>;
 
 /** One take in its own statement (on the pool, or on the caller's transaction). */
 export async function takeOne(
@@ -302,17 +313,7 @@ export async function takeOne(
  * caller's failure.
  */
 async function takeBatch(pairs: Array<{ type: string; key: string }>): Promise<TakeOutcome[]> {
-  const alone = async (): Promise<TakeOutcome[]> => {
-    const outcomes: TakeOutcome[] = [];
-    for (const pair of pairs) {
-      try {
-        outcomes.push({ taken: await takeOne(pair, undefined) });
-      } catch (error) {
-        outcomes.push({ error });
-      }
-    }
-    return outcomes;
-  };
+  const alone = () => oneAfterAnother(pairs, (pair) => takeOne(pair, undefined));
   if (pairs.length === 1) return await alone();
   const firstOf = new Map<string, number>();
   pairs.forEach((pair, index) => {
@@ -336,12 +337,12 @@ async function takeBatch(pairs: Array<{ type: string; key: string }>): Promise<T
     if (isDbError(error, "DEADLOCK_DETECTED")) return await alone();
     return pairs.map(() => ({ error }));
   }
-  const outcomes: TakeOutcome[] = pairs.map(() => ({ taken: null }));
+  const outcomes: TakeOutcome[] = pairs.map(() => ({ value: null }));
   for (const row of rows) {
     // n is 1-based and from unnest (bigint, so text from the driver).
     const index = callers[Number(row.n) - 1];
     if (index === undefined) throw new Error("DELETE ... RETURNING gave a position past the batch");
-    if (row.live === true) outcomes[index] = { taken: { value: row.value } };
+    if (row.live === true) outcomes[index] = { value: { value: row.value } };
   }
   return outcomes;
 }
