@@ -211,6 +211,23 @@ describe("validate", () => {
     expect(after?.expires_at).toEqual(before?.expires_at);
   });
 
+  it("gives each caller its own answer without the session cache: a change to one never reaches the next", async () => {
+    const userId = await makeUser();
+    const { token } = await create({ userId, authMethod: "password" });
+    const first = await validate(token);
+    if (first === null) throw new Error("the session did not validate");
+    // Not shared, so not frozen (the cache freezes what it keeps: session-feed.test.ts).
+    expect(Object.isFrozen(first)).toBe(false);
+    const email = first.user.email;
+    (first.user as { email: string }).email = "changed@example.com";
+    first.session.expiresAt.setTime(0);
+    const second = await validate(token);
+    expect(second).not.toBe(first);
+    expect(second?.user).not.toBe(first.user);
+    expect(second?.user.email).toBe(email);
+    expect(second?.session.expiresAt.getTime()).toBeGreaterThan(0);
+  });
+
   it("slides the expiry once the refresh interval has passed, and the absolute lifetime caps it", async () => {
     const clock = useManualClock();
     const userId = await makeUser();

@@ -134,14 +134,17 @@ class SessionFeed {
     return entry.answer;
   }
 
-  /** Keeps a validation's answer, unless its session or user changed after `mark` (the read may predate it). */
-  put(token: string, answer: CachedAnswer, mark: number, limits: number[]): void {
-    if (!this.live || this.ttlMs === 0 || mark < this.liveSeq) return;
+  /**
+   * Keeps a validation's answer, unless its session or user changed after `mark` (the read may predate it).
+   * True when it was kept: from then on every hit gets this very object, so the caller must freeze it.
+   */
+  put(token: string, answer: CachedAnswer, mark: number, limits: number[]): boolean {
+    if (!this.live || this.ttlMs === 0 || mark < this.liveSeq) return false;
     const sessionId = answer.session.id;
     const userId = answer.user.id;
-    if (this.changedSince(sessionId, mark) || this.changedSince(userId, mark)) return;
+    if (this.changedSince(sessionId, mark) || this.changedSince(userId, mark)) return false;
     const until = Math.min(now().getTime() + this.ttlMs, ...limits);
-    if (until <= now().getTime()) return;
+    if (until <= now().getTime()) return false;
     this.forgetToken(token);
     while (this.entries.size >= this.maxEntries) {
       const oldest = this.entries.keys().next().value;
@@ -156,6 +159,7 @@ class SessionFeed {
       this.tokensByUser.set(userId, tokens);
     }
     tokens.add(token);
+    return true;
   }
 
   /**
