@@ -314,7 +314,15 @@ export async function takeOne(
  */
 async function takeBatch(pairs: Array<{ type: string; key: string }>): Promise<TakeOutcome[]> {
   const alone = () => oneAfterAnother(pairs, (pair) => takeOne(pair, undefined));
-  if (pairs.length === 1) return await alone();
+  const only = pairs.length === 1 ? pairs[0] : undefined;
+  if (only !== undefined) {
+    // A lone take (every take at concurrency 1): its own statement, without the loop's layers.
+    try {
+      return [{ value: await takeOne(only, undefined) }];
+    } catch (error) {
+      return [{ error }];
+    }
+  }
   const firstOf = new Map<string, number>();
   pairs.forEach((pair, index) => {
     const name = entryName(pair.type, pair.key);
