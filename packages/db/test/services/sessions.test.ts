@@ -228,6 +228,21 @@ describe("validate", () => {
     expect(second?.session.expiresAt.getTime()).toBeGreaterThan(0);
   });
 
+  it("gives concurrent checks of one token, which share one read, answers that share nothing mutable", async () => {
+    const userId = await makeUser();
+    const { token } = await create({ userId, authMethod: "password", metadata: { device: { tags: ["a"] } } });
+    const { result, statements } = await countStatements(() =>
+      Promise.all([validate(token), validate(token)]),
+    );
+    expect(statements).toBe(1);
+    const [a, b] = result;
+    if (!a || !b) throw new Error("the session did not validate");
+    (a.session.metadata as { device: { tags: string[] } }).device.tags.push("changed");
+    a.session.createdAt.setTime(0);
+    expect((b.session.metadata as { device: { tags: string[] } }).device.tags).toEqual(["a"]);
+    expect(b.session.createdAt.getTime()).toBeGreaterThan(0);
+  });
+
   it("slides the expiry once the refresh interval has passed, and the absolute lifetime caps it", async () => {
     const clock = useManualClock();
     const userId = await makeUser();
