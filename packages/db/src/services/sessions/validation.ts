@@ -345,14 +345,17 @@ function freezeAnswer(answer: SessionCheck): void {
   Object.freeze(answer);
 }
 
+/** Rows a caller's answer was built from (a set beside the rows: a property added to a row cost 0.5 µs). */
+const claimedRows = new WeakSet<ValidatedRow>();
+
 /**
  * The row for this caller alone. Concurrent checks of one token share one read and so one row object: the
  * first caller to resume takes it, each later one gets a copy with its own Dates and metadata, so no caller's
  * change to its (unfrozen) answer reaches another's.
  */
 function ownRow(row: ValidatedRow): ValidatedRow {
-  if (row.claimed === undefined) {
-    row.claimed = true;
+  if (!claimedRows.has(row)) {
+    claimedRows.add(row);
     return row;
   }
   const copy: ValidatedRow = {};
