@@ -307,6 +307,7 @@ const userPairs = prefixed(publicUserColumns, "u.");
  * from it, as the API does with its JSON answer). An answer read for one caller alone is that caller's own and
  * is not frozen (see ownRow): freezing its fourteen objects cost 1 µs per check, of the 2.8 µs the service
  * added to its floor's JavaScript, to protect nothing. Either way it is read-only by type; treat it as such.
+ * Dates are the one part freezing cannot protect: do not call their setters.
  */
 export type SessionCheck = Readonly<{ session: Readonly<PublicSession>; user: Readonly<SessionUser> }>;
 
@@ -398,6 +399,8 @@ export const validate = defineService(
       ? await validateCoalesced(token)
       : await (await readMany([token], configFor(options), options.tx))[0];
     if (read === undefined) return null;
+    // Synchronously on resuming: every caller sharing this row has made its copy before the first one's
+    // caller can touch its answer (keep no await between the read and this line).
     const row = ownRow(read);
     if (row.refreshed) logger.debug({ sessionId: row["s.id"] }, "session extended");
     const answer = answerOf(row);
