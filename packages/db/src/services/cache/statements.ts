@@ -176,7 +176,6 @@ export async function incrementOne(input: IncrementInput, handle: ServiceOptions
   return { value: Number(row.value), expiresAt: row.expires_at };
 }
 
-/** What one caller of a coalesced increment gets: its counter, or the error its increment alone would give. */
 /** What one caller of a batch gets: its own answer, or the error its call alone would have given. */
 type Outcome<T> = { value: T } | { error: unknown };
 
@@ -199,6 +198,7 @@ async function oneAfterAnother<I, T>(
   return outcomes;
 }
 
+/** What one caller of a coalesced increment gets: its counter, or the error its increment alone would give. */
 type IncrementOutcome = Outcome<CounterRow>;
 
 /**
@@ -314,15 +314,7 @@ export async function takeOne(
  */
 async function takeBatch(pairs: Array<{ type: string; key: string }>): Promise<TakeOutcome[]> {
   const alone = () => oneAfterAnother(pairs, (pair) => takeOne(pair, undefined));
-  const only = pairs.length === 1 ? pairs[0] : undefined;
-  if (only !== undefined) {
-    // A lone take (every take at concurrency 1): its own statement, without the loop's layers.
-    try {
-      return [{ value: await takeOne(only, undefined) }];
-    } catch (error) {
-      return [{ error }];
-    }
-  }
+  if (pairs.length === 1) return await alone();
   const firstOf = new Map<string, number>();
   pairs.forEach((pair, index) => {
     const name = entryName(pair.type, pair.key);

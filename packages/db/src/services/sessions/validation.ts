@@ -128,8 +128,7 @@ async function readMany(
     tokens.length,
   );
   let due: Array<{ row: ValidatedRow; index: number }> | undefined;
-  // A plain loop: the array has holes where no row was found, which forEach would skip (as it should here,
-  // but a closure per check is not needed for that).
+  // Rows not found are holes in the array: the check below skips them.
   for (let index = 0; index < rows.length; index++) {
     const row = rows[index] as ValidatedRow | undefined;
     if (row !== undefined && refreshIsDue(row, times)) {
