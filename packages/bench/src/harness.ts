@@ -42,16 +42,18 @@ export function median(values: number[]): number {
 }
 
 /**
- * Runs `fn` from `concurrency` workers for warm-up plus duration. Only operations started after the warm-up
- * are recorded, and throughput is their count over the time from the end of the warm-up to the last of them
- * finishing. The first error stops every worker and is thrown.
+ * Runs `fn` from `concurrency` workers for warm-up plus duration. Throughput is the operations that finished
+ * inside the recorded window over its length: counting instead the operations started in it, and dividing by
+ * the time until the last of them finished, would charge each window for one operation's latency beyond its
+ * end, which biases short windows and slow operations. Latencies are those of the operations started in the
+ * window. The first error stops every worker and is thrown.
  */
 export async function measure(fn: Op, options: MeasureOptions): Promise<Measurement> {
   const start = nowNs();
   const recordFrom = start + options.warmupMs * 1e6;
   const stopAt = recordFrom + options.durationMs * 1e6;
   const latencies: number[] = [];
-  let lastEnd = recordFrom;
+  let finished = 0;
   let failure: { error: unknown } | undefined;
 
   const worker = async (): Promise<void> => {
@@ -65,27 +67,54 @@ export async function measure(fn: Op, options: MeasureOptions): Promise<Measurem
         return;
       }
       const ended = nowNs();
-      if (began >= recordFrom) {
-        latencies.push((ended - began) / 1e6);
-        if (ended > lastEnd) lastEnd = ended;
-      }
+      if (began >= recordFrom) latencies.push((ended - began) / 1e6);
+      if (ended >= recordFrom && ended < stopAt) finished++;
     }
   };
   await Promise.all(Array.from({ length: options.concurrency }, worker));
   if (failure) throw failure.error;
 
   const sorted = Float64Array.from(latencies).sort();
-  const seconds = (lastEnd - recordFrom) / 1e9;
   return {
     ops: sorted.length,
-    opsPerSec: seconds > 0 ? sorted.length / seconds : 0,
+    opsPerSec: options.durationMs > 0 ? finished / (options.durationMs / 1000) : 0,
     p50Ms: quantile(sorted, 0.5),
     p99Ms: quantile(sorted, 0.99),
   };
 }
 
 export interface RepeatOptions extends MeasureOptions {
+  /**
+   * Repetitions of each variant when its operations are fast. The recorded window and the warm-up are the
+   * shortest used; for slower operations both grow and the repetitions shrink (see repetitionPlan).
+   */
   reps: number;
+}
+
+/** Latencies a recorded window spans at least, and a warm-up (a window holds that many rounds of workers). */
+const WINDOW_LATENCIES = 25;
+const WARMUP_LATENCIES = 3;
+/** Fewest repetitions of a slow operation: medians over fewer pairs move too much. */
+const MIN_REPS = 12;
+
+/**
+ * The repetitions and window for an operation whose slowest variant takes `latencyMs` (p50) at this
+ * concurrency. Many short windows beat a few long ones: on this 2-core machine one variant's throughput moves
+ * by up to a third from one 0.1 s window to the next (the scheduler places the driver and its backend on the
+ * same core or not), and a median over pairs measured 0.1 s apart sees less of that than one over pairs
+ * measured seconds apart. A window must still hold many operations per worker, so slow operations get longer
+ * windows and fewer repetitions, in about the same wall time.
+ */
+export function repetitionPlan(options: RepeatOptions, latencyMs: number): RepeatOptions {
+  const durationMs = Math.max(options.durationMs, Math.ceil(WINDOW_LATENCIES * latencyMs));
+  const warmupMs = Math.max(options.warmupMs, Math.ceil(WARMUP_LATENCIES * latencyMs));
+  const budget = options.reps * (options.durationMs + options.warmupMs);
+  // A whole number of forward and backward rounds (see runOrder) for two or three variants.
+  const reps = Math.max(
+    Math.min(options.reps, MIN_REPS),
+    Math.floor(budget / (durationMs + warmupMs) / 6) * 6,
+  );
+  return { ...options, reps: Math.min(options.reps, reps), durationMs, warmupMs };
 }
 
 /** Medians over repetitions of each of ops/s, p50 and p99 (each taken on its own). */
@@ -102,6 +131,8 @@ export function medianOf(runs: Measurement[]): Measurement {
 export interface Interleaved<K extends string> {
   medians: Record<K, Measurement>;
   runs: Record<K, Measurement[]>;
+  /** The repetitions and window used (see repetitionPlan). */
+  plan: RepeatOptions;
 }
 
 /**
@@ -117,7 +148,8 @@ export function runOrder<K>(names: readonly K[], rep: number): K[] {
 }
 
 /**
- * Measures several variants of one operation `reps` times, interleaved (see runOrder), so slow drift
+ * Measures several variants of one operation up to `reps` times (see repetitionPlan), interleaved (see
+ * runOrder), so slow drift
  * (autovacuum, checkpoints, a noisy neighbour) hits every variant alike and none always runs first.
  * Returns each variant's median measurement and its runs (for pairedRatio()).
  */
@@ -130,18 +162,25 @@ export async function compareInterleaved<K extends string>(
     K,
     Measurement[]
   >;
-  for (let rep = 0; rep < options.reps; rep++) {
-    for (const name of runOrder(names, rep)) runs[name].push(await measure(variants[name], options));
+  // A short look at each variant sizes the windows: the slowest one's latency sets them for all.
+  let latencyMs = 0;
+  for (const name of names) {
+    const look = await measure(variants[name], { ...options, durationMs: 2 * options.durationMs });
+    if (look.p50Ms > latencyMs) latencyMs = look.p50Ms;
+  }
+  const plan = repetitionPlan(options, latencyMs);
+  for (let rep = 0; rep < plan.reps; rep++) {
+    for (const name of runOrder(names, rep)) runs[name].push(await measure(variants[name], plan));
   }
   const medians = Object.fromEntries(names.map((name) => [name, medianOf(runs[name])])) as Record<
     K,
     Measurement
   >;
-  return { medians, runs };
+  return { medians, runs, plan };
 }
 
 /**
- * The median over repetitions of `a`'s value over `b`'s in the same repetition (measured seconds apart). A
+ * The median over repetitions of `a`'s value over `b`'s in the same repetition (measured moments apart). A
  * machine that slows down for a while slows both sides of a pair, so this ratio moves far less than the ratio
  * of two medians taken over the whole run.
  */

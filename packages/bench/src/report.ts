@@ -70,9 +70,12 @@ const count = (n: number) => n.toLocaleString("en-US");
 function describeHarness(meta: Meta): string {
   const h = meta.harness;
   return (
-    `${h.reps} repetition(s) of ${h.durationMs / 1000} s after ${h.warmupMs / 1000} s warm-up per variant, ` +
-    `variants interleaved (rotated, every other round reversed, so each follows each equally often), medians; each ratio is the median of the repetitions' ratios (the two sides of a ` +
-    `ratio measured a second or two apart); concurrency ${h.concurrencies.join(", ")}; pools of ${h.poolSize}`
+    `up to ${h.reps} repetition(s) of ${h.durationMs / 1000} s after ${h.warmupMs / 1000} s warm-up per variant ` +
+    `(a slower operation gets windows of at least 25 and warm-ups of 3 of its latencies, and fewer repetitions ` +
+    `in about the same time); throughput counts the operations that finish inside the window; variants ` +
+    `interleaved (rotated, every other round reversed, so each follows each equally often), medians; each ratio ` +
+    `is the median of the repetitions' ratios (the two sides of a ratio measured moments apart); concurrency ` +
+    `${h.concurrencies.join(", ")}; pools of ${h.poolSize}`
   );
 }
 

@@ -60,11 +60,17 @@ export interface ComparisonRow {
   p99ServiceToFloor: number;
   /** Throughput of the service over the naive baseline's (target: at least 2). */
   serviceToNaive: number;
+  /** Repetitions of each variant, and each one's recorded window and warm-up (see repetitionPlan). */
+  plan: { reps: number; durationMs: number; warmupMs: number };
 }
 
 /** Measures one hot path at one concurrency, the three variants interleaved. */
 async function compare(path: HotPath, concurrency: number, options: Omit<RepeatOptions, "concurrency">) {
-  const { medians: m, runs } = await compareInterleaved(
+  const {
+    medians: m,
+    runs,
+    plan,
+  } = await compareInterleaved(
     { service: path.service, floor: path.floor, naive: path.naive },
     { ...options, concurrency },
   );
@@ -78,6 +84,7 @@ async function compare(path: HotPath, concurrency: number, options: Omit<RepeatO
     serviceToFloor: pairedRatio(runs.service, runs.floor, throughput),
     p99ServiceToFloor: pairedRatio(runs.service, runs.floor, (x) => x.p99Ms),
     serviceToNaive: pairedRatio(runs.service, runs.naive, throughput),
+    plan: { reps: plan.reps, durationMs: plan.durationMs, warmupMs: plan.warmupMs },
   } satisfies ComparisonRow;
 }
 
@@ -129,7 +136,7 @@ export async function serviceVsFloor(
   for (const path of paths) {
     for (const concurrency of concurrencies) {
       for (const op of [path.service, path.floor, path.naive]) {
-        await measure(op, { concurrency, durationMs: 0, warmupMs: options.warmupMs });
+        await measure(op, { concurrency, durationMs: 0, warmupMs: Math.max(options.warmupMs, 250) });
       }
     }
   }
