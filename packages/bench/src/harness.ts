@@ -86,35 +86,56 @@ export async function measure(fn: Op, options: MeasureOptions): Promise<Measurem
 export interface RepeatOptions extends MeasureOptions {
   /**
    * Repetitions of each variant when its operations are fast. The recorded window and the warm-up are the
-   * shortest used; for slower operations both grow and the repetitions shrink (see repetitionPlan).
+   * shortest used; a slower variant gets longer ones, and the repetitions shrink (see repetitionPlan).
    */
   reps: number;
 }
 
-/** Latencies a recorded window spans at least, and a warm-up (a window holds that many rounds of workers). */
-const WINDOW_LATENCIES = 25;
-const WARMUP_LATENCIES = 3;
+/** Latencies a recorded window spans at least, and a warm-up: enough rounds of every worker to average over. */
+const WINDOW_LATENCIES = 10;
+const WARMUP_LATENCIES = 2;
 /** Fewest repetitions of a slow operation: medians over fewer pairs move too much. */
 const MIN_REPS = 12;
 
+/** One variant's recorded window and warm-up. */
+export interface Window {
+  durationMs: number;
+  warmupMs: number;
+}
+
+/** How often the variants run, and each one's window (see repetitionPlan). */
+export interface Plan<K extends string> {
+  reps: number;
+  windows: Record<K, Window>;
+}
+
 /**
- * The repetitions and window for an operation whose slowest variant takes `latencyMs` (p50) at this
- * concurrency. Many short windows beat a few long ones: on this 2-core machine one variant's throughput moves
- * by up to a third from one 0.1 s window to the next (the scheduler places the driver and its backend on the
- * same core or not), and a median over pairs measured 0.1 s apart sees less of that than one over pairs
- * measured seconds apart. A window must still hold many operations per worker, so slow operations get longer
- * windows and fewer repetitions, in about the same wall time.
+ * The repetitions, and each variant's window for its latency (p50) at this concurrency. Many short windows
+ * beat a few long ones: on this 2-core machine a variant's throughput moves by up to a third from one 0.1 s
+ * window to the next (the scheduler places the driver and its backend on the same core or not), and a median
+ * over pairs measured 0.1 s apart sees less of that than one over pairs measured seconds apart. A window must
+ * still span several latencies, so a slow variant gets a longer one; when the windows grow the repetitions
+ * shrink, keeping about the same wall time.
  */
-export function repetitionPlan(options: RepeatOptions, latencyMs: number): RepeatOptions {
-  const durationMs = Math.max(options.durationMs, Math.ceil(WINDOW_LATENCIES * latencyMs));
-  const warmupMs = Math.max(options.warmupMs, Math.ceil(WARMUP_LATENCIES * latencyMs));
-  const budget = options.reps * (options.durationMs + options.warmupMs);
+export function repetitionPlan<K extends string>(
+  options: RepeatOptions,
+  latencies: Record<K, number>,
+): Plan<K> {
+  const names = Object.keys(latencies) as K[];
+  const windows = {} as Record<K, Window>;
+  let perRep = 0;
+  for (const name of names) {
+    const latencyMs = latencies[name];
+    const durationMs = Math.max(options.durationMs, Math.ceil(WINDOW_LATENCIES * latencyMs));
+    const warmupMs = Math.max(options.warmupMs, Math.ceil(WARMUP_LATENCIES * latencyMs));
+    windows[name] = { durationMs, warmupMs };
+    perRep += durationMs + warmupMs;
+  }
+  const budget = options.reps * names.length * (options.durationMs + options.warmupMs);
   // A whole number of forward and backward rounds (see runOrder) for two or three variants.
-  const reps = Math.max(
-    Math.min(options.reps, MIN_REPS),
-    Math.floor(budget / (durationMs + warmupMs) / 6) * 6,
-  );
-  return { ...options, reps: Math.min(options.reps, reps), durationMs, warmupMs };
+  const fitting = Math.floor(budget / perRep / 6) * 6;
+  const reps = Math.min(options.reps, Math.max(Math.min(options.reps, MIN_REPS), fitting));
+  return { reps, windows };
 }
 
 /** Medians over repetitions of each of ops/s, p50 and p99 (each taken on its own). */
@@ -131,8 +152,8 @@ export function medianOf(runs: Measurement[]): Measurement {
 export interface Interleaved<K extends string> {
   medians: Record<K, Measurement>;
   runs: Record<K, Measurement[]>;
-  /** The repetitions and window used (see repetitionPlan). */
-  plan: RepeatOptions;
+  /** The repetitions and windows used (see repetitionPlan). */
+  plan: Plan<K>;
 }
 
 /**
@@ -162,15 +183,19 @@ export async function compareInterleaved<K extends string>(
     K,
     Measurement[]
   >;
-  // A short look at each variant sizes the windows: the slowest one's latency sets them for all.
-  let latencyMs = 0;
+  // A short look at each variant sizes its window.
+  const latencies = {} as Record<K, number>;
   for (const name of names) {
     const look = await measure(variants[name], { ...options, durationMs: 2 * options.durationMs });
-    if (look.p50Ms > latencyMs) latencyMs = look.p50Ms;
+    latencies[name] = Number.isFinite(look.p50Ms) ? look.p50Ms : 0;
   }
-  const plan = repetitionPlan(options, latencyMs);
+  const plan = repetitionPlan(options, latencies);
   for (let rep = 0; rep < plan.reps; rep++) {
-    for (const name of runOrder(names, rep)) runs[name].push(await measure(variants[name], plan));
+    for (const name of runOrder(names, rep)) {
+      runs[name].push(
+        await measure(variants[name], { ...plan.windows[name], concurrency: options.concurrency }),
+      );
+    }
   }
   const medians = Object.fromEntries(names.map((name) => [name, medianOf(runs[name])])) as Record<
     K,

@@ -71,8 +71,8 @@ function describeHarness(meta: Meta): string {
   const h = meta.harness;
   return (
     `up to ${h.reps} repetition(s) of ${h.durationMs / 1000} s after ${h.warmupMs / 1000} s warm-up per variant ` +
-    `(a slower operation gets windows of at least 25 and warm-ups of 3 of its latencies, and fewer repetitions ` +
-    `in about the same time); throughput counts the operations that finish inside the window; variants ` +
+    `(a slower variant gets a window of at least 10 and a warm-up of 2 of its latencies, and the repetitions ` +
+    `shrink to keep about the same time); throughput counts the operations that finish inside the window; variants ` +
     `interleaved (rotated, every other round reversed, so each follows each equally often), medians; each ratio ` +
     `is the median of the repetitions' ratios (the two sides of a ratio measured moments apart); concurrency ` +
     `${h.concurrencies.join(", ")}; pools of ${h.poolSize}`

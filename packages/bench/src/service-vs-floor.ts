@@ -6,7 +6,14 @@ import * as schema from "@repo/db/schema";
 import { drizzle, type NodePgDatabase } from "drizzle-orm/node-postgres";
 import pg from "pg";
 import { msText, opsText, ratioText, table } from "./format.ts";
-import { compareInterleaved, type Measurement, measure, pairedRatio, type RepeatOptions } from "./harness.ts";
+import {
+  compareInterleaved,
+  type Measurement,
+  measure,
+  type Plan,
+  pairedRatio,
+  type RepeatOptions,
+} from "./harness.ts";
 import { type HotPath, hotPaths } from "./hot-paths.ts";
 import type { Resources } from "./resources.ts";
 import type { Fixture } from "./seed.ts";
@@ -61,7 +68,7 @@ export interface ComparisonRow {
   /** Throughput of the service over the naive baseline's (target: at least 2). */
   serviceToNaive: number;
   /** Repetitions of each variant, and each one's recorded window and warm-up (see repetitionPlan). */
-  plan: { reps: number; durationMs: number; warmupMs: number };
+  plan: Plan<"service" | "floor" | "naive">;
 }
 
 /** Measures one hot path at one concurrency, the three variants interleaved. */
@@ -84,7 +91,7 @@ async function compare(path: HotPath, concurrency: number, options: Omit<RepeatO
     serviceToFloor: pairedRatio(runs.service, runs.floor, throughput),
     p99ServiceToFloor: pairedRatio(runs.service, runs.floor, (x) => x.p99Ms),
     serviceToNaive: pairedRatio(runs.service, runs.naive, throughput),
-    plan: { reps: plan.reps, durationMs: plan.durationMs, warmupMs: plan.warmupMs },
+    plan,
   } satisfies ComparisonRow;
 }
 
