@@ -11,7 +11,14 @@ import { PASSWORD_HEADERS, type PasswordSection, passwordCells } from "./passwor
 import { REDIS_HEADERS, type RedisSection, redisCells } from "./redis.ts";
 import { RLS_COST_HEADERS, type RlsCostSection, rlsCostCells, rlsCostSummary } from "./rls-cost.ts";
 import type { SeedSizes } from "./seed.ts";
-import { COMPARISON_HEADERS, type ComparisonRow, comparisonCells } from "./service-vs-floor.ts";
+import {
+  COMPARISON_HEADERS,
+  type ComparisonRow,
+  comparisonCells,
+  NOISE_HEADERS,
+  type NoiseRow,
+  noiseCells,
+} from "./service-vs-floor.ts";
 
 /** A section's result, or why it failed. */
 export type Outcome<T> = { ok: true; value: T } | { ok: false; error: string };
@@ -33,6 +40,8 @@ export interface Meta {
 export interface BenchResults {
   meta: Meta;
   serviceVsFloor: Outcome<ComparisonRow[]>;
+  /** Absent from results written before the gauge existed. */
+  noiseGauge?: Outcome<NoiseRow[]>;
   cacheVsRedis: Outcome<RedisSection>;
   http: Outcome<HttpRow[]>;
   passwords: Outcome<PasswordSection>;
@@ -132,6 +141,14 @@ export function markdown(results: BenchResults, links: { json: string; svg: stri
     `![service vs floor at concurrency ${CHART_CONCURRENCY}](${links.svg})`,
     "",
     sectionBody(results.serviceVsFloor, (rows) => table(COMPARISON_HEADERS, rows.map(comparisonCells))),
+    "",
+    "How far a ratio of two equal things lands from 1.00x in this run: the floor of a path against a copy of " +
+      "itself on a fourth pool of the same size, interleaved and paired exactly as the rows above. A " +
+      "`service/floor` ratio that differs from 1.00x by less than this is not a measured difference.",
+    "",
+    results.noiseGauge === undefined
+      ? "Not measured."
+      : sectionBody(results.noiseGauge, (rows) => table(NOISE_HEADERS, rows.map(noiseCells))),
     "",
     "## 3. Cache vs Redis",
     "",

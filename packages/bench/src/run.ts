@@ -7,6 +7,7 @@ import path from "node:path";
 import { fileURLToPath } from "node:url";
 import { type AuditCostSection, auditCost } from "./audit-cost.ts";
 import { openBenchDatabase } from "./database.ts";
+import { table } from "./format.ts";
 import { HTTP_POOL_SIZE, type HttpRow, httpSection } from "./http.ts";
 import { type PasswordSection, passwordSection, printPasswords } from "./passwords.ts";
 import { cacheVsRedis, type RedisSection } from "./redis.ts";
@@ -14,7 +15,16 @@ import { type BenchResults, type Meta, machineMeta, type Outcome, writeResults }
 import { createResources } from "./resources.ts";
 import { type RlsCostSection, rlsCost } from "./rls-cost.ts";
 import { FULL_SEED, QUICK_SEED, seed } from "./seed.ts";
-import { type ComparisonRow, openVariants, POOL_SIZE, serviceVsFloor } from "./service-vs-floor.ts";
+import {
+  type ComparisonRow,
+  NOISE_HEADERS,
+  type NoiseRow,
+  noiseCells,
+  noiseGauge,
+  openVariants,
+  POOL_SIZE,
+  serviceVsFloor,
+} from "./service-vs-floor.ts";
 
 const quick = process.argv.includes("--quick");
 const onlyArgument = process.argv.find((arg) => arg.startsWith("--only="));
@@ -110,6 +120,11 @@ async function main(): Promise<void> {
   const comparison: Outcome<ComparisonRow[]> = await section("1-2. Service vs floor vs naive", () =>
     serviceVsFloor(variants.paths, CONCURRENCIES, HARNESS, print),
   );
+  const noise: Outcome<NoiseRow[]> = await section("1-2 (noise). The floor against itself", async () => {
+    const rows = await noiseGauge(variants.paths, variants.copies, HARNESS);
+    print(table(NOISE_HEADERS, rows.map(noiseCells)));
+    return rows;
+  });
   const redis: Outcome<RedisSection> = await section("3. Cache vs Redis", async () => {
     const result = await cacheVsRedis(variants.paths, fixture, CONCURRENCIES, HARNESS, resources, print);
     if ("skipped" in result) print(result.skipped);
@@ -147,6 +162,7 @@ async function main(): Promise<void> {
   const results: BenchResults = {
     meta,
     serviceVsFloor: comparison,
+    noiseGauge: noise,
     cacheVsRedis: redis,
     http,
     passwords,

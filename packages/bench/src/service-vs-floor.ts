@@ -23,6 +23,8 @@ export const POOL_SIZE = 16;
 
 export interface Variants {
   paths: HotPath[];
+  /** The same paths with their floor on a fourth pool: the floor measured against itself (see noiseGauge). */
+  copies: HotPath[];
   floorPool: pg.Pool;
   naiveDb: NodePgDatabase<typeof schema>;
 }
@@ -52,7 +54,14 @@ export function openVariants(url: string, fixture: Fixture, resources: Resources
   const naivePool = rawPool(url, config.idleTimeoutMs);
   resources.defer("the naive pool", () => naivePool.end());
   const naiveDb = drizzle({ client: naivePool, schema });
-  return { paths: hotPaths({ fixture, floorPool, naiveDb }), floorPool, naiveDb };
+  const copyPool = rawPool(url, config.idleTimeoutMs);
+  resources.defer("the floor copy's pool", () => copyPool.end());
+  return {
+    paths: hotPaths({ fixture, floorPool, naiveDb }),
+    copies: hotPaths({ fixture, floorPool: copyPool, naiveDb }),
+    floorPool,
+    naiveDb,
+  };
 }
 
 export interface ComparisonRow {
@@ -159,4 +168,61 @@ export async function serviceVsFloor(
     rows.push(...pathRows);
   }
   return rows;
+}
+
+/** The floor against a copy of itself on its own pool: how far a ratio of two equal things lands from 1. */
+export interface NoiseRow {
+  operation: string;
+  concurrency: number;
+  /** The copy's throughput over the floor's, as serviceToFloor is taken: the run's noise in that ratio. */
+  copyToFloor: number;
+  p99CopyToFloor: number;
+  reps: number;
+}
+
+/** The paths whose floors are measured against themselves, at these concurrencies (about 45 s each). */
+export const NOISE_GAUGE = { paths: ["sessions.validate", "users.findById"], concurrencies: [1, 16] };
+
+/**
+ * An A/A test: each gauge path's floor against the same floor on another pool, interleaved and paired exactly
+ * as the rows above are. A service/floor ratio is only worth as much as this one's distance from 1.00x.
+ */
+export async function noiseGauge(
+  paths: HotPath[],
+  copies: HotPath[],
+  options: Omit<RepeatOptions, "concurrency">,
+): Promise<NoiseRow[]> {
+  const rows: NoiseRow[] = [];
+  for (const name of NOISE_GAUGE.paths) {
+    const path = paths.find((p) => p.name === name);
+    const copy = copies.find((p) => p.name === name);
+    if (!path || !copy) throw new Error(`no hot path ${name} for the noise gauge`);
+    for (const concurrency of NOISE_GAUGE.concurrencies) {
+      process.stderr.write(`measuring ${name}'s floor against itself at concurrency ${concurrency}...\n`);
+      const { runs, plan } = await compareInterleaved(
+        { floor: path.floor, copy: copy.floor },
+        { ...options, concurrency },
+      );
+      rows.push({
+        operation: name,
+        concurrency,
+        copyToFloor: pairedRatio(runs.copy, runs.floor, (m) => m.opsPerSec),
+        p99CopyToFloor: pairedRatio(runs.copy, runs.floor, (m) => m.p99Ms),
+        reps: plan.reps,
+      });
+    }
+  }
+  return rows;
+}
+
+export const NOISE_HEADERS = ["floor of", "conc", "repetitions", "copy/floor", "p99 copy/floor"];
+
+export function noiseCells(row: NoiseRow): string[] {
+  return [
+    row.operation,
+    String(row.concurrency),
+    String(row.reps),
+    ratioText(row.copyToFloor),
+    ratioText(row.p99CopyToFloor),
+  ];
 }
