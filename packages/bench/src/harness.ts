@@ -85,8 +85,9 @@ export async function measure(fn: Op, options: MeasureOptions): Promise<Measurem
 
 export interface RepeatOptions extends MeasureOptions {
   /**
-   * Repetitions of each variant when its operations are fast. The recorded window and the warm-up are the
-   * shortest used; a slower variant gets longer ones, and the repetitions shrink (see repetitionPlan).
+   * Repetitions of each variant when its operations are fast (at most this many; a multiple of twice the
+   * variants). The recorded window and the warm-up are the shortest used; a slower variant gets longer ones,
+   * and the repetitions shrink (see repetitionPlan).
    */
   reps: number;
 }
@@ -112,7 +113,7 @@ export interface Plan<K extends string> {
 /**
  * The repetitions, and each variant's window for its latency (p50) at this concurrency. Many short windows
  * beat a few long ones: on this 2-core machine a variant's throughput moves by up to a third from one 0.1 s
- * window to the next (the scheduler places the driver and its backend on the same core or not), and a median
+ * window to the next (probably the scheduler placing the driver and its backend on one core or two), and a median
  * over pairs measured 0.1 s apart sees less of that than one over pairs measured seconds apart. A window must
  * still span several latencies, so a slow variant gets a longer one; when the windows grow the repetitions
  * shrink, keeping about the same wall time.
@@ -132,10 +133,11 @@ export function repetitionPlan<K extends string>(
     perRep += durationMs + warmupMs;
   }
   const budget = options.reps * names.length * (options.durationMs + options.warmupMs);
-  // A whole number of forward and backward rounds (see runOrder) for two or three variants.
-  const fitting = Math.floor(budget / perRep / 6) * 6;
-  const reps = Math.min(options.reps, Math.max(Math.min(options.reps, MIN_REPS), fitting));
-  return { reps, windows };
+  // Whole forward and backward rounds (see runOrder), so each variant follows each other equally often.
+  const round = 2 * names.length;
+  const fitting = Math.floor(budget / perRep / round) * round;
+  const fewest = Math.ceil(MIN_REPS / round) * round;
+  return { reps: Math.min(options.reps, Math.max(fewest, fitting)), windows };
 }
 
 /** Medians over repetitions of each of ops/s, p50 and p99 (each taken on its own). */
@@ -170,8 +172,8 @@ export function runOrder<K>(names: readonly K[], rep: number): K[] {
 
 /**
  * Measures several variants of one operation up to `reps` times (see repetitionPlan), interleaved (see
- * runOrder), so slow drift
- * (autovacuum, checkpoints, a noisy neighbour) hits every variant alike and none always runs first.
+ * runOrder), so slow drift (autovacuum, checkpoints, a noisy neighbour) hits every variant alike and none
+ * always runs first.
  * Returns each variant's median measurement and its runs (for pairedRatio()).
  */
 export async function compareInterleaved<K extends string>(
