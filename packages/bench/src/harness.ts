@@ -93,8 +93,8 @@ export interface RepeatOptions extends MeasureOptions {
 }
 
 /** Latencies a recorded window spans at least, and a warm-up: enough rounds of every worker to average over. */
-const WINDOW_LATENCIES = 10;
-const WARMUP_LATENCIES = 2;
+export const WINDOW_LATENCIES = 10;
+export const WARMUP_LATENCIES = 2;
 /** Fewest repetitions of a slow operation: medians over fewer pairs move too much. */
 const MIN_REPS = 12;
 
@@ -113,8 +113,8 @@ export interface Plan<K extends string> {
 /**
  * The repetitions, and each variant's window for its latency (p50) at this concurrency. Many short windows
  * beat a few long ones: on this 2-core machine a variant's throughput moves by up to a third from one 0.1 s
- * window to the next (probably the scheduler placing the driver and its backend on one core or two), and a median
- * over pairs measured 0.1 s apart sees less of that than one over pairs measured seconds apart. A window must
+ * window to the next (probably the scheduler placing the driver and its backend on one core or two), and a
+ * median over pairs measured 0.1 s apart sees less of that than one over pairs measured seconds apart. A window must
  * still span several latencies, so a slow variant gets a longer one; when the windows grow the repetitions
  * shrink, keeping about the same wall time.
  */

@@ -6,6 +6,7 @@ import path from "node:path";
 import { AUDIT_COST_HEADERS, type AuditCostSection, auditCostCells, auditCostSummary } from "./audit-cost.ts";
 import { serviceVsFloorSvg } from "./chart.ts";
 import { table } from "./format.ts";
+import { WARMUP_LATENCIES, WINDOW_LATENCIES } from "./harness.ts";
 import { HTTP_HEADERS, type HttpRow, httpCells } from "./http.ts";
 import { PASSWORD_HEADERS, type PasswordSection, passwordCells } from "./passwords.ts";
 import { REDIS_HEADERS, type RedisSection, redisCells } from "./redis.ts";
@@ -80,7 +81,7 @@ function describeHarness(meta: Meta): string {
   const h = meta.harness;
   return (
     `up to ${h.reps} repetition(s) of ${h.durationMs / 1000} s after ${h.warmupMs / 1000} s warm-up per variant ` +
-    `(a slower variant gets a window of at least 10 and a warm-up of 2 of its latencies, and the repetitions ` +
+    `(a slower variant gets a window of at least ${WINDOW_LATENCIES} and a warm-up of ${WARMUP_LATENCIES} of its latencies, and the repetitions ` +
     `shrink to keep about the same time); throughput counts the operations that finish inside the window; variants ` +
     `interleaved (rotated, every other round reversed, so each follows each equally often), medians; each ratio ` +
     `is the median of the repetitions' ratios (the two sides of a ratio measured moments apart); concurrency ` +

@@ -180,7 +180,7 @@ export interface NoiseRow {
   reps: number;
 }
 
-/** The paths whose floors are measured against themselves, at these concurrencies (about 45 s each). */
+/** The paths whose floors are measured against themselves, at these concurrencies (about 25 s each). */
 export const NOISE_GAUGE = { paths: ["sessions.validate", "users.findById"], concurrencies: [1, 16] };
 
 /**
