@@ -112,11 +112,12 @@ export interface Plan<K extends string> {
 
 /**
  * The repetitions, and each variant's window for its latency (p50) at this concurrency. Many short windows
- * beat a few long ones: on this 2-core machine a variant's throughput moves by up to a third from one 0.1 s
- * window to the next (probably the scheduler placing the driver and its backend on one core or two), and a
- * median over pairs measured 0.1 s apart sees less of that than one over pairs measured seconds apart. A window must
- * still span several latencies, so a slow variant gets a longer one; when the windows grow the repetitions
- * shrink, keeping about the same wall time.
+ * beat a few long ones: on this 2-core machine a variant's throughput moves from one 0.1 s window to the next
+ * (by about a quarter at concurrency 1 and up to twofold at 16, where 16 backends and the driver share the
+ * cores; A/A probes found no correlation between neighbouring windows), and a median over pairs measured
+ * 0.1 s apart sees less of that than one over pairs measured seconds apart. A window must still span several
+ * latencies, so a slow variant gets a longer one; when the windows grow the repetitions shrink, keeping about
+ * the same wall time.
  */
 export function repetitionPlan<K extends string>(
   options: RepeatOptions,
