@@ -15,6 +15,8 @@ export interface BenchDatabase {
   /** "embedded" or the redacted external server. */
   source: string;
   serverVersion: string;
+  /** The postmaster's process id when the bench started the server (embedded), else undefined. */
+  readonly serverPid: number | undefined;
   close(): Promise<void>;
 }
 
@@ -56,7 +58,7 @@ async function externalDatabase(serverUrl: string): Promise<BenchDatabase> {
   };
   try {
     const source = `BENCH_DATABASE_URL (${parsed.hostname}:${parsed.port || "5432"})`;
-    return { url, source, serverVersion: await serverVersion(url), close };
+    return { url, source, serverVersion: await serverVersion(url), serverPid: undefined, close };
   } catch (error) {
     await close();
     throw error;
@@ -84,7 +86,15 @@ async function embeddedDatabase(): Promise<BenchDatabase> {
       }
     };
     try {
-      return { url: server.url, source: "embedded", serverVersion: await serverVersion(server.url), close };
+      return {
+        url: server.url,
+        source: "embedded",
+        serverVersion: await serverVersion(server.url),
+        get serverPid() {
+          return server.pid;
+        },
+        close,
+      };
     } catch (error) {
       await close();
       throw error;

@@ -95,8 +95,11 @@ export interface RepeatOptions extends MeasureOptions {
 /** Latencies a recorded window spans at least, and a warm-up: enough rounds of every worker to average over. */
 export const WINDOW_LATENCIES = 10;
 export const WARMUP_LATENCIES = 2;
-/** Fewest repetitions of a slow operation: medians over fewer pairs move too much. */
-const MIN_REPS = 12;
+/**
+ * Fewest repetitions of a slow operation. Writes at concurrency 64 wait on commits that share an fsync, whose
+ * time varies far more than a read's: there a median over 12 pairs moved by several percent from run to run.
+ */
+const MIN_REPS = 24;
 
 /** One variant's recorded window and warm-up. */
 export interface Window {

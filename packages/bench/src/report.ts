@@ -35,6 +35,8 @@ export interface Meta {
   harness: { reps: number; durationMs: number; warmupMs: number; concurrencies: number[]; poolSize: number };
   http: { connections: number[]; durationSec: number; warmupSec: number; repeats: number; poolSize: number };
   passwordIterations: number;
+  /** Where sections 1-2 ran (see pinning.ts); absent from results written before they were pinned. */
+  pinning?: string;
   wallSeconds?: number;
 }
 
@@ -127,6 +129,7 @@ export function markdown(results: BenchResults, links: { json: string; svg: stri
     `| Bun | ${meta.bun} |`,
     `| Node | ${meta.node} |`,
     `| mode | ${meta.mode}: ${describeHarness(meta)} |`,
+    `| sections 1-2 | ${meta.pinning ?? "not pinned"} |`,
     `| seed | ${count(meta.seed.users)} users with one live session each, ${count(meta.seed.oneTimeTokens)} one-time tokens, ${count(meta.seed.cacheEntries)} cache entries |`,
     `| wall time | ${meta.wallSeconds === undefined ? "n/a" : `${Math.round(meta.wallSeconds)} s`} |`,
     "",
@@ -137,6 +140,11 @@ export function markdown(results: BenchResults, links: { json: string; svg: stri
       "code (query builder per call, relational queries). Before the first row, every variant of every " +
       "path runs unrecorded at each concurrency, so the first row measured does not pay for compiling the " +
       "driver code all variants share. " +
+      "When the bench starts PostgreSQL itself and has at least two cores, these rows and the gauge under them " +
+      "run with the bench process on one core and the server on the others (see the header): a variant that " +
+      "shares a core with the backends it drives loses whole windows to the scheduler, which made the ratio " +
+      "of two equal things drift by up to 8% at concurrency 16; pinned, it stays within about 2%. Both sides " +
+      "of every ratio run pinned alike. The other sections are not pinned. " +
       "Latencies in milliseconds.",
     "",
     `![service vs floor at concurrency ${CHART_CONCURRENCY}](${links.svg})`,

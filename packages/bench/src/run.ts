@@ -10,6 +10,7 @@ import { openBenchDatabase } from "./database.ts";
 import { table } from "./format.ts";
 import { HTTP_POOL_SIZE, type HttpRow, httpSection } from "./http.ts";
 import { type PasswordSection, passwordSection, printPasswords } from "./passwords.ts";
+import { pinApart } from "./pinning.ts";
 import { cacheVsRedis, type RedisSection } from "./redis.ts";
 import { type BenchResults, type Meta, machineMeta, type Outcome, writeResults } from "./report.ts";
 import { createResources } from "./resources.ts";
@@ -117,6 +118,13 @@ async function main(): Promise<void> {
     passwordIterations: PASSWORD_ITERATIONS,
   };
 
+  // Sections 1-2 and their noise gauge only: the bench on one core, PostgreSQL on the others (see pinning.ts).
+  const pinning = only && !only.has("1") ? undefined : pinApart(database.serverPid);
+  if (pinning) {
+    resources.defer("the CPU pinning", async () => pinning.release());
+    meta.pinning = pinning.description;
+    print(`sections 1-2: ${pinning.description}`);
+  }
   const comparison: Outcome<ComparisonRow[]> = await section("1-2. Service vs floor vs naive", () =>
     serviceVsFloor(variants.paths, CONCURRENCIES, HARNESS, print),
   );
@@ -125,6 +133,7 @@ async function main(): Promise<void> {
     print(table(NOISE_HEADERS, rows.map(noiseCells)));
     return rows;
   });
+  pinning?.release();
   const redis: Outcome<RedisSection> = await section("3. Cache vs Redis", async () => {
     const result = await cacheVsRedis(variants.paths, fixture, CONCURRENCIES, HARNESS, resources, print);
     if ("skipped" in result) print(result.skipped);
