@@ -66,6 +66,22 @@ describe("cache codec: round trips", () => {
       right: [{ n: 1 }, { n: 1 }],
     });
   });
+
+  it("keeps an own __proto__ property as data, on the way in and out, without touching any prototype", () => {
+    // JSON.parse makes "__proto__" an own property; assigning it to a fresh object would set its prototype.
+    const value = JSON.parse('{"__proto__": {"polluted": true}, "a": [1, {"__proto__": [2]}]}') as object;
+    expect(serialize(value)).toBe('{"__proto__":{"polluted":true},"a":[1,{"__proto__":[2]}]}');
+    const back = roundTrip(value) as Record<string, unknown>;
+    expect(Object.getPrototypeOf(back)).toBe(Object.prototype);
+    expect(Object.keys(back)).toEqual(["__proto__", "a"]);
+    expect(JSON.stringify(back)).toBe(JSON.stringify(value));
+    expect(({} as Record<string, unknown>).polluted).toBeUndefined();
+  });
+
+  it("writes holes of a sparse array as null, as JSON.stringify does", () => {
+    // biome-ignore lint/suspicious/noSparseArray: the hole is what is tested
+    expect(serialize([1, , 3])).toBe("[1,null,3]");
+  });
 });
 
 describe("cache codec: objects that look like tags", () => {
