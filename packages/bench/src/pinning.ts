@@ -76,14 +76,15 @@ export function pinApart(serverPid: number | undefined): Pinning {
   if (process.platform !== "linux") return notPinned(`${process.platform} has no taskset`);
   if (serverPid === undefined) return notPinned("the server is not started by the bench");
   let allowed: number[];
+  let serverOriginal: number[];
   try {
     allowed = affinity(process.pid);
+    serverOriginal = affinity(serverPid);
   } catch (error) {
     return notPinned(`taskset failed (${error instanceof Error ? error.message.split("\n")[0] : error})`);
   }
   const [benchCpu, ...serverCpus] = allowed;
   if (benchCpu === undefined || serverCpus.length === 0) return notPinned("fewer than two CPUs");
-  const serverOriginal = affinity(serverPid);
   // The postmaster first: what it forks from now on inherits the new set.
   if (!setAffinity(serverPid, serverCpus)) return notPinned("the server's CPUs could not be set");
   for (const pid of descendants(serverPid)) setAffinity(pid, serverCpus);
