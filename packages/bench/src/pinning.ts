@@ -10,7 +10,6 @@ import { execFileSync } from "node:child_process";
 export interface Pinning {
   /** Where each side ran, or why nothing was pinned; for the report. */
   readonly description: string;
-  readonly pinned: boolean;
   /** Gives this process, the server and every one of its processes back the cores they had. Idempotent. */
   release(): void;
 }
@@ -20,7 +19,7 @@ function run(command: string, args: string[]): string {
 }
 
 /** `0-2,5` → [0, 1, 2, 5]. */
-export function parseCpuList(list: string): number[] {
+function parseCpuList(list: string): number[] {
   const cpus: number[] = [];
   for (const part of list.trim().split(",")) {
     const [from, to] = part.split("-").map(Number);
@@ -63,7 +62,6 @@ function setAffinity(pid: number, cpus: number[]): boolean {
 
 const notPinned = (why: string): Pinning => ({
   description: `not pinned: ${why}`,
-  pinned: false,
   release() {},
 });
 
@@ -102,7 +100,6 @@ export function pinApart(serverPid: number | undefined): Pinning {
   }
   return {
     description: `bench process on CPU ${benchCpu}, PostgreSQL on CPU ${serverCpus.join(",")}`,
-    pinned: true,
     release,
   };
 }
