@@ -15,7 +15,12 @@ interface Entry<I, O> extends Waiter<O> {
 
 interface Batch<I, O> {
   entries: Entry<I, O>[];
-  /** Entries by key, for a coalescer with a key function (without one, every call is an entry of its own). */
+  /** The first entry's key (a coalescer with a key function): a lone call needs no map. */
+  firstKey: string | undefined;
+  /**
+   * Entries by key once a batch holds more than one (a coalescer with a key function; without one, every call
+   * is an entry of its own).
+   */
   byKey: Map<string, Entry<I, O>> | undefined;
   scheduled: boolean;
   flushed: boolean;
@@ -52,7 +57,7 @@ export function coalescer<I, O>(options: CoalescerOptions<I, O>): (input: I) => 
   const schedule = (batch: Batch<I, O>): void => {
     if (batch.scheduled) return;
     batch.scheduled = true;
-    process.nextTick(() => flush(batch));
+    process.nextTick(flush, batch);
   };
 
   // A batch that finished frees its slot. A batch that gathered while every slot was taken is sent at once:
@@ -102,22 +107,39 @@ export function coalescer<I, O>(options: CoalescerOptions<I, O>): (input: I) => 
     new Promise<O>((resolve, reject) => {
       let batch = open;
       if (batch === undefined) {
-        batch = { entries: [], byKey: options.key && new Map(), scheduled: false, flushed: false };
+        batch = { entries: [], firstKey: undefined, byKey: undefined, scheduled: false, flushed: false };
         open = batch;
         // Otherwise the batch waits for a running one to finish (settled() schedules it).
         if (inFlight < maxInFlight) schedule(batch);
       }
       // Without a key function every call is an entry of its own: no key is built, no map kept.
       const key = options.key === undefined ? undefined : options.key(input);
-      const same = key === undefined ? undefined : batch.byKey?.get(key);
-      if (same !== undefined) {
-        same.more ??= [];
-        same.more.push({ resolve, reject });
-        return;
+      const entries = batch.entries;
+      if (key !== undefined && entries.length > 0) {
+        const same =
+          batch.byKey === undefined
+            ? batch.firstKey === key
+              ? entries[0]
+              : undefined
+            : batch.byKey.get(key);
+        if (same !== undefined) {
+          same.more ??= [];
+          same.more.push({ resolve, reject });
+          return;
+        }
       }
       const entry: Entry<I, O> = { input, resolve, reject, more: undefined };
-      batch.entries.push(entry);
-      if (key !== undefined) batch.byKey?.set(key, entry);
+      entries.push(entry);
+      if (key !== undefined) {
+        if (entries.length === 1) batch.firstKey = key;
+        else {
+          if (batch.byKey === undefined) {
+            batch.byKey = new Map();
+            batch.byKey.set(batch.firstKey as string, entries[0] as Entry<I, O>);
+          }
+          batch.byKey.set(key, entry);
+        }
+      }
       if (batch.entries.length >= maxBatch) flush(batch);
     });
 }

@@ -18,6 +18,15 @@ describe("coalescer", () => {
     // A later tick is a new batch.
     expect(await load(4)).toBe("v4");
     expect(batches).toHaveLength(2);
+    // A key repeated before any other (one entry so far) and after others joined shares its entry alike.
+    expect(await Promise.all([load(5), load(5), load(6), load(5), load(6)])).toEqual([
+      "v5",
+      "v5",
+      "v6",
+      "v5",
+      "v6",
+    ]);
+    expect(batches.at(-1)).toEqual([5, 6]);
   });
 
   it("rejects every caller of a failed batch and keeps batches under maxBatch", async () => {

@@ -107,6 +107,29 @@ export function splitCallArguments<O extends CallOptions>(
   return { positional, logger, options };
 }
 
+/** Calls a body with its call and positional arguments, listed for the arities services have. */
+function bodyCaller<A extends unknown[], O extends CallOptions, R>(
+  body: (call: Call<O>, ...args: A) => Promise<R>,
+  arity: number,
+): (call: Call<O>, positional: unknown[]) => Promise<R> {
+  // The body checks its own arguments at run time (any may arrive), so they go as unknown.
+  const fn = body as unknown as (call: Call<O>, ...args: unknown[]) => Promise<R>;
+  switch (arity) {
+    case 0:
+      return (call) => fn(call);
+    case 1:
+      return (call, p) => fn(call, p[0]);
+    case 2:
+      return (call, p) => fn(call, p[0], p[1]);
+    case 3:
+      return (call, p) => fn(call, p[0], p[1], p[2]);
+    case 4:
+      return (call, p) => fn(call, p[0], p[1], p[2], p[3]);
+    default:
+      return (call, p) => fn(call, ...p);
+  }
+}
+
 /**
  * Makes a service function: `(…positional, logger?, options?)` or `(…positional, { tx, logger, … })`. The body
  * runs on `call.handle`; anything it throws leaves as a DbError, logged at warn when its kind is `rejected`
@@ -121,6 +144,9 @@ export function defineService<A extends unknown[], R, O extends CallOptions = Ca
   // A call with nothing after its own arguments (the usual one) gets this shared call: nothing to split or
   // allocate. Frozen, so a body cannot change what the next call sees.
   const plain: Call<O> = Object.freeze({ logger: noopLogger, handle: db, options: Object.freeze({}) as O });
+  // The body is called with its arguments listed, not spread: a spread call cost the common arities more than
+  // the rest of this wrapper (bun packages/bench/src/js-cost.ts).
+  const invoke = bodyCaller(body, spec.arity);
   const service = async (...args: [...A, ...CallTail<O>]): Promise<R> => {
     let call = plain;
     let positional: unknown[] = args;
@@ -131,7 +157,7 @@ export function defineService<A extends unknown[], R, O extends CallOptions = Ca
     }
     const { logger, options } = call;
     try {
-      return await body(call, ...(positional as A));
+      return await invoke(call, positional);
     } catch (error) {
       const typed = toDbError(error);
       let fields: LogFields = {};
