@@ -114,7 +114,8 @@ function decodeProperties(object: Record<string, unknown>): Record<string, unkno
 /** The JSON text stored for a value. @throws DbError VALIDATION_FAILED */
 export function serialize(value: unknown, maxBytes = MAX_VALUE_BYTES): string {
   const json = JSON.stringify(encode(value, "value", new Set()));
-  if (Buffer.byteLength(json, "utf8") > maxBytes) {
+  // A UTF-16 unit takes at most 3 bytes of UTF-8 (a pair of them 4): short text needs no count.
+  if (json.length * 3 > maxBytes && Buffer.byteLength(json, "utf8") > maxBytes) {
     throw invalidValue("value", `serialized value exceeds ${maxBytes} bytes`);
   }
   return json;

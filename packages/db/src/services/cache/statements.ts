@@ -88,6 +88,15 @@ export interface SetEntry {
   expiresAt: Date | null;
 }
 
+/** The parameters of one set, listed (see getBatch). */
+const setParams = (entry: SetEntry, at: Date) => ({
+  type: entry.type,
+  key: entry.key,
+  json: entry.json,
+  expiresAt: entry.expiresAt,
+  at,
+});
+
 // Many upserts in one statement, as parallel arrays; rows are written in array order (n), which setBatch
 // sorts by key so that concurrent batches lock rows in one order and cannot deadlock each other.
 const setBatchStatement = defineStatement<
@@ -198,6 +207,17 @@ async function oneAfterAnother<I, T>(
   return outcomes;
 }
 
+/**
+ * A batch of one (every batch when calls do not overlap): its input run on its own, as oneAfterAnother() would,
+ * without that loop's and the batch function's async layers.
+ */
+function single<I, T>(input: I, run: (input: I) => Promise<T>): Promise<Outcome<T>[]> {
+  return run(input).then(
+    (value) => [{ value }],
+    (error: unknown) => [{ error }],
+  );
+}
+
 /** What one caller of a coalesced increment gets: its counter, or the error its increment alone would give. */
 type IncrementOutcome = Outcome<CounterRow>;
 
@@ -261,7 +281,10 @@ async function incrementBatch(inputs: IncrementInput[]): Promise<IncrementOutcom
 
 // increment() calls outside a transaction issued in the same tick share one statement (see incrementBatch).
 export const incrementCoalesced = coalescer<IncrementInput, IncrementOutcome>({
-  run: incrementBatch,
+  run: (inputs) =>
+    inputs.length === 1
+      ? single(inputs[0] as IncrementInput, (input) => incrementOne(input, undefined))
+      : incrementBatch(inputs),
   maxBatch: MAX_BATCH_KEYS,
 });
 
@@ -300,7 +323,9 @@ export async function takeOne(
   pair: { type: string; key: string },
   handle: ServiceOptions["tx"],
 ): Promise<Taken> {
-  const result = await withMetrics("take", TABLE, () => takeStatement.run(handle, { ...pair, at: now() }));
+  const result = await withMetrics("take", TABLE, () =>
+    takeStatement.run(handle, { type: pair.type, key: pair.key, at: now() }),
+  );
   const row = result.rows[0];
   return row?.live === true ? { value: row.value } : null;
 }
@@ -350,7 +375,10 @@ async function takeBatch(pairs: Array<{ type: string; key: string }>): Promise<T
 // take() calls outside a transaction issued in the same tick share one statement (see takeBatch). Each call
 // is its own entry: two takes of one key must not share the one answer.
 export const takeCoalesced = coalescer<{ type: string; key: string }, TakeOutcome>({
-  run: takeBatch,
+  run: (pairs) =>
+    pairs.length === 1
+      ? single(pairs[0] as { type: string; key: string }, (pair) => takeOne(pair, undefined))
+      : takeBatch(pairs),
   maxBatch: MAX_BATCH_KEYS,
 });
 
@@ -360,13 +388,14 @@ export async function getBatch(
   handle: ServiceOptions["tx"],
 ): Promise<unknown[]> {
   const at = now();
-  const values = new Array<unknown>(pairs.length).fill(null);
   const first = pairs[0];
   if (pairs.length === 1 && first) {
-    const result = await withMetrics("get", TABLE, () => getStatement.run(handle, { ...first, at }));
-    values[0] = result.rows[0]?.value ?? null;
-    return values;
+    // Parameters listed, not spread from the pair: a spread was a visible part of a lone get's JavaScript.
+    const params = { type: first.type, key: first.key, at };
+    const result = await withMetrics("get", TABLE, () => getStatement.run(handle, params));
+    return [result.rows[0]?.value ?? null];
   }
+  const values = new Array<unknown>(pairs.length).fill(null);
   const params = { types: pairs.map((pair) => pair.type), keys: pairs.map((pair) => pair.key), at };
   const result = await withMetrics("get_many", TABLE, () => getBatchStatement.run(handle, params));
   for (const row of result.rows) values[Number(row.n) - 1] = row.value;
@@ -388,7 +417,7 @@ export async function setBatch(entries: readonly SetEntry[], handle: ServiceOpti
   const at = now();
   const only = entries.length === 1 ? entries[0] : undefined;
   if (only !== undefined) {
-    await withMetrics("set", TABLE, () => setStatement.run(handle, { ...only, at }));
+    await withMetrics("set", TABLE, () => setStatement.run(handle, setParams(only, at)));
     return;
   }
   const byKey = new Map<string, SetEntry>();
@@ -396,7 +425,7 @@ export async function setBatch(entries: readonly SetEntry[], handle: ServiceOpti
   const distinct = [...byKey.values()];
   const first = distinct[0];
   if (distinct.length === 1 && first) {
-    await withMetrics("set", TABLE, () => setStatement.run(handle, { ...first, at }));
+    await withMetrics("set", TABLE, () => setStatement.run(handle, setParams(first, at)));
     return;
   }
   distinct.sort(inLockOrder);
@@ -414,9 +443,6 @@ export async function setBatch(entries: readonly SetEntry[], handle: ServiceOpti
 // entry (the coalescer gets no key function) so that setBatch, not the coalescer, decides between writes to
 // one key: the last issued wins, as if they had run one after the other.
 export const setCoalesced = coalescer<SetEntry, void>({
-  run: async (entries) => {
-    await setBatch(entries, undefined);
-    return entries.map(() => undefined);
-  },
+  run: (entries) => setBatch(entries, undefined).then(() => entries.map(() => undefined)),
   maxBatch: MAX_BATCH_KEYS,
 });
