@@ -139,7 +139,9 @@ export function markdown(results: BenchResults, links: { json: string; svg: stri
       "service's type parsers. Naive: the obvious Drizzle " +
       "code (query builder per call, relational queries). Before the first row, every variant of every " +
       "path runs unrecorded at each concurrency, so the first row measured does not pay for compiling the " +
-      "driver code all variants share. " +
+      "driver code all variants share. Before each row the tables the paths write are vacuumed, so the dead " +
+      "rows one row's writers leave (a coalescing service writes several times what its floor does) do not " +
+      "slow one side of the next row's pairs. " +
       "When the bench starts PostgreSQL itself and has at least two cores, these rows and the gauge under them " +
       "run with the bench process on one core and the server on the others (see the header): a variant that " +
       "shares a core with the backends it drives loses whole windows to the scheduler, which made the ratio " +

@@ -25,6 +25,7 @@ import {
   openVariants,
   POOL_SIZE,
   serviceVsFloor,
+  vacuumWrittenTables,
 } from "./service-vs-floor.ts";
 
 const quick = process.argv.includes("--quick");
@@ -126,7 +127,9 @@ async function main(): Promise<void> {
     print(`sections 1-2: ${pinning.description}`);
   }
   const comparison: Outcome<ComparisonRow[]> = await section("1-2. Service vs floor vs naive", () =>
-    serviceVsFloor(variants.paths, CONCURRENCIES, HARNESS, print),
+    serviceVsFloor(variants.paths, CONCURRENCIES, HARNESS, print, () =>
+      vacuumWrittenTables(variants.floorPool),
+    ),
   );
   const noise: Outcome<NoiseRow[]> = await section("1-2 (noise). The floor against itself", async () => {
     const rows = await noiseGauge(variants.paths, variants.copies, HARNESS);
