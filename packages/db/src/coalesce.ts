@@ -18,8 +18,8 @@ interface Batch<I, O> {
   /** The first entry's key (a coalescer with a key function): a lone call needs no map. */
   firstKey: string | undefined;
   /**
-   * Entries by key once a batch holds more than one (a coalescer with a key function; without one, every call
-   * is an entry of its own).
+   * The other entries by key, made when a second one arrives (a coalescer with a key function; without one,
+   * every call is an entry of its own).
    */
   byKey: Map<string, Entry<I, O>> | undefined;
   scheduled: boolean;
@@ -115,28 +115,20 @@ export function coalescer<I, O>(options: CoalescerOptions<I, O>): (input: I) => 
       // Without a key function every call is an entry of its own: no key is built, no map kept.
       const key = options.key === undefined ? undefined : options.key(input);
       const entries = batch.entries;
-      if (key !== undefined && entries.length > 0) {
-        const same =
-          batch.byKey === undefined
-            ? batch.firstKey === key
-              ? entries[0]
-              : undefined
-            : batch.byKey.get(key);
-        if (same !== undefined) {
-          same.more ??= [];
-          same.more.push({ resolve, reject });
-          return;
-        }
+      // firstKey is undefined while the batch is empty, so it matches no key then.
+      const same =
+        key === undefined ? undefined : batch.firstKey === key ? entries[0] : batch.byKey?.get(key);
+      if (same !== undefined) {
+        same.more ??= [];
+        same.more.push({ resolve, reject });
+        return;
       }
       const entry: Entry<I, O> = { input, resolve, reject, more: undefined };
       entries.push(entry);
       if (key !== undefined) {
         if (entries.length === 1) batch.firstKey = key;
         else {
-          if (batch.byKey === undefined) {
-            batch.byKey = new Map();
-            batch.byKey.set(batch.firstKey as string, entries[0] as Entry<I, O>);
-          }
+          batch.byKey ??= new Map();
           batch.byKey.set(key, entry);
         }
       }

@@ -208,14 +208,21 @@ async function oneAfterAnother<I, T>(
 }
 
 /**
- * A batch of one (every batch when calls do not overlap): its input run on its own, as oneAfterAnother() would,
- * without that loop's and the batch function's async layers.
+ * A coalescer's run for calls answered by Outcomes: a batch of one (every batch when calls do not overlap) runs
+ * `one` on its own, as oneAfterAnother() would, without that loop's and the batch function's async layers;
+ * a larger batch goes to `many`.
  */
-function single<I, T>(input: I, run: (input: I) => Promise<T>): Promise<Outcome<T>[]> {
-  return run(input).then(
-    (value) => [{ value }],
-    (error: unknown) => [{ error }],
-  );
+function oneOrMany<I, T>(
+  one: (input: I) => Promise<T>,
+  many: (inputs: I[]) => Promise<Outcome<T>[]>,
+): (inputs: I[]) => Promise<Outcome<T>[]> {
+  return (inputs) =>
+    inputs.length === 1
+      ? one(inputs[0] as I).then(
+          (value) => [{ value }],
+          (error: unknown) => [{ error }],
+        )
+      : many(inputs);
 }
 
 /** What one caller of a coalesced increment gets: its counter, or the error its increment alone would give. */
@@ -231,7 +238,6 @@ type IncrementOutcome = Outcome<CounterRow>;
  */
 async function incrementBatch(inputs: IncrementInput[]): Promise<IncrementOutcome[]> {
   const alone = () => oneAfterAnother(inputs, (input) => incrementOne(input, undefined));
-  if (inputs.length === 1) return await alone();
   const groups = new Map<string, { first: IncrementInput; total: number; callers: number[] }>();
   inputs.forEach((input, index) => {
     const name = entryName(input.type, input.key);
@@ -281,10 +287,7 @@ async function incrementBatch(inputs: IncrementInput[]): Promise<IncrementOutcom
 
 // increment() calls outside a transaction issued in the same tick share one statement (see incrementBatch).
 export const incrementCoalesced = coalescer<IncrementInput, IncrementOutcome>({
-  run: (inputs) =>
-    inputs.length === 1
-      ? single(inputs[0] as IncrementInput, (input) => incrementOne(input, undefined))
-      : incrementBatch(inputs),
+  run: oneOrMany((input) => incrementOne(input, undefined), incrementBatch),
   maxBatch: MAX_BATCH_KEYS,
 });
 
@@ -339,7 +342,6 @@ export async function takeOne(
  */
 async function takeBatch(pairs: Array<{ type: string; key: string }>): Promise<TakeOutcome[]> {
   const alone = () => oneAfterAnother(pairs, (pair) => takeOne(pair, undefined));
-  if (pairs.length === 1) return await alone();
   const firstOf = new Map<string, number>();
   pairs.forEach((pair, index) => {
     const name = entryName(pair.type, pair.key);
@@ -375,10 +377,7 @@ async function takeBatch(pairs: Array<{ type: string; key: string }>): Promise<T
 // take() calls outside a transaction issued in the same tick share one statement (see takeBatch). Each call
 // is its own entry: two takes of one key must not share the one answer.
 export const takeCoalesced = coalescer<{ type: string; key: string }, TakeOutcome>({
-  run: (pairs) =>
-    pairs.length === 1
-      ? single(pairs[0] as { type: string; key: string }, (pair) => takeOne(pair, undefined))
-      : takeBatch(pairs),
+  run: oneOrMany((pair: { type: string; key: string }) => takeOne(pair, undefined), takeBatch),
   maxBatch: MAX_BATCH_KEYS,
 });
 
