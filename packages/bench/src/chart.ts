@@ -1,6 +1,6 @@
 // The chart of section 1, hand-written SVG (no dependency): per operation at one concurrency, horizontal bars
 // of ops/s for the floor, the service and the naive baseline, with the numbers and the two ratios.
-import { opsText, ratioText } from "./format.ts";
+import { intervalText, opsText, ratioText } from "./format.ts";
 import type { ComparisonRow } from "./service-vs-floor.ts";
 
 const SERIES = [
@@ -46,7 +46,12 @@ function group(row: ComparisonRow, y: number, scale: number): string {
   // Labels left-aligned in their column, so a long name never runs off the left edge.
   const parts = [
     text(16, y + 16, row.operation, 'class="name"'),
-    text(16, y + 34, `service/floor ${ratioText(row.serviceToFloor)}`, 'class="small"'),
+    text(
+      16,
+      y + 34,
+      `service/floor ${ratioText(row.serviceToFloor)} (95%: ${intervalText(row.serviceToFloorInterval)})`,
+      'class="small"',
+    ),
     text(16, y + 50, `service/naive ${ratioText(row.serviceToNaive)}`, 'class="small"'),
   ];
   SERIES.forEach((series, n) => {

@@ -20,6 +20,12 @@ export function ratioText(value: number): string {
   return Number.isFinite(value) ? `${value.toFixed(2)}x` : "n/a";
 }
 
+/** A ratio's interval as "0.91-0.99". */
+export function intervalText(interval: { low: number; high: number }): string {
+  const { low, high } = interval;
+  return Number.isFinite(low) && Number.isFinite(high) ? `${low.toFixed(2)}-${high.toFixed(2)}` : "n/a";
+}
+
 /** a / b, NaN when b is not a positive number. */
 export function ratio(a: number, b: number): number {
   return b > 0 ? a / b : Number.NaN;

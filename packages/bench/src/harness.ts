@@ -111,6 +111,18 @@ export interface Window {
 export interface Plan<K extends string> {
   reps: number;
   windows: Record<K, Window>;
+  /** The repetitions of the variants MorePairs named, when it asked for more (see compareInterleaved). */
+  extendedTo?: number;
+}
+
+/**
+ * More repetitions of some variants (interleaved as before) after the planned ones, doubling the count each
+ * time until `enough` says the runs so far answer the question, or `maxReps` is reached.
+ */
+export interface MorePairs<K extends string> {
+  variants: readonly K[];
+  enough: (runs: Record<K, Measurement[]>) => boolean;
+  maxReps: number;
 }
 
 /**
@@ -177,12 +189,13 @@ export function runOrder<K>(names: readonly K[], rep: number): K[] {
 /**
  * Measures several variants of one operation up to `reps` times (see repetitionPlan), interleaved (see
  * runOrder), so slow drift (autovacuum, checkpoints, a noisy neighbour) hits every variant alike and none
- * always runs first.
+ * always runs first. With `more`, the variants it names may then run more repetitions (see MorePairs).
  * Returns each variant's median measurement and its runs (for pairedRatio()).
  */
 export async function compareInterleaved<K extends string>(
   variants: Record<K, Op>,
   options: RepeatOptions,
+  more?: (plannedReps: number) => MorePairs<NoInfer<K>>,
 ): Promise<Interleaved<K>> {
   const names = Object.keys(variants) as K[];
   const runs = Object.fromEntries(names.map((name) => [name, [] as Measurement[]])) as Record<
@@ -203,6 +216,25 @@ export async function compareInterleaved<K extends string>(
       );
     }
   }
+  const extra = more?.(plan.reps);
+  if (extra) {
+    // Doubling, so the estimate is looked at a few times only (at reps, 2 reps, 4 reps...): every look is a
+    // chance to stop on a lucky streak.
+    const subset = names.filter((name) => extra.variants.includes(name));
+    let done = plan.reps;
+    while (done < extra.maxReps && !extra.enough(runs)) {
+      const target = Math.min(extra.maxReps, 2 * done);
+      for (let rep = done; rep < target; rep++) {
+        for (const name of runOrder(subset, rep)) {
+          runs[name].push(
+            await measure(variants[name], { ...plan.windows[name], concurrency: options.concurrency }),
+          );
+        }
+      }
+      done = target;
+    }
+    plan.extendedTo = done;
+  }
   const medians = Object.fromEntries(names.map((name) => [name, medianOf(runs[name])])) as Record<
     K,
     Measurement
@@ -210,12 +242,45 @@ export async function compareInterleaved<K extends string>(
   return { medians, runs, plan };
 }
 
+/** A median with its 95% confidence interval, and how many values it was taken over. */
+export interface Estimate {
+  value: number;
+  low: number;
+  high: number;
+  n: number;
+}
+
+/** Normal quantile of a two-sided 95% interval. */
+const Z95 = 1.959964;
+
 /**
- * The median over repetitions of `a`'s value over `b`'s in the same repetition (measured moments apart). A
- * machine that slows down for a while slows both sides of a pair, so this ratio moves far less than the ratio
- * of two medians taken over the whole run.
+ * The median of `values` with its distribution-free 95% confidence interval: the order statistics whose ranks
+ * lie 1.96 standard deviations of a Binomial(n, 1/2) either side of the middle. It assumes only that the
+ * values are independent draws of one distribution (A/A probes found no correlation between neighbouring
+ * windows), not that they are normal: the ratios of two windows have heavy tails. NaN values are dropped.
  */
-export function pairedRatio<T>(a: readonly T[], b: readonly T[], value: (m: T) => number): number {
+export function medianInterval(values: readonly number[]): Estimate {
+  const sorted = Float64Array.from(values.filter((v) => !Number.isNaN(v))).sort();
+  const n = sorted.length;
+  if (n === 0) return { value: Number.NaN, low: Number.NaN, high: Number.NaN, n };
+  const spread = (Z95 * Math.sqrt(n)) / 2;
+  // 1-based ranks j and k of the usual normal approximation: j = floor(n/2 - spread), k = ceil(1 + n/2 + spread).
+  const lowRank = Math.max(1, Math.floor(n / 2 - spread));
+  const highRank = Math.min(n, Math.ceil(1 + n / 2 + spread));
+  return {
+    value: quantile(sorted, 0.5),
+    low: sorted[lowRank - 1] ?? Number.NaN,
+    high: sorted[highRank - 1] ?? Number.NaN,
+    n,
+  };
+}
+
+/**
+ * The median over repetitions of `a`'s value over `b`'s in the same repetition (measured moments apart), with
+ * its 95% interval (see medianInterval). A machine that slows down for a while slows both sides of a pair, so
+ * this ratio moves far less than the ratio of two medians taken over the whole run.
+ */
+export function pairedEstimate<T>(a: readonly T[], b: readonly T[], value: (m: T) => number): Estimate {
   const ratios: number[] = [];
   for (let i = 0; i < Math.min(a.length, b.length); i++) {
     const x = a[i];
@@ -223,5 +288,10 @@ export function pairedRatio<T>(a: readonly T[], b: readonly T[], value: (m: T) =
     const r = x === undefined || y === undefined ? Number.NaN : ratio(value(x), value(y));
     if (Number.isFinite(r)) ratios.push(r);
   }
-  return ratios.length === 0 ? Number.NaN : median(ratios);
+  return medianInterval(ratios);
+}
+
+/** pairedEstimate()'s median alone. */
+export function pairedRatio<T>(a: readonly T[], b: readonly T[], value: (m: T) => number): number {
+  return pairedEstimate(a, b, value).value;
 }

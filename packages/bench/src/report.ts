@@ -16,6 +16,7 @@ import {
   COMPARISON_HEADERS,
   type ComparisonRow,
   comparisonCells,
+  FLOOR_TARGET,
   NOISE_HEADERS,
   type NoiseRow,
   noiseCells,
@@ -149,13 +150,24 @@ export function markdown(results: BenchResults, links: { json: string; svg: stri
       "of every ratio run pinned alike. The other sections are not pinned. " +
       "Latencies in milliseconds.",
     "",
+    `How to read \`service/floor\`: each repetition runs the service and the floor moments apart, and the ` +
+      `ratio is the median of the repetitions' ratios, with its 95% interval (distribution-free: order ` +
+      `statistics of the pair ratios) and the number of pairs it was taken over. One pair's ratio spreads ` +
+      `widely here (a standard deviation of 30-45% at concurrency 16 and 64), so a median over the planned ` +
+      `repetitions can land several percent away from the true ratio. A row whose interval straddles ` +
+      `${FLOOR_TARGET}x (the target) gets more pairs of the service and the floor alone, doubling up to four ` +
+      `times its plan, until the interval lies on one side of ${FLOOR_TARGET}x or is within 3% of its ratio; ` +
+      `the other rows keep their plan. The target holds for a row when its ratio is at least ${FLOOR_TARGET}x; ` +
+      `an interval that still reaches under ${FLOOR_TARGET}x says the run could not tell.`,
+    "",
     `![service vs floor at concurrency ${CHART_CONCURRENCY}](${links.svg})`,
     "",
     sectionBody(results.serviceVsFloor, (rows) => table(COMPARISON_HEADERS, rows.map(comparisonCells))),
     "",
     "How far a ratio of two equal things lands from 1.00x in this run: the floor of a path against a copy of " +
-      "itself on a fourth pool of the same size, interleaved and paired exactly as the rows above. A " +
-      "`service/floor` ratio that differs from 1.00x by less than this is not a measured difference.",
+      "itself on a fourth pool of the same size, interleaved, paired and given more pairs exactly as the rows " +
+      "above. A `service/floor` ratio that differs from 1.00x by less than this is not a measured difference; " +
+      "an interval here that misses 1.00x says the run had a bias the intervals do not cover.",
     "",
     results.noiseGauge === undefined
       ? "Not measured."
