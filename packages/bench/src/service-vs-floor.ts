@@ -246,13 +246,13 @@ export interface NoiseRow {
 }
 
 /**
- * The paths whose floors are measured against themselves, at these concurrencies (about 25 s each): two reads,
- * and one write bound by commit flushes, whose ratios spread far wider (probes at 16: the floor's copy at
- * 0.95x-0.98x of the floor in three runs, where the service was at 0.94x-0.96x).
+ * The paths whose floors are measured against themselves, at these concurrencies (about 25 s each, more when
+ * a ratio needs more pairs): two reads, one of them at 64 too (where the pool queues), and one write bound by
+ * commit flushes, whose ratios spread far wider (its gauge reached 0.90x at 16 in a full run over 32 pairs).
  */
 export const NOISE_GAUGE: ReadonlyArray<{ path: string; concurrencies: number[] }> = [
   { path: "sessions.validate", concurrencies: [1, 16] },
-  { path: "users.findById", concurrencies: [1, 16] },
+  { path: "users.findById", concurrencies: [1, 16, 64] },
   { path: "oneTimeTokens.create+consume", concurrencies: [16] },
 ];
 
@@ -272,6 +272,10 @@ export async function noiseGauge(
     if (!path || !copy) throw new Error(`no hot path ${name} for the noise gauge`);
     for (const concurrency of concurrencies) {
       process.stderr.write(`measuring ${name}'s floor against itself at concurrency ${concurrency}...\n`);
+      // The copy's pool has not run yet: unwarmed, its first look would be sized by connection set-up.
+      for (const op of [path.floor, copy.floor]) {
+        await measure(op, { concurrency, durationMs: 0, warmupMs: Math.max(options.warmupMs, 250) });
+      }
       const { runs } = await compareInterleaved(
         { floor: path.floor, copy: copy.floor },
         { ...options, concurrency },
