@@ -84,6 +84,29 @@ describe("cache codec: round trips", () => {
   });
 });
 
+describe("cache codec: values that need no conversion", () => {
+  it("stores them as JSON.stringify writes them, however deep and wherever a converted part sits", () => {
+    const plain = { a: [1, "two", null, { b: true, gone: undefined }], "": { "\u00e9": -0 } };
+    expect(serialize(plain)).toBe(JSON.stringify(plain));
+    // Deeper than the short cut goes: the encoder takes it, with the same text.
+    let deep: unknown = { leaf: [1] };
+    for (let i = 0; i < 40; i++) deep = { next: deep, list: [i] };
+    expect(serialize(deep)).toBe(JSON.stringify(deep));
+    // One Date or one tag-like object anywhere sends the whole value through the encoder.
+    const at = new Date("2024-02-29T12:34:56.789Z");
+    expect(serialize({ a: [{ at }] })).toBe('{"a":[{"at":{"$date":"2024-02-29T12:34:56.789Z"}}]}');
+    expect(serialize({ a: [{ $date: "x", other: undefined }] })).toBe('{"a":[{"$escape":{"$date":"x"}}]}');
+  });
+
+  it("still rejects what JSON.stringify would quietly drop or change inside an otherwise plain value", () => {
+    expect(rejection({ a: { f: () => 1 } }).message).toContain("value.a.f");
+    expect(rejection({ a: [1, undefined] }).message).toContain("value.a.1");
+    expect(rejection({ a: { n: Number.NaN } }).message).toContain("value.a.n");
+    expect(rejection({ a: { s: "x\u0000y" } }).message).toContain("value.a.s");
+    expect(rejection({ a: new Map() }).message).toContain("value.a");
+  });
+});
+
 describe("cache codec: objects that look like tags", () => {
   it("keeps a plain object whose only key is $date as that object, whatever the $date holds", () => {
     for (const inner of ["not a date", "2024-01-01T00:00:00.000Z", 5, null, { nested: true }]) {

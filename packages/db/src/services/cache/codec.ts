@@ -111,9 +111,53 @@ function decodeProperties(object: Record<string, unknown>): Record<string, unkno
   return out;
 }
 
+/** Nesting past which alreadyJson() leaves a value to encode() (which also finds cycles). */
+const SHORT_CUT_DEPTH = 32;
+
+/**
+ * True when JSON.stringify(value) is already the text encode() would produce: finite numbers, strings and
+ * property names without NUL, plain objects and dense arrays of those, no Date, no function, symbol or BigInt,
+ * undefined only as an object property (stringify drops it, as encode does), and no object that reads as a
+ * tag. It only reads the value, where encode() copies it (and builds each element's path up front): most
+ * values stored are like this, and the copy was most of a set()'s own time. Anything else, or anything
+ * deeper than SHORT_CUT_DEPTH, is left to encode(), which rejects or converts it.
+ */
+function alreadyJson(value: unknown, depth: number): boolean {
+  switch (typeof value) {
+    case "string":
+      return noNul(value);
+    case "boolean":
+      return true;
+    case "number":
+      return Number.isFinite(value);
+    case "object":
+      break;
+    default:
+      return false;
+  }
+  if (value === null) return true;
+  if (depth >= SHORT_CUT_DEPTH) return false;
+  if (Array.isArray(value)) {
+    // A hole reads as undefined: encode() keeps it as a hole, stringify writes null; let encode() decide.
+    for (let i = 0; i < value.length; i++) if (!alreadyJson(value[i], depth + 1)) return false;
+    return true;
+  }
+  if (!isPlainObject(value)) return false;
+  let defined = 0;
+  let last = "";
+  for (const name of Object.keys(value)) {
+    const item = value[name];
+    if (item === undefined) continue;
+    if (!noNul(name) || !alreadyJson(item, depth + 1)) return false;
+    defined++;
+    last = name;
+  }
+  return !(defined === 1 && (last === DATE_TAG || last === ESCAPE_TAG));
+}
+
 /** The JSON text stored for a value. @throws DbError VALIDATION_FAILED */
 export function serialize(value: unknown, maxBytes = MAX_VALUE_BYTES): string {
-  const json = JSON.stringify(encode(value, "value", new Set()));
+  const json = JSON.stringify(alreadyJson(value, 0) ? value : encode(value, "value", new Set()));
   // A UTF-16 unit takes at most 3 bytes of UTF-8 (a pair of them 4): short text needs no count.
   if (json.length * 3 > maxBytes && Buffer.byteLength(json, "utf8") > maxBytes) {
     throw invalidValue("value", `serialized value exceeds ${maxBytes} bytes`);
